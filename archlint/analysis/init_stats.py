@@ -1,0 +1,201 @@
+"""Initial-weight statistics of every weight layer and norm layer, read from the real tensors.
+
+For each layer: fan-in, ``sigma_w^2 = fan_in * E[W^2]`` (the factor by which it scales the
+signal's second moment, Poole et al. 2016), whether the weight is all zero, constant, or has
+identical rows (symmetric), the activation that consumes its output, whether the layer ends a
+residual branch or feeds the output directly (identity-at-init designs), and the length of the
+norm-free chain of weight layers it belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..graph.ir import Graph, Kind, Node
+
+#: Activations whose variance-preserving init is He's (sigma_w^2 = 2): the rectifier family.
+RECTIFIERS = {"relu", "relu6", "elu", "celu", "gelu", "silu", "mish", "hardswish", "softplus",
+              "rrelu", "prelu", "leaky_relu", "threshold"}
+
+#: Ops a value passes through without changing which activation consumes it.
+_PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
+
+
+@dataclass
+class LayerInit:
+    node: Node
+    fan_in: Optional[int]
+    sigma_w2: Optional[float]  # fan_in * E[W^2]
+    all_zero: bool
+    constant: bool  # every entry equal (and not all zero)
+    symmetric: bool  # all output units (rows) identical
+    next_activation: str  # op of the consuming activation, "norm", or "linear"
+    target_sigma_w2: float
+    identity_at_init_ok: bool  # ends a residual branch or feeds the output directly
+    chain_length: int  # weight layers in its norm-free, join-free chain
+
+
+@dataclass
+class NormInit:
+    node: Node
+    zero_scale: bool
+    identity_at_init_ok: bool
+
+
+def _weight_fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
+    m = node.module
+    if node.kind == Kind.LINEAR and w.dim() == 2:
+        if node.module is None and node.op == "linear" and node.attrs.get("function") == "matmul":
+            return int(w.shape[0])  # x @ W: W is (in, out)
+        return int(w.shape[1])
+    if node.kind == Kind.CONV and w.dim() >= 3:
+        k = math.prod(int(s) for s in w.shape[2:])
+        if node.op == "conv_transpose":
+            stride = getattr(m, "stride", None) or (1,)
+            return max(1, int(w.shape[0]) * k // max(1, math.prod(stride)))
+        return int(w.shape[1]) * k
+    return None
+
+
+def _consumer(node: Node) -> tuple[str, list[Node]]:
+    """The op consuming ``node``'s output after pass-through ops (and bias adds)."""
+    frontier = list(node.users)
+    seen = set()
+    while frontier:
+        u = frontier.pop(0)
+        if u in seen:
+            continue
+        seen.add(u)
+        if u.kind == Kind.ACTIVATION:
+            return u.op, [u]
+        if u.kind == Kind.NORM:
+            return "norm", [u]
+        if u.kind in _PASSTHROUGH or (u.kind == Kind.ADD and _is_bias_add(u)) or \
+                (u.kind == Kind.MUL and _is_scalar_scale(u)):
+            frontier.extend(u.users)
+            continue
+        return "linear", [u]
+    return "linear", []
+
+
+def _is_bias_add(node: Node) -> bool:
+    data = [i for i in node.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
+    return len(data) <= 1
+
+
+def _is_scalar_scale(node: Node) -> bool:
+    data = [i for i in node.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
+    return len(data) <= 1
+
+
+def _feeds_join_or_output(node: Node, graph: Graph) -> bool:
+    """True if the value reaches a residual join or the output with no weight layer between."""
+    frontier = list(node.users)
+    seen = set()
+    ancestors_cache: dict[Node, set] = {}
+    while frontier:
+        u = frontier.pop(0)
+        if u in seen:
+            continue
+        seen.add(u)
+        if u is graph.output or u.kind == Kind.OUTPUT:
+            return True
+        if u.is_weight_layer:
+            continue
+        if u.kind in (Kind.ADD, Kind.CONCAT) and not _is_bias_add(u):
+            return True
+        frontier.extend(u.users)
+    if graph.output is not None and node is graph.output:
+        return True
+    return False
+
+
+def _target_sigma_w2(op: str, consumer: list[Node]) -> float:
+    if op in RECTIFIERS:
+        if op in ("leaky_relu", "prelu", "rrelu") and consumer:
+            a = consumer[0].attrs.get("negative_slope", consumer[0].attrs.get("weight", 0.01))
+            try:
+                a = float(a)
+            except (TypeError, ValueError):
+                a = 0.01
+            return 2.0 / (1.0 + a * a)
+        return 2.0
+    return 1.0
+
+
+def _chain_lengths(graph: Graph) -> dict[Node, int]:
+    """Size of each weight layer's chain: weight layers linked through activations/pass-through
+    ops only (no normalisation, no join), i.e. a plain feed-forward stack."""
+    link = {Kind.ACTIVATION, *_PASSTHROUGH}
+    parent: dict[Node, Node] = {}
+
+    def find(x: Node) -> Node:
+        while parent.get(x, x) is not x:
+            parent[x] = parent.get(parent[x], parent[x])
+            x = parent[x]
+        return x
+
+    for n in graph.weight_layers():
+        parent.setdefault(n, n)
+        frontier = list(n.users)
+        seen = set()
+        while frontier:
+            u = frontier.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            if u.is_weight_layer:
+                parent.setdefault(u, u)
+                parent[find(u)] = find(n)
+            elif u.kind in link or (u.kind in (Kind.ADD, Kind.MUL) and _is_bias_add(u)):
+                frontier.extend(u.users)
+    sizes: dict[Node, int] = {}
+    for n in parent:
+        r = find(n)
+        sizes[r] = sizes.get(r, 0) + 1
+    return {n: sizes[find(n)] for n in parent}
+
+
+def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
+    chains = _chain_lengths(graph)
+    layers: list[LayerInit] = []
+    seen_weights: set[int] = set()
+    for node in graph.weight_layers():
+        w = node.weight()
+        if w is None or w.dim() < 2 or id(w) in seen_weights:
+            continue
+        seen_weights.add(id(w))  # a shared layer is judged once
+        wd = w.detach().float()
+        all_zero = bool((wd == 0).all())
+        constant = not all_zero and wd.numel() > 1 and bool((wd == wd.reshape(-1)[0]).all())
+        rows = wd.reshape(wd.shape[0], -1)
+        symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
+                     and bool((rows == rows[0:1]).all()))
+        fan_in = _weight_fan_in(node, wd)
+        sigma_w2 = fan_in * float(wd.pow(2).mean()) if fan_in else None
+        op, consumer = _consumer(node)
+        layers.append(LayerInit(
+            node=node, fan_in=fan_in, sigma_w2=sigma_w2, all_zero=all_zero, constant=constant,
+            symmetric=symmetric, next_activation=op,
+            target_sigma_w2=_target_sigma_w2(op, consumer),
+            identity_at_init_ok=_feeds_join_or_output(node, graph),
+            chain_length=chains.get(node, 1),
+        ))
+    norms: list[NormInit] = []
+    for node in graph.by_kind(Kind.NORM):
+        m = node.module
+        gamma = getattr(m, "weight", None) if isinstance(m, nn.Module) else None
+        if gamma is None:
+            gamma = next((i.tensor for i in node.inputs if i.kind == Kind.PARAM
+                          and i.tensor is not None and i.tensor.dim() == 1), None)
+        if not isinstance(gamma, torch.Tensor):
+            continue
+        zero = bool((gamma.detach() == 0).all())
+        norms.append(NormInit(node=node, zero_scale=zero,
+                              identity_at_init_ok=_feeds_join_or_output(node, graph)))
+    return layers, norms

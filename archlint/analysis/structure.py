@@ -1,0 +1,163 @@
+"""Structural facts computed once per graph: gradient paths, depths, runs and skip joins.
+
+Everything is measured along *gradient paths*: edges from a node to the inputs it passes gradient
+to (shape-only arguments, masks and ids excluded). The gradient reaching a node takes the easiest
+way back from the output, so the quantities below are minima over the paths from a node to the
+probe output -- which is exactly how a skip connection helps: a residual ``x + f(x)`` gives ``x`` a
+path that crosses none of ``f``'s layers.
+
+- ``layers_to_output[n]``: the fewest weight layers a gradient crosses from the output to ``n``
+  (``n`` itself not counted).
+- ``unnormalised_run[n]``: the same count, but restarting at every normalisation layer: the
+  length of the norm-free stack of weight layers between ``n`` and the next normalisation.
+- ``saturating_run[n]``: the fewest saturating activations a gradient crosses from the output
+  to ``n``, restarting at every normalisation layer.
+- ``longest_path``: the most weight layers on any forward path from an input to the output.
+- ``skip_joins``: add/cat nodes that join a tensor with a transformed version of itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..graph.ir import Graph, Kind, Node
+
+INF = math.inf
+
+
+@dataclass
+class Structure:
+    layers_to_output: dict[Node, float] = field(default_factory=dict)
+    unnormalised_run: dict[Node, float] = field(default_factory=dict)
+    saturating_run: dict[Node, float] = field(default_factory=dict)
+    #: For each run metric, the user node through which the minimum is reached.
+    next_layer: dict[Node, Optional[Node]] = field(default_factory=dict)
+    next_unnormalised: dict[Node, Optional[Node]] = field(default_factory=dict)
+    next_saturating: dict[Node, Optional[Node]] = field(default_factory=dict)
+    longest_path: int = 0
+    longest_path_end: Optional[Node] = None
+    longest_before: dict[Node, int] = field(default_factory=dict)
+    skip_joins: list[Node] = field(default_factory=list)
+    grad_users: dict[Node, list[Node]] = field(default_factory=dict)
+
+    def reaches_output(self, node: Node) -> bool:
+        return self.layers_to_output.get(node, INF) < INF
+
+
+def _backward_min(graph: Graph, grad_users: dict[Node, list[Node]],
+                  step: Callable[[Node, float], float]) -> tuple[dict, dict]:
+    """value[n] = min over gradient users u of step(u, value[u]); value[output] = 0."""
+    value: dict[Node, float] = {}
+    via: dict[Node, Optional[Node]] = {}
+    out = graph.output
+    for n in reversed(graph.nodes):
+        best, arg = INF, None
+        if n is out:
+            best = 0.0
+        for u in grad_users.get(n, ()):
+            v = value.get(u, INF)
+            if v == INF:
+                continue
+            cand = step(u, v)
+            if cand < best:
+                best, arg = cand, u
+        value[n] = best
+        via[n] = arg
+    return value, via
+
+
+def analyse_structure(graph: Graph) -> Structure:
+    s = Structure()
+    grad_users: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for p in n.grad_parents():
+            grad_users.setdefault(p, []).append(n)
+    s.grad_users = grad_users
+
+    def weight_step(u: Node, v: float) -> float:
+        return v + (1 if u.is_weight_layer else 0)
+
+    def unnormalised_step(u: Node, v: float) -> float:
+        if u.kind == Kind.NORM:
+            return 0.0
+        return v + (1 if u.is_weight_layer else 0)
+
+    def saturating_step(u: Node, v: float) -> float:
+        if u.kind == Kind.NORM:
+            return 0.0
+        return v + (1 if u.is_saturating else 0)
+
+    s.layers_to_output, s.next_layer = _backward_min(graph, grad_users, weight_step)
+    s.unnormalised_run, s.next_unnormalised = _backward_min(graph, grad_users, unnormalised_step)
+    s.saturating_run, s.next_saturating = _backward_min(graph, grad_users, saturating_step)
+
+    # Longest forward path in weight layers (over data edges, ids included: an embedding counts).
+    longest: dict[Node, int] = {}
+    for n in graph.nodes:
+        before = max((longest.get(i, 0) for i in n.inputs), default=0)
+        longest[n] = before + (1 if n.is_weight_layer else 0)
+    s.longest_before = longest
+    if graph.output is not None:
+        s.longest_path = longest.get(graph.output, 0)
+        s.longest_path_end = graph.output
+    elif longest:
+        end = max(longest, key=lambda k: longest[k])
+        s.longest_path, s.longest_path_end = longest[end], end
+
+    s.skip_joins = _skip_joins(graph)
+    return s
+
+
+def _skip_joins(graph: Graph) -> list[Node]:
+    """Joins (add/sub/cat) of a tensor with a transformed version of itself.
+
+    A join is a skip join when two of its inputs share an ancestor and the paths from that
+    ancestor differ in weight layers -- found from the graph alone, never from names.
+    """
+    ancestors: dict[Node, dict[Node, int]] = {}
+    joins = []
+    for n in graph.nodes:
+        own: dict[Node, int] = {}
+        for i in n.inputs:
+            for a, depth in ancestors.get(i, {}).items():
+                d = depth + (1 if n.is_weight_layer else 0)
+                if own.get(a, -1) < d:
+                    own[a] = d
+            d = 1 if n.is_weight_layer else 0
+            if own.get(i, -1) < d:
+                own[i] = d
+        if n.kind in (Kind.ADD, Kind.CONCAT) and len(n.inputs) >= 2:
+            sets = []
+            for i in n.inputs:
+                depths = dict(ancestors.get(i, {}))
+                depths[i] = 0
+                sets.append(depths)
+            if _differ_in_depth(sets):
+                joins.append(n)
+        # Keep the ancestor maps small: only nodes with fan-out can start a skip.
+        ancestors[n] = {a: d for a, d in own.items() if len(a.users) > 1}
+    return joins
+
+
+def _differ_in_depth(sets: list[dict[Node, int]]) -> bool:
+    for x in range(len(sets)):
+        for y in range(x + 1, len(sets)):
+            common = sets[x].keys() & sets[y].keys()
+            if any(sets[x][a] != sets[y][a] for a in common):
+                return True
+    return False
+
+
+def walk_run(start: Node, via: dict[Node, Optional[Node]], stop_kind: str = Kind.NORM
+             ) -> list[Node]:
+    """Follow the minimising users from ``start`` until a normalisation node or the output."""
+    path = [start]
+    cur = via.get(start)
+    seen = {start}
+    while cur is not None and cur not in seen and cur.kind != stop_kind:
+        path.append(cur)
+        seen.add(cur)
+        cur = via.get(cur)
+    return path

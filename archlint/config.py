@@ -1,0 +1,344 @@
+"""Configuration: ``.archlint.yaml`` / ``archlint.yaml`` / ``[tool.archlint]`` in pyproject.toml.
+
+Found by walking up from the working directory (or given with ``--config``); command-line flags
+win over it. Every error names the file, the key and its line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .findings import SEVERITIES
+from .inputs import InputError, InputSpec, parse_input
+
+CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
+TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",
+            "per-file-ignores")
+TARGET_KEYS = ("target", "kwargs", "input")
+
+
+class ConfigError(ValueError):
+    """A config problem: ``file:line: key: what is wrong``."""
+
+
+@dataclass
+class TargetEntry:
+    target: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input: Optional[InputSpec] = None
+
+
+@dataclass
+class Config:
+    path: Optional[Path] = None
+    targets: list[TargetEntry] = field(default_factory=list)
+    select: Optional[list[str]] = None
+    ignore: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    fail_on: str = "warning"
+    #: Rule code -> {"severity": ..., option: value}
+    rules: dict[str, dict[str, Any]] = field(default_factory=dict)
+    input: Optional[InputSpec] = None
+    per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        """Folder that relative paths in the config are relative to."""
+        return self.path.parent if self.path is not None else Path.cwd()
+
+
+# ---------------------------------------------------------------------------- discovery
+
+def find_config(start: Optional[Path] = None) -> Optional[Path]:
+    """The nearest config file walking up from ``start`` (default: the working directory)."""
+    folder = (start or Path.cwd()).resolve()
+    for d in [folder, *folder.parents]:
+        for name in CONFIG_NAMES:
+            if (d / name).is_file():
+                return d / name
+        pyproject = d / "pyproject.toml"
+        if pyproject.is_file() and _has_tool_section(pyproject):
+            return pyproject
+    return None
+
+
+def _has_tool_section(path: Path) -> bool:
+    try:
+        return re.search(r"^\s*\[tool\.archlint(\]|\.)", path.read_text(errors="replace"),
+                         re.MULTILINE) is not None
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------- reading
+
+class _Located:
+    """Parsed data plus the line of every key path, for error messages."""
+
+    def __init__(self, path: Path, lines: dict[tuple, int]) -> None:
+        self.path = path
+        self.lines = lines
+
+    def where(self, keys: tuple) -> str:
+        k = keys
+        while k and k not in self.lines:
+            k = k[:-1]
+        line = self.lines.get(k)
+        dotted = ".".join(str(x) for x in keys) or "<top level>"
+        return f"{self.path}:{line}: {dotted}" if line else f"{self.path}: {dotted}"
+
+
+def _yaml_value(node: yaml.Node, keys: tuple, lines: dict[tuple, int]) -> Any:
+    lines.setdefault(keys, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for knode, vnode in node.value:
+            key = _scalar(knode)
+            lines[keys + (key,)] = knode.start_mark.line + 1
+            if key in out:
+                raise ConfigError(f"{{path}}:{knode.start_mark.line + 1}: "
+                                  f"{'.'.join(map(str, keys + (key,)))}: duplicate key")
+            out[key] = _yaml_value(vnode, keys + (key,), lines)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_yaml_value(v, keys + (i,), lines) for i, v in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> tuple[dict, _Located]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    lines: dict[tuple, int] = {}
+    if root is None:
+        return {}, _Located(path, lines)
+    try:
+        data = _yaml_value(root, (), lines)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("{path}", str(path))) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of keys "
+                          f"({', '.join(TOP_KEYS)})")
+    return data, _Located(path, lines)
+
+
+def read_pyproject(path: Path) -> tuple[dict, _Located]:
+    import tomllib
+
+    try:
+        raw = path.read_bytes()
+        doc = tomllib.loads(raw.decode("utf-8", errors="replace"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    data = doc.get("tool", {}).get("archlint", {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [tool.archlint] must be a table")
+    # TOML gives no positions: find each top-level key's line inside the [tool.archlint] tables.
+    lines: dict[tuple, int] = {}
+    text = raw.decode("utf-8", errors="replace").splitlines()
+    section = None
+    for no, line in enumerate(text, 1):
+        m = re.match(r"^\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if m:
+            section = m.group(1)
+            if section.startswith("tool.archlint"):
+                sub = tuple(section.split(".")[2:])
+                lines.setdefault(sub, no)
+            continue
+        if section and section.startswith("tool.archlint"):
+            km = re.match(r"^\s*([A-Za-z0-9_\-\"']+)\s*=", line)
+            if km:
+                sub = tuple(section.split(".")[2:])
+                lines.setdefault(sub + (km.group(1).strip("\"'"),), no)
+    return data, _Located(path, lines)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def load_config(path: Path) -> Config:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file")
+    if path.name == "pyproject.toml" or path.suffix == ".toml":
+        data, loc = read_pyproject(path)
+    else:
+        data, loc = read_yaml(path)
+    return validate(data, loc, path)
+
+
+def _str_list(value: Any, loc: _Located, keys: tuple) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{loc.where(keys)}: expected a list of strings, got {value!r}")
+
+
+def validate(data: dict, loc: _Located, path: Path) -> Config:
+    from .rules import find_rule, known_selector
+
+    cfg = Config(path=path)
+    for key in data:
+        if key not in TOP_KEYS:
+            if isinstance(key, str) and find_rule(key) is not None:
+                raise ConfigError(f"{loc.where((key,))}: unknown key {key!r}; rule options go "
+                                  f"under 'rules:' (rules: {{{key}: {{...}}}})")
+            raise ConfigError(f"{loc.where((key,))}: unknown key {key!r} (allowed: "
+                              f"{', '.join(TOP_KEYS)})")
+    for key in ("select", "ignore"):
+        if key in data:
+            codes = _str_list(data[key], loc, (key,))
+            for c in codes:
+                if not known_selector(c):
+                    raise ConfigError(f"{loc.where((key,))}: unknown rule {c!r}")
+            if key == "select":
+                cfg.select = codes
+            else:
+                cfg.ignore = codes
+    if "exclude" in data:
+        cfg.exclude = _str_list(data["exclude"], loc, ("exclude",))
+    if "fail-on" in data:
+        v = data["fail-on"]
+        if v not in SEVERITIES:
+            raise ConfigError(f"{loc.where(('fail-on',))}: expected one of "
+                              f"{', '.join(SEVERITIES)}, got {v!r}")
+        cfg.fail_on = v
+    if "input" in data:
+        try:
+            cfg.input = parse_input(data["input"], loc.where(("input",)))
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
+    if "rules" in data:
+        cfg.rules = _validate_rules(data["rules"], loc)
+    if "per-file-ignores" in data:
+        pfi = data["per-file-ignores"]
+        if not isinstance(pfi, dict):
+            raise ConfigError(f"{loc.where(('per-file-ignores',))}: expected a mapping from "
+                              "file pattern to a list of codes")
+        for pattern, codes in pfi.items():
+            lst = _str_list(codes, loc, ("per-file-ignores", pattern))
+            for c in lst:
+                if not known_selector(c):
+                    raise ConfigError(f"{loc.where(('per-file-ignores', pattern))}: unknown "
+                                      f"rule {c!r}")
+            cfg.per_file_ignores[str(pattern)] = lst
+    if "targets" in data:
+        cfg.targets = _validate_targets(data["targets"], loc)
+    return cfg
+
+
+def _validate_rules(raw: Any, loc: _Located) -> dict[str, dict[str, Any]]:
+    from .rules import RESERVED, find_rule
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{loc.where(('rules',))}: expected a mapping from rule code to "
+                          "options")
+    out: dict[str, dict[str, Any]] = {}
+    for key, opts in raw.items():
+        keys = ("rules", key)
+        rule = find_rule(str(key))
+        if rule is None:
+            if str(key).upper() in RESERVED or str(key) in RESERVED.values():
+                code = str(key).upper() if str(key).upper() in RESERVED else \
+                    next(c for c, n in RESERVED.items() if n == key)
+                out[code] = dict(opts) if isinstance(opts, dict) else {}
+                continue
+            raise ConfigError(f"{loc.where(keys)}: unknown rule {key!r}")
+        if opts is None:
+            opts = {}
+        if not isinstance(opts, dict):
+            raise ConfigError(f"{loc.where(keys)}: expected a mapping of options "
+                              f"(severity, {', '.join(rule.options) or 'no other options'})")
+        clean: dict[str, Any] = {}
+        for name, value in opts.items():
+            okeys = keys + (name,)
+            if name == "severity":
+                if value not in (*SEVERITIES, "off"):
+                    raise ConfigError(f"{loc.where(okeys)}: expected one of "
+                                      f"{', '.join(SEVERITIES)}, off; got {value!r}")
+                clean[name] = value
+                continue
+            canon = str(name).replace("_", "-")
+            if canon not in rule.options:
+                allowed = ", ".join(["severity", *rule.options])
+                raise ConfigError(f"{loc.where(okeys)}: unknown option {name!r} for "
+                                  f"{rule.code} (allowed: {allowed})")
+            clean[canon] = coerce_option(value, rule.options[canon], loc.where(okeys))
+        out[rule.code] = {**out.get(rule.code, {}), **clean}
+    return out
+
+
+def coerce_option(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+
+
+def _validate_targets(raw: Any, loc: _Located) -> list[TargetEntry]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"{loc.where(('targets',))}: expected a list of targets")
+    out = []
+    for i, item in enumerate(raw):
+        keys = ("targets", i)
+        if isinstance(item, str):
+            out.append(TargetEntry(target=item))
+            continue
+        if not isinstance(item, dict):
+            raise ConfigError(f"{loc.where(keys)}: expected a string or a mapping with "
+                              "'target'")
+        for k in item:
+            if k not in TARGET_KEYS:
+                raise ConfigError(f"{loc.where(keys + (k,))}: unknown key {k!r} (allowed: "
+                                  f"{', '.join(TARGET_KEYS)})")
+        if not isinstance(item.get("target"), str) or not item.get("target"):
+            raise ConfigError(f"{loc.where(keys)}: missing 'target' (a path or "
+                              "package.module:callable)")
+        kwargs = item.get("kwargs") or {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ConfigError(f"{loc.where(keys + ('kwargs',))}: expected a mapping of "
+                              "keyword arguments")
+        spec = None
+        if "input" in item:
+            try:
+                spec = parse_input(item["input"], loc.where(keys + ("input",)))
+            except InputError as exc:
+                raise ConfigError(str(exc)) from None
+        out.append(TargetEntry(target=item["target"], kwargs=dict(kwargs), input=spec))
+    return out

@@ -1,0 +1,174 @@
+"""Ground-truth probe: the per-layer weight-gradient RMS that archlint's estimator predicts.
+
+The probe (identical for every model, CPU only):
+
+1. put the model in train mode (every submodule's mode is restored afterwards);
+2. run it once on the given inputs, under a forked RNG seeded with ``seed`` (dropout and other
+   random layers are reproducible; the caller's global RNG state is untouched);
+3. take the output tensor ``y`` (see :func:`select_output`);
+4. draw ``r ~ N(0, 1)`` with ``y``'s shape from a generator seeded with ``seed`` and form
+   ``loss = sum(y * r) / sqrt(numel(y))`` -- so ``dL/dy = r / sqrt(numel(y))`` has unit total
+   squared norm in expectation;
+5. one backward pass, computed with :func:`torch.autograd.grad` so parameters' ``.grad`` fields are
+   never touched;
+6. for every module (``named_modules()``, shared modules listed once under their first name) that
+   directly owns (``recurse=False``) a parameter with ``>= 2`` dimensions: the RMS over all entries
+   of those of its own ``>= 2``-dim parameters that require grad.  A parameter that requires grad
+   but receives no gradient (unused in this forward) counts as zeros.  Parameters that do not
+   require grad are skipped; a module whose ``>= 2``-dim parameters all have
+   ``requires_grad=False`` reports ``None``.
+
+Buffers changed by the forward pass (BatchNorm running statistics, ``num_batches_tracked``) are
+restored as well, so the model is left exactly as it was.  A parameter shared by several modules
+(tied weights) is reported under each of them, with its total gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MeasureResult", "measure_grad_rms", "select_output"]
+
+Inputs = Union[Tensor, Sequence[Any], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class MeasureResult:
+    """Outcome of :func:`measure_grad_rms`.
+
+    Attributes:
+        rms: module name -> RMS of the loss gradient over the module's own ``>= 2``-dim parameters
+            (``None`` when none of them requires grad), in ``named_modules()`` order. The root
+            module, if it owns such a parameter, is listed under ``""``.
+        output_shape: shape of the output tensor ``y`` the probe used.
+        output_rms: RMS of ``y`` itself (the forward signal at the output).
+    """
+
+    rms: dict[str, float | None]
+    output_shape: tuple[int, ...]
+    output_rms: float
+
+
+def select_output(output: Any) -> Tensor:
+    """The tensor the probe differentiates, from whatever ``forward`` returned.
+
+    * a tensor is used as is;
+    * a mapping or a Hugging Face ``ModelOutput`` (anything with ``keys()`` and item access):
+      its ``logits`` entry, else ``last_hidden_state``, else the first tensor value (searched
+      recursively);
+    * a tuple or list: its first tensor, searched recursively.
+
+    Raises:
+        TypeError: if no tensor can be found.
+    """
+    found = _find_output(output)
+    if found is None:
+        raise TypeError(f"model output of type {type(output).__name__} contains no tensor")
+    return found
+
+
+def _find_output(output: Any) -> Tensor | None:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, Mapping) or (hasattr(output, "keys") and hasattr(output, "__getitem__")):
+        keys = list(output.keys())
+        for preferred in ("logits", "last_hidden_state"):
+            if preferred in keys and isinstance(output[preferred], Tensor):
+                return output[preferred]
+        return _first_tensor(output[k] for k in keys)
+    if isinstance(output, (tuple, list)):
+        return _first_tensor(output)
+    return None
+
+
+def _first_tensor(items: Any) -> Tensor | None:
+    for item in items:
+        found = _find_output(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _call(model: nn.Module, inputs: Inputs) -> Any:
+    if isinstance(inputs, Tensor):
+        return model(inputs)
+    if isinstance(inputs, Mapping):
+        return model(**inputs)
+    return model(*inputs)
+
+
+def _probe_loss(y: Tensor, seed: int) -> Tensor:
+    """``sum(y * r) / sqrt(numel(y))`` with ``r ~ N(0, 1)`` drawn from a seeded generator."""
+    if not y.is_floating_point():
+        raise TypeError(f"model output has dtype {y.dtype}; the probe needs a floating tensor")
+    if not y.requires_grad:
+        raise ValueError("model output does not depend on any parameter that requires grad")
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    r = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
+    return (y * r).sum() / math.sqrt(max(y.numel(), 1))
+
+
+def _owned_matrices(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters(recurse=False) if p.dim() >= 2]
+
+
+def _rms(grads: list[Tensor]) -> float:
+    total = sum(float(g.detach().double().pow(2).sum()) for g in grads)
+    count = sum(g.numel() for g in grads)
+    return math.sqrt(total / count) if count else 0.0
+
+
+class _ModelState:
+    """Snapshot of the training flags and buffers that the probe's forward pass may change."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.modes = [(m, m.training) for m in model.modules()]
+        self.buffers = [(b, b.detach().clone()) for b in model.buffers()]
+
+    def restore(self) -> None:
+        for module, training in self.modes:
+            module.training = training
+        with torch.no_grad():
+            for buf, saved in self.buffers:
+                buf.copy_(saved)
+
+
+def measure_grad_rms(model: nn.Module, inputs: Inputs, seed: int = 0) -> MeasureResult:
+    """Run the ground-truth probe (module docstring) and return per-module gradient RMS.
+
+    Args:
+        model: the network; left unchanged (modes, buffers, ``.grad`` and ``requires_grad``).
+        inputs: a tensor (single positional argument), a tuple/list (positional arguments) or a
+            mapping (keyword arguments). Integer tensors (token ids) are passed through as is.
+        seed: seeds both the forward pass's RNG (dropout) and the probe vector ``r``.
+    """
+    owners = [(name, mod, _owned_matrices(mod)) for name, mod in model.named_modules()]
+    owners = [(name, mod, params) for name, mod, params in owners if params]
+    trainable = list({id(p): p for _, _, ps in owners for p in ps if p.requires_grad}.values())
+
+    state = _ModelState(model)
+    try:
+        model.train()
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(seed)
+            y = select_output(_call(model, inputs))
+            loss = _probe_loss(y, seed)
+            grads = torch.autograd.grad(loss, trainable, allow_unused=True) if trainable else ()
+    finally:
+        state.restore()
+
+    grad_of = {
+        id(p): (g if g is not None else torch.zeros_like(p)) for p, g in zip(trainable, grads)
+    }
+    rms: dict[str, float | None] = {}
+    for name, _, params in owners:
+        own = [grad_of[id(p)] for p in params if p.requires_grad]
+        rms[name] = _rms(own) if own else None
+    y_rms = math.sqrt(float(y.detach().double().pow(2).mean())) if y.numel() else 0.0
+    return MeasureResult(rms=rms, output_shape=tuple(y.shape), output_rms=y_rms)

@@ -1,0 +1,53 @@
+"""The report: every target's result and the summary the exit code is computed from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import __version__
+from ..engine import TargetResult
+from ..findings import SEVERITIES, SEVERITY_RANK, Finding
+
+
+@dataclass
+class Report:
+    targets: list[TargetResult] = field(default_factory=list)
+    fail_on: str = "warning"
+    #: Problems outside any target (no targets found...).
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for t in self.targets for f in t.findings]
+
+    @property
+    def errors(self) -> list[TargetResult]:
+        return [t for t in self.targets if t.status != "ok"]
+
+    def counts(self) -> dict[str, int]:
+        counts = {s: 0 for s in SEVERITIES}
+        for f in self.findings:
+            counts[f.severity] = counts.get(f.severity, 0) + 1
+        return counts
+
+    def failing(self) -> list[Finding]:
+        floor = SEVERITY_RANK[self.fail_on]
+        return [f for f in self.findings if SEVERITY_RANK.get(f.severity, 0) >= floor]
+
+    def exit_code(self) -> int:
+        if self.errors:
+            return 2
+        return 1 if self.failing() else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "targets": [t.to_dict() for t in self.targets],
+            "summary": summarize(self),
+        }
+
+
+def summarize(report: Report) -> dict[str, Any]:
+    return {"targets": len(report.targets), "errors": len(report.errors),
+            "findings": report.counts()}

@@ -1,0 +1,45 @@
+"""Human-readable output: ``path:line:col: CODE [severity] message (module)``."""
+
+from __future__ import annotations
+
+from .model import Report
+
+
+def render_text(report: Report, verbose: bool = False) -> str:
+    lines: list[str] = []
+    for t in report.targets:
+        for f in t.findings:
+            loc = f"{f.path}:{f.line}:{f.column}" if f.path else t.target
+            mod = f" [{f.module}]" if f.module else ""
+            lines.append(f"{loc}: {f.code} {f.severity}: {f.message}{mod}")
+            if verbose and f.hint:
+                lines.append(f"    hint: {f.hint}")
+        if t.status != "ok":
+            lines.append(f"{t.target}: error: {t.error}")
+        elif verbose:
+            detail = f"traced with {t.tracer}"
+            if t.input:
+                detail += f"; input {t.input}"
+            lines.append(f"{t.target}: {detail}; {len(t.findings)} finding(s)")
+            for note in t.notes:
+                lines.append(f"    note: {note}")
+        else:
+            for note in t.notes:
+                if "skipped" in note or "failed" in note:
+                    lines.append(f"{t.target}: note: {note}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
+    c = report.counts()
+    total = sum(c.values())
+    n = len(report.targets)
+    tracers = sorted({t.tracer for t in report.targets if t.tracer})
+    summary = (f"Found {total} finding{'s' if total != 1 else ''} "
+               f"({c['error']} error, {c['warning']} warning, {c['info']} info) in {n} "
+               f"target{'s' if n != 1 else ''}")
+    if tracers:
+        summary += f" (traced with {', '.join(tracers)})"
+    if report.errors:
+        summary += f"; {len(report.errors)} target{'s' if len(report.errors) != 1 else ''} " \
+                   "could not be analysed"
+    lines.append(summary + ".")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,163 @@
+"""AL104 poor-initialization."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+from ..analysis.init_stats import LayerInit
+from ..findings import Finding
+from ..graph.ir import Kind
+from .base import Rule, RuleContext
+
+
+class PoorInitialization(Rule):
+    """
+    ## What it does
+    Reads the actual initial weights of every layer and reports:
+    - all-zero weights (outside identity-at-init designs) and zero normalisation scales;
+    - constant weights, or weights whose output units are all identical (symmetric init);
+    - a weight scale far from the one that preserves the signal through the activation that
+      follows: He (`sigma_w^2 = fan_in * Var(W) = 2`) for the ReLU family, LeCun/Xavier (1) for
+      tanh, sigmoid and linear outputs. The message gives the factor.
+
+    A layer that ends a residual branch, or a classifier head that feeds the output directly,
+    may be zero or small on purpose (zero-init residual, SkipInit, Fixup, ReZero, GPT-2's scaled
+    projections): those are healthy and not reported. So is the scale of a layer followed
+    directly by normalisation, which cancels it.
+
+    ## Why is this bad?
+    With zero weights, the layers before get no gradient at all; with symmetric weights every
+    unit receives the same update and the symmetry is never broken. A scale off by a factor
+    `k` multiplies the signal and the gradient by about `k` per layer: through a stack of `L`
+    such layers, by `k^L`.
+
+    ## Example
+    ```python
+    fc = nn.Linear(512, 512)
+    nn.init.normal_(fc.weight, std=1e-3)   # 44x smaller than He init for a ReLU
+    ```
+
+    ## Use instead
+    ```python
+    fc = nn.Linear(512, 512)
+    nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")
+    ```
+
+    ## Options
+    - `max-factor` (default 10): report any layer whose weight scale is off by more than this
+      factor (in standard deviation).
+    - `stack-factor` (default 2): in a plain stack of at least `min-stack` layers without
+      normalisation, report scales off by more than this factor (they compound).
+    - `min-stack` (default 5).
+
+    ## References
+    - He, Zhang, Ren & Sun, "Delving Deep into Rectifiers", ICCV 2015.
+    - Glorot & Bengio, AISTATS 2010; LeCun et al., "Efficient BackProp", 1998.
+    - Zhang, Dauphin & Ma, "Fixup Initialization", ICLR 2019.
+    """
+
+    code = "AL104"
+    name = "poor-initialization"
+    severity = "warning"
+    options = {"max-factor": 10.0, "stack-factor": 2.0, "min-stack": 5}
+
+    bad_example = """
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64)
+        self.fc2 = nn.Linear(64, 10)
+        nn.init.normal_(self.fc1.weight, std=1e-3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+"""
+
+    good_example = """
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64)
+        self.fc2 = nn.Linear(64, 10)
+        nn.init.kaiming_normal_(self.fc1.weight, nonlinearity="relu")
+        nn.init.zeros_(self.fc2.weight)  # zero-initialised head: healthy
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+"""
+
+    def check(self, ctx: RuleContext) -> Iterator[Finding]:
+        layers, norms = ctx.graph.facts["init"]
+        hard = float(ctx.options["max-factor"])
+        soft = float(ctx.options["stack-factor"])
+        min_stack = int(ctx.options["min-stack"])
+        for li in layers:
+            yield from self._check_layer(ctx, li, hard, soft, min_stack)
+        for ni in norms:
+            if ni.zero_scale and not ni.identity_at_init_ok:
+                yield self.finding(
+                    ctx, ni.node,
+                    f"normalisation scale (weight) of {ni.node.location_module} is all zero "
+                    "and it does not end a residual branch: the layer outputs zero and the "
+                    "layers before it get no gradient",
+                    hint="initialise the scale to 1 (zero scales belong at the end of "
+                         "residual branches only)",
+                    data={"problem": "zero-norm-scale"})
+
+    def _check_layer(self, ctx: RuleContext, li: LayerInit, hard: float, soft: float,
+                     min_stack: int) -> Iterator[Finding]:
+        node = li.node
+        name = node.location_module or node.name
+        if li.all_zero:
+            if li.identity_at_init_ok:
+                return
+            yield self.finding(
+                ctx, node,
+                f"weights of {name} are all zero: every unit computes the same thing and the "
+                "layers before it get no gradient",
+                hint="use a random init (He for ReLU-family activations, Xavier for tanh)",
+                data={"problem": "zero"})
+            return
+        if li.constant or li.symmetric:
+            what = "constant" if li.constant else "identical for every output unit"
+            yield self.finding(
+                ctx, node,
+                f"weights of {name} are {what}: all units get the same gradient and the "
+                "symmetry is never broken",
+                hint="use a random init (He for ReLU-family activations, Xavier for tanh)",
+                data={"problem": "symmetric"})
+            return
+        if li.sigma_w2 is None or li.next_activation == "norm" or node.kind not in (
+                Kind.LINEAR, Kind.CONV):
+            return
+        if li.sigma_w2 <= 0:
+            return
+        ratio = math.sqrt(li.sigma_w2 / li.target_sigma_w2)  # std ratio to the ideal init
+        if ratio < 1 and li.identity_at_init_ok:
+            return  # small last layers of residual branches / heads are by design
+        off = max(ratio, 1 / ratio)
+        in_stack = li.chain_length >= min_stack
+        if off <= hard and not (in_stack and off > soft):
+            return
+        ideal = "He" if li.target_sigma_w2 > 1.0 else "LeCun/Xavier"
+        act = li.next_activation if li.next_activation != "linear" else "a linear output"
+        direction = "smaller" if ratio < 1 else "larger"
+        std = math.sqrt(li.sigma_w2 / li.fan_in) if li.fan_in else float("nan")
+        ideal_std = math.sqrt(li.target_sigma_w2 / li.fan_in) if li.fan_in else float("nan")
+        msg = (f"weight scale of {name} is {off:.3g}x {direction} than {ideal} init for "
+               f"{act} (std {std:.3g}, fan-in {li.fan_in}, ideal {ideal_std:.3g})")
+        if in_stack:
+            compounded = ratio ** li.chain_length
+            msg += (f"; in this stack of {li.chain_length} layers without normalisation the "
+                    f"signal scales by ~{compounded:.1e}")
+        yield self.finding(
+            ctx, node, msg,
+            hint=(f"initialise with nn.init.kaiming_normal_(w, nonlinearity='relu')"
+                  if li.target_sigma_w2 > 1 else "initialise with nn.init.xavier_normal_(w)"),
+            data={"problem": "scale", "factor": ratio, "sigma_w2": li.sigma_w2,
+                  "target_sigma_w2": li.target_sigma_w2, "chain_length": li.chain_length})

@@ -1,0 +1,1 @@
+"""Signal-propagation primitives (mean-field moment maps) used by archlint's estimator."""

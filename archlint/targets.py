@@ -1,0 +1,113 @@
+"""What to lint: resolve command-line paths and config entries into :class:`Target` objects."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from .inputs import InputSpec
+
+#: Folders never searched when a directory is linted.
+DEFAULT_EXCLUDES = (".git", ".hg", ".svn", ".venv", "venv", "env", ".env", "__pycache__",
+                    "build", "dist", "site-packages", "node_modules", ".tox", ".nox",
+                    ".mypy_cache", ".pytest_cache", ".ruff_cache", ".eggs")
+
+
+class TargetError(ValueError):
+    """A target that cannot even be resolved (missing file, bad syntax of the spec)."""
+
+
+@dataclass
+class Target:
+    """One thing to lint.
+
+    - ``path`` set, ``name`` None: every model found in that file;
+    - ``path`` and ``name``: that class, factory function or instance of the file;
+    - ``import_path`` and ``name``: ``package.module:callable``.
+    """
+
+    display: str
+    path: Optional[Path] = None
+    name: Optional[str] = None
+    import_path: Optional[str] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input: Optional[InputSpec] = None
+    #: True when named explicitly (CLI ``file.py:Name``, or a config entry).
+    explicit: bool = False
+
+
+def display_path(path: Path) -> str:
+    """A path as the user would write it: relative to the working directory when inside it."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # pragma: no cover - different drive on Windows
+        return str(path)
+    return str(path) if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def is_excluded(path: Path, patterns: list[str]) -> bool:
+    rel = display_path(path)
+    parts = Path(rel).parts
+    for pat in patterns:
+        pat = pat.rstrip("/")
+        if fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(path.name, pat):
+            return True
+        if any(fnmatch.fnmatch(part, pat) for part in parts[:-1]):
+            return True
+        if fnmatch.fnmatch(rel, pat + "/*") or rel.startswith(pat + "/"):
+            return True
+    return False
+
+
+def _python_files(directory: Path, excludes: list[str]) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(directory):
+        rootp = Path(root)
+        dirs[:] = sorted(d for d in dirs if d not in DEFAULT_EXCLUDES and not d.startswith(".")
+                         and not is_excluded(rootp / d, excludes))
+        for f in sorted(files):
+            p = rootp / f
+            if f.endswith(".py") and not is_excluded(p, excludes):
+                found.append(p)
+    return found
+
+
+def split_spec(spec: str) -> tuple[str, Optional[str]]:
+    """``"a/b.py:Net"`` -> (``"a/b.py"``, ``"Net"``); ``"pkg.mod:fn"`` -> (``"pkg.mod"``, ``"fn"``)."""
+    if ":" in spec:
+        left, _, right = spec.rpartition(":")
+        if left and right and not (len(left) == 1 and left.isalpha()):  # not a drive letter
+            return left, right
+    return spec, None
+
+
+def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
+            input_spec: Optional[InputSpec] = None, explicit: bool = False) -> list[Target]:
+    """Targets for one command-line argument or config ``target:`` entry."""
+    left, name = split_spec(spec)
+    kwargs = dict(kwargs or {})
+    path = Path(left)
+    if left.endswith(".py") or path.exists() or os.sep in left or "/" in left:
+        if not path.exists():
+            raise TargetError(f"{left}: no such file or directory")
+        if path.is_dir():
+            if name is not None:
+                raise TargetError(f"{spec}: a directory cannot be combined with ':{name}'")
+            return [Target(display=display_path(p), path=p.resolve(), kwargs=kwargs,
+                           input=input_spec, explicit=explicit)
+                    for p in _python_files(path, excludes)]
+        if not left.endswith(".py"):
+            raise TargetError(f"{left}: not a Python file")
+        disp = display_path(path) + (f":{name}" if name else "")
+        return [Target(display=disp, path=path.resolve(), name=name, kwargs=kwargs,
+                       input=input_spec, explicit=explicit or name is not None)]
+    if name is None:
+        raise TargetError(f"{spec}: not a file or directory (an import path needs ':callable', "
+                          "e.g. torchvision.models:resnet50)")
+    if not all(part.isidentifier() for part in left.split(".")):
+        raise TargetError(f"{spec}: {left!r} is neither a path nor a dotted module name")
+    return [Target(display=spec, import_path=left, name=name, kwargs=kwargs, input=input_spec,
+                   explicit=True)]

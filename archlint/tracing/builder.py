@@ -1,0 +1,144 @@
+"""Shared helpers for turning a tracer's events into :mod:`archlint.graph.ir` nodes."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..graph.classify import carries_gradient, classify_call, classify_module
+from ..graph.ir import Kind, Node, Site
+from ..graph.sites import module_site
+
+
+class TraceError(Exception):
+    """A tracer could not produce a graph; the message says why in one line."""
+
+
+def flatten_tensors(value: Any) -> list[torch.Tensor]:
+    """All tensors inside a (nested) tuple/list/dict/ModelOutput, in order."""
+    out: list[torch.Tensor] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+        elif hasattr(v, "keys") and hasattr(v, "__getitem__"):
+            for k in v.keys():
+                walk(v[k])
+
+    walk(value)
+    return out
+
+
+def select_output(value: Any) -> Optional[torch.Tensor]:
+    """The probe's y: first tensor of a tuple, or ``logits`` / ``last_hidden_state`` of a mapping."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
+        keys = list(value.keys())
+        for key in ("logits", "last_hidden_state"):
+            if key in keys and isinstance(value[key], torch.Tensor):
+                return value[key]
+        for k in keys:
+            t = select_output(value[k])
+            if t is not None:
+                return t
+        return None
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = select_output(v)
+            if t is not None:
+                return t
+    return None
+
+
+def module_node(name: str, module: nn.Module, path: str, inputs: list[Node]) -> Node:
+    kind, op, attrs = classify_module(module)
+    return Node(name=name, kind=kind, op=op, inputs=inputs, module_path=path, module=module,
+                attrs=attrs, site=module_site(module))
+
+
+def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
+              args: Any = None, kwargs: Any = None) -> Node:
+    param_operand = any(i.kind == Kind.PARAM for i in inputs)
+    kind, op = classify_call(fname, param_operand=param_operand)
+    node = Node(name=name, kind=kind, op=op, inputs=inputs, site=site,
+                attrs={"args": args if args is not None else (), "kwargs": kwargs or {},
+                       "function": fname})
+    if not carries_gradient(fname):
+        node.grad_inputs = []
+    # Functional weight layers belong to the module that owns their parameter.
+    owners = [i.module_path for i in inputs if i.kind == Kind.PARAM and i.module_path is not None]
+    if kind in (Kind.LINEAR, Kind.CONV, Kind.EMBEDDING, Kind.NORM) and owners:
+        node.module_path = owners[0]
+    return node
+
+
+def param_owner(qualname: str) -> Optional[str]:
+    return qualname.rsplit(".", 1)[0] if "." in qualname else ""
+
+
+def finalize(nodes: list[Node]) -> list[Node]:
+    """Link users, drop non-tensor nodes from the data graph, fix gradient inputs by dtype."""
+    keep = [n for n in nodes if n.facts.pop("_tensor", True)]
+    kept = set(map(id, keep))
+    for n in keep:
+        if any(id(i) not in kept for i in n.inputs):
+            pairs = [(idx, i) for idx, i in enumerate(n.inputs) if id(i) in kept]
+            old_grad = n.grad_inputs
+            remap = {old: new for new, (old, _) in enumerate(pairs)}
+            n.inputs = [i for _, i in pairs]
+            if old_grad is not None:
+                n.grad_inputs = [remap[g] for g in old_grad if g in remap]
+            n.input_shapes = [i.shape for i in n.inputs]
+    for n in keep:
+        # Integer and boolean tensors (ids, masks, indices) never carry gradient.
+        if _is_discrete(n.dtype):
+            n.grad_inputs = []
+            continue
+        candidates = range(len(n.inputs)) if n.grad_inputs is None else n.grad_inputs
+        n.grad_inputs = [i for i in candidates if not _is_discrete(n.inputs[i].dtype)]
+    for n in keep:
+        n.users = []
+    for n in keep:
+        for i in n.inputs:
+            if n not in i.users:
+                i.users.append(n)
+    return keep
+
+
+def _is_discrete(dtype: Optional[torch.dtype]) -> bool:
+    return dtype is not None and not (dtype.is_floating_point or dtype.is_complex)
+
+
+def _shaped(value: Any) -> bool:
+    from .shape_rules import TensorShape
+
+    return isinstance(value, (torch.Tensor, TensorShape))
+
+
+def shape_of(value: Any) -> tuple[Optional[tuple[int, ...]], Optional[torch.dtype]]:
+    """Shape and dtype of a tensor / TensorShape, or of the first one inside a tuple."""
+    if _shaped(value):
+        return tuple(int(s) for s in value.shape), value.dtype
+    if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
+        for v in value:
+            shape, dtype = shape_of(v)
+            if shape is not None:
+                return shape, dtype
+    return None, None
+
+
+def is_tensor_value(value: Any) -> bool:
+    if _shaped(value):
+        return True
+    if isinstance(value, (tuple, list)) and not isinstance(value, torch.Size):
+        return any(is_tensor_value(v) for v in value)
+    return False

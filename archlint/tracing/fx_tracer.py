@@ -1,0 +1,148 @@
+"""torch.fx symbolic tracing into the archlint graph, with custom blocks traced through."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+import torch.fx
+from torch import nn
+
+from ..graph.classify import canonical_name, is_leaf_module
+from ..graph.ir import Graph, Kind, Node
+from ..graph.sites import user_site
+from .builder import (TraceError, call_node, finalize, is_tensor_value, module_node,
+                      param_owner, select_output, shape_of)
+from .shapes import propagate_values
+
+
+class _ArchlintTracer(torch.fx.Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = False
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf_module(m)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None,
+                     proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr,
+                                     proxy_factory_fn)
+        if kind in ("call_function", "call_method"):
+            proxy.node.meta["archlint_site"] = user_site()
+        return proxy
+
+
+def symbolic_graph(model: nn.Module) -> torch.fx.Graph:
+    """Trace ``model`` with torch.fx; raise TraceError with fx's reason on failure."""
+    tracer = _ArchlintTracer()
+    try:
+        return tracer.trace(model)
+    except Exception as exc:  # fx raises many kinds of errors
+        raise TraceError(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
+             fx_graph: Optional[torch.fx.Graph] = None) -> Graph:
+    """Build the archlint graph from an fx trace; ``inputs`` (by argument name) give shapes."""
+    fxg = fx_graph if fx_graph is not None else symbolic_graph(model)
+    values = propagate_values(model, fxg, inputs) if inputs is not None else None
+    nodes: list[Node] = []
+    env: dict[torch.fx.Node, Node] = {}
+    output: Optional[Node] = None
+    for fxn in fxg.nodes:
+        def ref(a: Any) -> Any:
+            return torch.fx.node.map_arg(a, lambda n: env.get(n))
+
+        tensor_inputs = [env[a] for a in fxn.all_input_nodes if a in env]
+        if fxn.op == "placeholder":
+            node = Node(name=fxn.name, kind=Kind.INPUT, op="input", target=str(fxn.target))
+        elif fxn.op == "get_attr":
+            qual = str(fxn.target)
+            try:
+                tensor = _fetch_attr(model, qual)
+            except AttributeError:
+                tensor = None
+            node = Node(name=fxn.name, kind=Kind.PARAM, op="param", target=qual,
+                        tensor=tensor if isinstance(tensor, torch.Tensor) else None,
+                        module_path=param_owner(qual))
+        elif fxn.op == "call_module":
+            mod = model.get_submodule(str(fxn.target))
+            node = module_node(fxn.name, mod, str(fxn.target), tensor_inputs)
+            node.attrs.setdefault("args", ref(fxn.args))
+            node.attrs.setdefault("kwargs", ref(fxn.kwargs))
+        elif fxn.op in ("call_function", "call_method"):
+            fname = canonical_name(fxn.target)
+            node = call_node(fxn.name, fname, tensor_inputs, fxn.meta.get("archlint_site"),
+                             ref(fxn.args), ref(fxn.kwargs))
+            stack = fxn.meta.get("nn_module_stack")
+            node.scope = list(stack.values())[-1][0] if stack else ""
+        elif fxn.op == "output":
+            node = Node(name="output", kind=Kind.OUTPUT, op="output", inputs=tensor_inputs)
+        else:  # pragma: no cover - fx has no other opcodes
+            continue
+        if values is not None and fxn in values:
+            value = values[fxn]
+            node.shape, node.dtype = shape_of(value)
+            if fxn.op != "output" and not is_tensor_value(value):
+                node.facts["_tensor"] = False
+        env[fxn] = node
+        nodes.append(node)
+        if fxn.op == "output":
+            output = node
+    for n in nodes:
+        n.input_shapes = [i.shape for i in n.inputs]
+    nodes = finalize(nodes)
+    graph = Graph(nodes=nodes, model=model, tracer="fx",
+                  input_nodes=[n for n in nodes if n.kind == Kind.INPUT])
+    graph.output = _probe_output_node(fxg, env, values, output)
+    return graph
+
+
+def _fetch_attr(model: nn.Module, qual: str) -> Any:
+    obj: Any = model
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _probe_output_node(fxg: torch.fx.Graph, env: dict, values: Optional[dict],
+                       output: Optional[Node]) -> Optional[Node]:
+    """The node producing the probe's y: first tensor / logits / last_hidden_state."""
+    out_fx = next((n for n in fxg.nodes if n.op == "output"), None)
+    if out_fx is None:
+        return None
+    structure = out_fx.args[0]
+    picked = _pick(structure)
+    if isinstance(picked, torch.fx.Node) and picked in env:
+        return env[picked]
+    return output
+
+
+def _pick(structure: Any) -> Any:
+    if isinstance(structure, torch.fx.Node):
+        return structure
+    if isinstance(structure, Mapping):
+        for key in ("logits", "last_hidden_state"):
+            if key in structure:
+                return _pick(structure[key])
+        for v in structure.values():
+            p = _pick(v)
+            if p is not None:
+                return p
+        return None
+    if isinstance(structure, (list, tuple)):
+        for v in structure:
+            p = _pick(v)
+            if p is not None:
+                return p
+    return None
+
+
+__all__ = ["fx_trace", "symbolic_graph", "select_output"]

@@ -1,0 +1,124 @@
+"""Shape propagation over an fx graph, never touching the model's real activations.
+
+Each node's output shape comes from :mod:`.shape_rules`; an op without a rule runs alone on meta
+tensors (leaf modules through ``torch.func.functional_call`` with meta copies of their
+parameters, so the user's model is never modified). Python values (sizes, ints) are evaluated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.fx
+from torch import nn
+
+from .builder import TraceError
+from .shape_rules import NoRule, TensorShape, function_shape, module_shape, python_value
+
+
+def to_shape(value: Any) -> Any:
+    """Tensors (real or meta) -> TensorShape, recursively; other values unchanged."""
+    if isinstance(value, torch.Tensor):
+        return TensorShape(tuple(int(s) for s in value.shape), value.dtype)
+    if isinstance(value, torch.Size):
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return tuple(to_shape(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_shape(v) for v in value)
+    if isinstance(value, dict):
+        return {k: to_shape(v) for k, v in value.items()}
+    return value
+
+
+def to_meta(value: Any) -> Any:
+    if isinstance(value, TensorShape):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, torch.Tensor):
+        return torch.empty(value.shape, dtype=value.dtype, device="meta")
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return type(value)(to_meta(v) for v in value)
+    if isinstance(value, dict):
+        return {k: to_meta(v) for k, v in value.items()}
+    return value
+
+
+def _has_shape(value: Any) -> bool:
+    if isinstance(value, TensorShape):
+        return True
+    if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+        return any(_has_shape(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_shape(v) for v in value.values())
+    return False
+
+
+def _run_on_meta(node: torch.fx.Node, model: nn.Module, args: Any, kwargs: Any) -> Any:
+    from torch.func import functional_call
+
+    margs, mkwargs = to_meta(args), to_meta(kwargs)
+    if node.op == "call_module":
+        mod = model.get_submodule(str(node.target))
+        state = dict(mod.named_parameters(remove_duplicate=False))
+        state.update(mod.named_buffers(remove_duplicate=False))
+        meta_state = {k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+                      for k, v in state.items()}
+        out = functional_call(mod, meta_state, tuple(margs), dict(mkwargs), strict=False)
+    elif node.op == "call_method":
+        out = getattr(margs[0], str(node.target))(*margs[1:], **mkwargs)
+    else:
+        out = node.target(*margs, **mkwargs)
+    return to_shape(out)
+
+
+def _fetch(model: nn.Module, qual: str) -> Any:
+    obj: Any = model
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def propagate_values(model: nn.Module, fxg: torch.fx.Graph,
+                     inputs: Mapping[str, Any]) -> dict[torch.fx.Node, Any]:
+    """Shapes (TensorShape) or Python values of every fx node for the given example inputs."""
+    env: dict[torch.fx.Node, Any] = {}
+    for node in fxg.nodes:
+        try:
+            env[node] = _value(node, model, env, inputs)
+        except TraceError:
+            raise
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()
+            raise TraceError(f"shape propagation failed at {node.format_node()}: "
+                             f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]) from exc
+    return env
+
+
+def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str, Any]) -> Any:
+    if node.op == "placeholder":
+        name = str(node.target).lstrip("*")
+        if name in inputs:
+            return to_shape(inputs[name])
+        if node.args:
+            return to_shape(node.args[0])
+        raise TraceError(f"no example input for argument {name!r} of forward()")
+    if node.op == "get_attr":
+        return to_shape(_fetch(model, str(node.target)))
+    if node.op == "output":
+        return torch.fx.node.map_arg(node.args[0], lambda n: env[n])
+    args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+    kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+    try:
+        if node.op == "call_module":
+            return module_shape(model.get_submodule(str(node.target)), args, kwargs)
+        if not _has_shape((args, kwargs)):
+            if node.op == "call_method":
+                return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+            return python_value(node.target, args, kwargs)
+        if node.op == "call_function" and node.target is getattr:
+            return python_value(node.target, args, kwargs)
+        target = node.target if node.op == "call_function" else str(node.target)
+        return function_shape(target, args, kwargs)
+    except (NoRule, KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
+        return _run_on_meta(node, model, args, kwargs)
