@@ -95,23 +95,22 @@ def _is_scalar_scale(node: Node) -> bool:
 
 def _feeds_join_or_output(node: Node, graph: Graph) -> bool:
     """True if the value reaches a residual join or the output with no weight layer between."""
+    if node is graph.output:
+        return True
     frontier = list(node.users)
     seen = set()
-    ancestors_cache: dict[Node, set] = {}
     while frontier:
         u = frontier.pop(0)
         if u in seen:
             continue
         seen.add(u)
-        if u is graph.output or u.kind == Kind.OUTPUT:
-            return True
         if u.is_weight_layer:
             continue
+        if u is graph.output or u.kind == Kind.OUTPUT:
+            return True
         if u.kind in (Kind.ADD, Kind.CONCAT) and not _is_bias_add(u):
             return True
         frontier.extend(u.users)
-    if graph.output is not None and node is graph.output:
-        return True
     return False
 
 
