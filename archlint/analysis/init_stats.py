@@ -30,14 +30,28 @@ _PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
 class LayerInit:
     node: Node
     fan_in: Optional[int]
-    sigma_w2: Optional[float]  # fan_in * E[W^2]
+    sigma_w2: Optional[float]  # fan_in * E[W^2]: the forward gain
+    sigma_w2_out: Optional[float]  # fan_out * E[W^2]: the backward gain (He "fan_out" mode)
     all_zero: bool
     constant: bool  # every entry equal (and not all zero)
     symmetric: bool  # all output units (rows) identical
     next_activation: str  # op of the consuming activation, "norm", or "linear"
     target_sigma_w2: float
     identity_at_init_ok: bool  # ends a residual branch or feeds the output directly
+    chain: Node  # a representative of its plain chain (same object for every member)
     chain_length: int  # weight layers in its norm-free, join-free chain
+
+    def scale_ratio(self) -> Optional[float]:
+        """Std of the weights relative to the ideal init for the consuming activation.
+
+        Both He modes are accepted: the fan-in ratio (forward signal) or the fan-out ratio
+        (backward gradient), whichever is closer to 1."""
+        if self.sigma_w2 is None or self.sigma_w2 <= 0:
+            return None
+        ratios = [math.sqrt(self.sigma_w2 / self.target_sigma_w2)]
+        if self.sigma_w2_out:
+            ratios.append(math.sqrt(self.sigma_w2_out / self.target_sigma_w2))
+        return min(ratios, key=lambda r: abs(math.log(r)))
 
 
 @dataclass
@@ -50,8 +64,15 @@ class NormInit:
 def _weight_fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
     m = node.module
     if node.kind == Kind.LINEAR and w.dim() == 2:
-        if node.module is None and node.op == "linear" and node.attrs.get("function") == "matmul":
-            return int(w.shape[0])  # x @ W: W is (in, out)
+        fn = node.attrs.get("function")
+        if node.module is None and fn in ("matmul", "mm", "addmm", "bmm", "baddbmm"):
+            # x @ W has W as (in, out); W @ x has it as (out, in).
+            params = [i for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None
+                      and i.tensor.dim() >= 2]
+            data = [k for k, i in enumerate(node.inputs) if i.kind != Kind.PARAM]
+            w_pos = node.inputs.index(params[0]) if params else 0
+            after_data = bool(data) and w_pos > data[0]
+            return int(w.shape[0] if after_data else w.shape[1])
         return int(w.shape[1])
     if node.kind == Kind.CONV and w.dim() >= 3:
         k = math.prod(int(s) for s in w.shape[2:])
@@ -60,6 +81,19 @@ def _weight_fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
             return max(1, int(w.shape[0]) * k // max(1, math.prod(stride)))
         return int(w.shape[1]) * k
     return None
+
+
+def _weight_fans(node: Node, w: torch.Tensor) -> tuple[Optional[int], Optional[int]]:
+    """(fan_in, fan_out): how many inputs feed one output, and outputs one input feeds."""
+    fan_in = _weight_fan_in(node, w)
+    if fan_in is None or w.dim() < 2:
+        return fan_in, None
+    if node.kind == Kind.LINEAR:
+        return fan_in, int(w.numel() // fan_in)
+    if node.kind == Kind.CONV and node.op != "conv_transpose":
+        k = math.prod(int(s) for s in w.shape[2:])
+        return fan_in, int(w.shape[0]) * k
+    return fan_in, None
 
 
 def _consumer(node: Node) -> tuple[str, list[Node]]:
@@ -127,7 +161,7 @@ def _target_sigma_w2(op: str, consumer: list[Node]) -> float:
     return 1.0
 
 
-def _chain_lengths(graph: Graph) -> dict[Node, int]:
+def _chains(graph: Graph) -> dict[Node, Node]:
     """Size of each weight layer's chain: weight layers linked through activations/pass-through
     ops only (no normalisation, no join), i.e. a plain feed-forward stack."""
     link = {Kind.ACTIVATION, *_PASSTHROUGH}
@@ -153,15 +187,14 @@ def _chain_lengths(graph: Graph) -> dict[Node, int]:
                 parent[find(u)] = find(n)
             elif u.kind in link or (u.kind in (Kind.ADD, Kind.MUL) and _is_bias_add(u)):
                 frontier.extend(u.users)
-    sizes: dict[Node, int] = {}
-    for n in parent:
-        r = find(n)
-        sizes[r] = sizes.get(r, 0) + 1
-    return {n: sizes[find(n)] for n in parent}
+    return {n: find(n) for n in parent}
 
 
 def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
-    chains = _chain_lengths(graph)
+    chain_of = _chains(graph)
+    sizes: dict[Node, int] = {}
+    for root in chain_of.values():
+        sizes[root] = sizes.get(root, 0) + 1
     layers: list[LayerInit] = []
     seen_weights: set[int] = set()
     for node in graph.weight_layers():
@@ -169,21 +202,30 @@ def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
         if w is None or w.dim() < 2 or id(w) in seen_weights:
             continue
         seen_weights.add(id(w))  # a shared layer is judged once
-        wd = w.detach().float()
-        all_zero = bool((wd == 0).all())
-        constant = not all_zero and wd.numel() > 1 and bool((wd == wd.reshape(-1)[0]).all())
+        wd = w.detach()
+        if not wd.is_floating_point():
+            wd = wd.float()
+        mean_sq = float(torch.linalg.vector_norm(wd.float() if wd.dtype != torch.float32 else wd)
+                        ) ** 2 / max(1, wd.numel())
+        all_zero = mean_sq == 0.0
+        flat = wd.reshape(-1)
+        constant = (not all_zero and flat.numel() > 1 and bool(flat[0] == flat[-1])
+                    and bool(wd.max() == wd.min()))
         rows = wd.reshape(wd.shape[0], -1)
         symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
-                     and bool((rows == rows[0:1]).all()))
-        fan_in = _weight_fan_in(node, wd)
-        sigma_w2 = fan_in * float(wd.pow(2).mean()) if fan_in else None
+                     and torch.equal(rows[0], rows[1]) and bool((rows == rows[0:1]).all()))
+        fan_in, fan_out = _weight_fans(node, wd)
+        sigma_w2 = fan_in * mean_sq if fan_in else None
+        sigma_w2_out = fan_out * mean_sq if fan_out else None
         op, consumer = _consumer(node)
         layers.append(LayerInit(
-            node=node, fan_in=fan_in, sigma_w2=sigma_w2, all_zero=all_zero, constant=constant,
+            node=node, fan_in=fan_in, sigma_w2=sigma_w2, sigma_w2_out=sigma_w2_out,
+            all_zero=all_zero, constant=constant,
             symmetric=symmetric, next_activation=op,
             target_sigma_w2=_target_sigma_w2(op, consumer),
             identity_at_init_ok=_feeds_join_or_output(node, graph),
-            chain_length=chains.get(node, 1),
+            chain=chain_of.get(node, node),
+            chain_length=sizes.get(chain_of.get(node, node), 1),
         ))
     norms: list[NormInit] = []
     for node in graph.by_kind(Kind.NORM):

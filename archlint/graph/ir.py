@@ -108,6 +108,9 @@ class Node:
 
     @property
     def is_weight_layer(self) -> bool:
+        """Owns weights the gradient has to cross (functional attention has none)."""
+        if self.kind == Kind.ATTENTION:
+            return self.module is not None
         return self.kind in WEIGHT_KINDS
 
     @property

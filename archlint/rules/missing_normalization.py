@@ -26,18 +26,18 @@ class MissingNormalization(Rule):
 
     ## Example
     ```python
-    model = nn.Sequential(*[m for _ in range(20) for m in (nn.Conv2d(64, 64, 3, padding=1),
+    model = nn.Sequential(*[m for _ in range(24) for m in (nn.Conv2d(64, 64, 3, padding=1),
                                                               nn.ReLU())])
     ```
 
     ## Use instead
     ```python
-    model = nn.Sequential(*[m for _ in range(20) for m in (nn.Conv2d(64, 64, 3, padding=1),
+    model = nn.Sequential(*[m for _ in range(24) for m in (nn.Conv2d(64, 64, 3, padding=1),
                                                               nn.BatchNorm2d(64), nn.ReLU())])
     ```
 
     ## Options
-    - `max-depth` (default 16): the most weight layers allowed in a stack without normalisation.
+    - `max-depth` (default 20): the most weight layers allowed in a stack without normalisation.
 
     ## References
     - Ioffe & Szegedy, "Batch Normalization", ICML 2015.
@@ -47,7 +47,7 @@ class MissingNormalization(Rule):
     code = "AL102"
     name = "missing-normalization"
     severity = "warning"
-    options = {"max-depth": 16}
+    options = {"max-depth": 20}
 
     bad_example = """
 import torch.nn as nn
@@ -55,7 +55,7 @@ import torch.nn as nn
 class Model(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(*[m for _ in range(20) for m in (nn.Linear(32, 32), nn.ReLU())])
+        self.body = nn.Sequential(*[m for _ in range(24) for m in (nn.Linear(32, 32), nn.ReLU())])
 
     def forward(self, x):
         return self.body(x)
@@ -67,7 +67,7 @@ import torch.nn as nn
 class Model(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(*[m for _ in range(20)
+        self.body = nn.Sequential(*[m for _ in range(24)
                                     for m in (nn.Linear(32, 32), nn.BatchNorm1d(32), nn.ReLU())])
 
     def forward(self, x):
@@ -79,13 +79,13 @@ class Model(nn.Module):
         s = ctx.structure
         covered = set()
         for node in ctx.graph.nodes:
-            if not node.is_weight_layer or node in covered:
+            if not s.counts_as_layer(node) or node in covered:
                 continue
             run = s.unnormalised_run.get(node, INF)
             if run == INF or run + 1 <= limit:
                 continue
             path = walk_run(node, s.next_unnormalised, stop_kind=Kind.NORM)
-            layers = [n for n in path if n.is_weight_layer]
+            layers = [n for n in path if s.counts_as_layer(n)]
             covered.update(layers)
             yield self.finding(
                 ctx, node,

@@ -27,7 +27,7 @@ class MissingResidual(Rule):
     ## Example
     ```python
     layers = [nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU())
-              for _ in range(30)]
+              for _ in range(40)]
     model = nn.Sequential(*layers)
     ```
 
@@ -40,11 +40,11 @@ class MissingResidual(Rule):
         def forward(self, x):
             return torch.relu(x + self.f(x))
 
-    model = nn.Sequential(*[Block() for _ in range(30)])
+    model = nn.Sequential(*[Block() for _ in range(40)])
     ```
 
     ## Options
-    - `max-depth` (default 20): the most weight layers the gradient may have to cross.
+    - `max-depth` (default 30): the most weight layers the gradient may have to cross.
 
     ## References
     - He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
@@ -54,7 +54,7 @@ class MissingResidual(Rule):
     code = "AL103"
     name = "missing-residual"
     severity = "warning"
-    options = {"max-depth": 20}
+    options = {"max-depth": 30}
 
     bad_example = """
 import torch.nn as nn
@@ -63,7 +63,7 @@ class Model(nn.Module):
     def __init__(self):
         super().__init__()
         self.body = nn.Sequential(*[nn.Sequential(nn.Linear(32, 32), nn.LayerNorm(32), nn.ReLU())
-                                    for _ in range(24)])
+                                    for _ in range(34)])
 
     def forward(self, x):
         return self.body(x)
@@ -84,7 +84,7 @@ class Block(nn.Module):
 class Model(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(*[Block() for _ in range(24)])
+        self.body = nn.Sequential(*[Block() for _ in range(34)])
 
     def forward(self, x):
         return self.body(x)
@@ -95,7 +95,7 @@ class Model(nn.Module):
         s = ctx.structure
         worst, depth = None, 0
         for node in ctx.graph.nodes:
-            if not node.is_weight_layer:
+            if not s.counts_as_layer(node):
                 continue
             d = s.layers_to_output.get(node, INF)
             if d == INF:
@@ -104,7 +104,7 @@ class Model(nn.Module):
                 worst, depth = node, int(d) + 1
         if worst is None or depth <= limit:
             return
-        path = [n for n in walk_run(worst, s.next_layer, stop_kind="") if n.is_weight_layer]
+        path = [n for n in walk_run(worst, s.next_layer, stop_kind="") if s.counts_as_layer(n)]
         skips = len(s.skip_joins)
         skip_text = ("the network has no skip connection" if skips == 0 else
                      f"its {skips} skip connection{'s' if skips > 1 else ''} do not bypass "

@@ -81,6 +81,21 @@ def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
     return node
 
 
+def attach_owner_sites(nodes: list[Node], model: nn.Module) -> None:
+    """A functional weight op inside its own module's forward (a custom layer such as Hugging
+    Face's Conv1D) is located at that module's definition, like a built-in layer."""
+    for n in nodes:
+        if n.module is None and n.module_path and n.scope == n.module_path and \
+                n.kind in (Kind.LINEAR, Kind.CONV, Kind.EMBEDDING, Kind.NORM):
+            try:
+                owner = model.get_submodule(n.module_path)
+            except AttributeError:
+                continue
+            site = module_site(owner)
+            if site is not None:
+                n.site = site
+
+
 def param_owner(qualname: str) -> Optional[str]:
     return qualname.rsplit(".", 1)[0] if "." in qualname else ""
 

@@ -20,8 +20,8 @@ from torch.overrides import TorchFunctionMode
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..graph.sites import user_site
-from .builder import (TraceError, call_node, finalize, flatten_tensors, module_node,
-                      param_owner, select_output, shape_of)
+from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
+                      param_owner, select_output, shape_of, TraceError)
 
 _IGNORED = {"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "stride",
             "data_ptr", "element_size", "requires_grad", "grad_fn", "is_contiguous", "item",
@@ -160,6 +160,15 @@ class _Mode(TorchFunctionMode):
         return out
 
 
+def _accepts(model: nn.Module, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
     """Trace by running ``model(**inputs)`` once; raise TraceError if the forward fails."""
     rec = _Recorder(model)
@@ -183,10 +192,13 @@ def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
     buffers = {k: b.detach().clone() for k, b in model.named_buffers()}
     training = {m: m.training for m in model.modules()}
     rng = torch.get_rng_state()
+    call_kwargs = dict(inputs)
+    if _accepts(model, "use_cache") and "use_cache" not in call_kwargs:
+        call_kwargs["use_cache"] = False  # Hugging Face: no KV-cache bookkeeping in the graph
     try:
         model.train()
         with torch.no_grad(), _Mode(rec):
-            result = model(**inputs)
+            result = model(**call_kwargs)
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         raise TraceError(f"forward failed: {type(exc).__name__}: {lines[0] if lines else ''}"
@@ -207,6 +219,7 @@ def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
                   inputs=[n for n in out_inputs if n is not None])
     rec.nodes.append(output)
     nodes = finalize(rec.nodes)
+    attach_owner_sites(nodes, model)
     graph = Graph(nodes=nodes, model=model, tracer="exec", input_nodes=input_nodes)
     graph.output = rec.env.get(y) if y is not None else None
     return graph

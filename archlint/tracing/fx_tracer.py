@@ -11,8 +11,8 @@ from torch import nn
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..graph.sites import user_site
-from .builder import (TraceError, call_node, finalize, is_tensor_value, module_node,
-                      param_owner, select_output, shape_of)
+from .builder import (attach_owner_sites, call_node, finalize, is_tensor_value, module_node,
+                      param_owner, select_output, shape_of, TraceError)
 from .shapes import propagate_values
 
 
@@ -99,6 +99,7 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
     for n in nodes:
         n.input_shapes = [i.shape for i in n.inputs]
     nodes = finalize(nodes)
+    attach_owner_sites(nodes, model)
     graph = Graph(nodes=nodes, model=model, tracer="fx",
                   input_nodes=[n for n in nodes if n.kind == Kind.INPUT])
     graph.output = _probe_output_node(fxg, env, values, output)

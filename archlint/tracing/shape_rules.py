@@ -274,6 +274,13 @@ def function_shape(target: Any, args: Sequence[Any], kwargs: dict) -> Any:
         if name == "where" and len(args) == 3:
             dtype = _promote([a for a in args[1:]])
         return TensorShape(shape, dtype)
+    if name in ("cat", "concat", "concatenate"):
+        return _cat(args, kwargs)
+    if name == "stack":
+        seq = list(args[0])
+        d = _norm_dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), seq[0].dim() + 1)
+        s = seq[0].shape
+        return seq[0].with_shape(s[:d] + (len(seq),) + s[d:])
     if not isinstance(x, TensorShape):
         raise NoRule(name)
     n = x.dim()
@@ -378,13 +385,6 @@ def function_shape(target: Any, args: Sequence[Any], kwargs: dict) -> Any:
     if name == "scaled_dot_product_attention":
         v = args[2] if len(args) > 2 else kwargs["value"]
         return TensorShape(x.shape[:-1] + (v.shape[-1],), x.dtype)
-    if name in ("cat", "concat", "concatenate"):
-        return _cat(args, kwargs)
-    if name == "stack":
-        seq = list(args[0])
-        d = _norm_dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), seq[0].dim() + 1)
-        s = seq[0].shape
-        return seq[0].with_shape(s[:d] + (len(seq),) + s[d:])
     if name in ("split", "chunk", "tensor_split", "unbind"):
         return _split(name, x, args, kwargs)
     if name == "getitem":

@@ -7,6 +7,7 @@ parameters, so the user's model is never modified). Python values (sizes, ints) 
 
 from __future__ import annotations
 
+import operator
 from typing import Any, Mapping
 
 import torch
@@ -116,7 +117,9 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
             return python_value(node.target, args, kwargs)
-        if node.op == "call_function" and node.target is getattr:
+        if node.op == "call_function" and (
+                node.target is getattr or (node.target is operator.getitem
+                                           and isinstance(args[0], (tuple, list)))):
             return python_value(node.target, args, kwargs)
         target = node.target if node.op == "call_function" else str(node.target)
         return function_shape(target, args, kwargs)
