@@ -153,15 +153,19 @@ def _tail_partial_moments(t: float) -> tuple[float, ...]:
     return (pdf * i0, pdf * i1, pdf * i2, pdf * i3, pdf * i4)
 
 
-def _poly_shift(coeffs: Sequence[float], x0: float) -> list[float]:
+def _poly_shift(coeffs: Sequence[float], x0: float) -> tuple[float, ...]:
     """Coefficients of ``p(x0 + u)`` in powers of ``u`` (both ascending)."""
     n = len(coeffs)
-    powers = [1.0]
-    for _ in range(1, n):
-        powers.append(powers[-1] * x0)
-    return [
-        sum(_BINOM[k][j] * coeffs[k] * powers[k - j] for k in range(j, n)) for j in range(n)
-    ]
+    if n <= 1:
+        return tuple(coeffs)
+    powers = [1.0, x0, x0 * x0, x0 * x0 * x0, x0 * x0 * x0 * x0][:n]
+    out = []
+    for j in range(n):
+        total = 0.0
+        for k in range(j, n):
+            total += _BINOM[k][j] * coeffs[k] * powers[k - j]
+        out.append(total)
+    return tuple(out)
 
 
 def _poly_mul(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
@@ -174,79 +178,29 @@ def _poly_mul(a: Sequence[float], b: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-class _Normal:
-    """``h ~ N(m, s^2)`` with ``s > 0``: truncated expectations of polynomials and exponentials.
-
-    Tail integrals at each break point are computed once per instance and shared by all pieces
-    and by ``phi``, ``phi^2`` and ``phi'^2``.
-    """
-
-    __slots__ = ("m", "s", "_partials")
-
-    def __init__(self, m: float, s: float) -> None:
-        self.m, self.s = m, s
-        self._partials: dict[float, tuple[tuple[float, ...], tuple[float, ...]]] = {}
-
-    def _at(self, a: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """``(U, L)`` with ``U_k = E-integral of ((h-a)/s)^k above a`` and ``L_k`` of
-        ``((a-h)/s)^k`` below ``a``, in standardised units."""
-        cached = self._partials.get(a)
-        if cached is None:
-            t = (a - self.m) / self.s
-            near = _tail_partial_moments(abs(t))
-            full = _shifted_full_moments(abs(t))
-            far = tuple(f - (p if k % 2 == 0 else -p) for k, (f, p) in enumerate(zip(full, near)))
-            cached = (near, far) if t >= 0.0 else (far, near)
-            self._partials[a] = cached
-        return cached
-
-    def _full(self, coeffs: Sequence[float]) -> float:
-        shifted = _poly_shift(coeffs, self.m)
-        return sum(c * self.s**j * _STD_MOMENTS[j] for j, c in enumerate(shifted))
-
-    def _upper(self, coeffs: Sequence[float], a: float) -> float:
-        """``E[p(h) 1{h > a}]``, expanded around ``a``."""
-        partial = self._at(a)[0]
-        shifted = _poly_shift(coeffs, a)
-        return sum(c * self.s**j * partial[j] for j, c in enumerate(shifted))
-
-    def _lower(self, coeffs: Sequence[float], b: float) -> float:
-        """``E[p(h) 1{h < b}]``, expanded around ``b``."""
-        partial = self._at(b)[1]
-        shifted = _poly_shift(coeffs, b)
-        return sum(c * (-self.s) ** j * partial[j] for j, c in enumerate(shifted))
-
-    def poly(self, coeffs: Sequence[float], lo: float, hi: float) -> float:
-        """``E[p(h) 1{lo < h < hi}]`` in the form that does not cancel."""
-        if not coeffs:
-            return 0.0
-        if lo == -_INF:
-            return self._full(coeffs) if hi == _INF else self._lower(coeffs, hi)
-        if hi == _INF:
-            return self._upper(coeffs, lo)
-        if self.m <= lo:
-            return self._upper(coeffs, lo) - self._upper(coeffs, hi)
-        if self.m >= hi:
-            return self._lower(coeffs, hi) - self._lower(coeffs, lo)
-        return self._full(coeffs) - self._lower(coeffs, lo) - self._upper(coeffs, hi)
-
-    def exp(self, rate: float, lo: float, hi: float) -> float:
-        """``E[exp(rate h) 1{lo < h < hi}] = exp(rate m + rate^2 s^2/2) (Phi(b) - Phi(a))``."""
-        shift = rate * self.s
-        a = (lo - self.m) / self.s - shift
-        b = (hi - self.m) / self.s - shift
-        return _safe_exp(rate * self.m + 0.5 * shift * shift + _log_mass(a, b))
-
-
-@dataclass(frozen=True)
 class _Expr:
     """``f(h) = sum_k poly[k] h^k + sum_i c_i exp(r_i h)`` on one piece.
 
     Exponential terms may only be combined with a constant polynomial, which covers every op here.
+    The polynomial re-expanded around a break point is cached per break point.
     """
 
-    poly: tuple[float, ...] = ()
-    exps: tuple[tuple[float, float], ...] = ()
+    __slots__ = ("poly", "exps", "_shifted")
+
+    def __init__(
+        self, poly: Sequence[float] = (), exps: Sequence[tuple[float, float]] = ()
+    ) -> None:
+        if len(poly) > _MAX_DEGREE + 1:
+            raise ValueError("polynomial degree too high")
+        self.poly = tuple(float(c) for c in poly)
+        self.exps = tuple((float(c), float(r)) for c, r in exps)
+        self._shifted: dict[float, tuple[float, ...]] = {}
+
+    def shifted(self, anchor: float) -> tuple[float, ...]:
+        cached = self._shifted.get(anchor)
+        if cached is None:
+            cached = self._shifted[anchor] = _poly_shift(self.poly, anchor)
+        return cached
 
     def times(self, other: "_Expr") -> "_Expr":
         exps = [(c1 * c2, r1 + r2) for c1, r1 in self.exps for c2, r2 in other.exps]
@@ -255,14 +209,14 @@ class _Expr:
                 raise NotImplementedError("polynomial times exponential is not supported")
             const = poly[0] if poly else 0.0
             exps.extend((const * c, r) for c, r in terms if const)
-        return _Expr(_poly_mul(self.poly, other.poly), tuple(exps))
+        return _Expr(_poly_mul(self.poly, other.poly), exps)
 
     def deriv(self) -> "_Expr":
-        poly = tuple(k * c for k, c in enumerate(self.poly) if k)
-        return _Expr(poly, tuple((c * r, r) for c, r in self.exps))
+        poly = [k * c for k, c in enumerate(self.poly) if k]
+        return _Expr(poly, [(c * r, r) for c, r in self.exps])
 
-    def expect(self, normal: _Normal, lo: float, hi: float) -> float:
-        total = normal.poly(self.poly, lo, hi)
+    def expect(self, normal: "_Normal", lo: float, hi: float) -> float:
+        total = normal.poly(self, lo, hi) if self.poly else 0.0
         for c, r in self.exps:
             total += c * normal.exp(r, lo, hi)
         return total
@@ -276,11 +230,96 @@ class _Expr:
         return out
 
 
+class _Normal:
+    """``h ~ N(m, s^2)`` with ``s > 0``: truncated expectations of polynomials and exponentials.
+
+    Tail integrals at each break point are computed once per instance and shared by all pieces
+    and by ``phi``, ``phi^2`` and ``phi'^2``.
+    """
+
+    __slots__ = ("m", "s", "_spow", "_nspow", "_partials", "_exps")
+
+    def __init__(self, m: float, s: float) -> None:
+        self.m, self.s = m, s
+        s2 = s * s
+        self._spow = (1.0, s, s2, s2 * s, s2 * s2)
+        self._nspow = (1.0, -s, s2, -s2 * s, s2 * s2)
+        self._partials: dict[float, tuple[tuple[float, ...], tuple[float, ...]]] = {}
+        self._exps: dict[tuple[float, float, float], float] = {}
+
+    def _at(self, a: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(U, L)``: ``U_k = int_t^inf (z - t)^k phi`` and ``L_k = int_-inf^t (t - z)^k phi``
+        for ``t = (a - m)/s``."""
+        cached = self._partials.get(a)
+        if cached is None:
+            t = (a - self.m) / self.s
+            near = _tail_partial_moments(abs(t))
+            f0, f1, f2, f3, f4 = _shifted_full_moments(abs(t))
+            n0, n1, n2, n3, n4 = near
+            far = (f0 - n0, f1 + n1, f2 - n2, f3 + n3, f4 - n4)
+            cached = (near, far) if t >= 0.0 else (far, near)
+            self._partials[a] = cached
+        return cached
+
+    def _full(self, expr: _Expr) -> float:
+        total = 0.0
+        for c, p, z in zip(_poly_shift(expr.poly, self.m), self._spow, _STD_MOMENTS):
+            total += c * p * z
+        return total
+
+    def _upper(self, expr: _Expr, a: float) -> float:
+        """``E[p(h) 1{h > a}]``, expanded around ``a``."""
+        total = 0.0
+        for c, p, u in zip(expr.shifted(a), self._spow, self._at(a)[0]):
+            total += c * p * u
+        return total
+
+    def _lower(self, expr: _Expr, b: float) -> float:
+        """``E[p(h) 1{h < b}]``, expanded around ``b``."""
+        total = 0.0
+        for c, p, u in zip(expr.shifted(b), self._nspow, self._at(b)[1]):
+            total += c * p * u
+        return total
+
+    def poly(self, expr: _Expr, lo: float, hi: float) -> float:
+        """``E[p(h) 1{lo < h < hi}]`` for ``expr``'s polynomial, in a form that does not cancel."""
+        if lo == -_INF:
+            return self._full(expr) if hi == _INF else self._lower(expr, hi)
+        if hi == _INF:
+            return self._upper(expr, lo)
+        if self.m <= lo:
+            return self._upper(expr, lo) - self._upper(expr, hi)
+        if self.m >= hi:
+            return self._lower(expr, hi) - self._lower(expr, lo)
+        return self._full(expr) - self._lower(expr, lo) - self._upper(expr, hi)
+
+    def exp(self, rate: float, lo: float, hi: float) -> float:
+        """``E[exp(rate h) 1{lo < h < hi}] = exp(rate m + rate^2 s^2/2) (Phi(b) - Phi(a))``."""
+        key = (rate, lo, hi)
+        cached = self._exps.get(key)
+        if cached is None:
+            shift = rate * self.s
+            a = (lo - self.m) / self.s - shift
+            b = (hi - self.m) / self.s - shift
+            log_mass = _log_mass(a, b)
+            cached = _safe_exp(rate * self.m + 0.5 * shift * shift + log_mass)
+            self._exps[key] = cached
+        return cached
+
+    def split_at(self, a: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Partial moments of ``h - a`` above and of ``a - h`` below ``a`` (in units ``s^k``):
+        ``(E[((h-a)/s)^k 1{h>a}], E[((a-h)/s)^k 1{h<a}])`` for ``k = 0..4``."""
+        return self._at(a)
+
+
 _Pieces = tuple[tuple[float, float, _Expr], ...]
 
 
 def _expect_pieces(pieces: _Pieces, normal: _Normal) -> float:
-    return sum(expr.expect(normal, lo, hi) for lo, hi, expr in pieces)
+    total = 0.0
+    for lo, hi, expr in pieces:
+        total += expr.expect(normal, lo, hi)
+    return total
 
 
 def _eval_pieces(pieces: _Pieces, h: np.ndarray) -> np.ndarray:
@@ -565,13 +604,34 @@ SUPPORTED_OPS: tuple[str, ...] = tuple(_DEFAULTS)
 _IGNORED_PARAMS = frozenset({"inplace"})
 
 
+class _TwoSlope(_Piecewise):
+    """``h`` for ``h > 0`` and slope ``a`` below 0, ``a`` possibly random with moments ``E[a]``,
+    ``E[a^2]`` (ReLU, leaky ReLU, PReLU, RReLU): a direct closed form, the hottest path."""
+
+    neg_mean: float
+    neg_square: float
+
+    def __init__(self, neg_mean: float, neg_square: float) -> None:
+        super().__init__(
+            f=((-_INF, 0.0, _line(neg_mean)), (0.0, _INF, _line(1.0))),
+            f2=((-_INF, 0.0, _Expr((0.0, 0.0, neg_square))), (0.0, _INF, _Expr((0.0, 0.0, 1.0)))),
+            g2=((-_INF, 0.0, _const(neg_square)), (0.0, _INF, _const(1.0))),
+        )
+        object.__setattr__(self, "neg_mean", neg_mean)
+        object.__setattr__(self, "neg_square", neg_square)
+
+    def moments(self, m: float, s: float) -> tuple[float, float, float]:
+        up, low = _Normal(m, s).split_at(0.0)
+        a1, a2 = self.neg_mean, self.neg_square
+        return (
+            s * (up[1] - a1 * low[1]),
+            s * s * (up[2] + a2 * low[2]),
+            up[0] + a2 * low[0],
+        )
+
+
 def _two_slope(neg_mean: float, neg_square: float) -> _Piecewise:
-    """``h`` for ``h > 0``; a (possibly random) slope with ``E[a]``, ``E[a^2]`` below 0."""
-    return _Piecewise(
-        f=((-_INF, 0.0, _line(neg_mean)), (0.0, _INF, _line(1.0))),
-        f2=((-_INF, 0.0, _Expr((0.0, 0.0, neg_square))), (0.0, _INF, _Expr((0.0, 0.0, 1.0)))),
-        g2=((-_INF, 0.0, _const(neg_square)), (0.0, _INF, _const(1.0))),
-    )
+    return _TwoSlope(neg_mean, neg_square)
 
 
 def _rrelu(lower: float, upper: float, training: bool) -> _Piecewise:
