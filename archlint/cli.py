@@ -2,22 +2,27 @@
 
 Exit codes: 0 nothing at or above the failing severity; 1 findings; 2 usage, config or
 analysis error.
+
+torch is imported only when there is a model to lint: ``archlint script.py`` on files that define
+no class and build nothing at top level (what pre-commit passes on most commits) answers at once.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 
 from . import __version__
-from .config import Config, ConfigError, find_config, load_config
-from .inputs import InputError, InputSpec, parse_dtype, parse_shape, TensorSpec
 from .findings import SEVERITIES
+from .report import FORMATS
 
-FORMATS = ("text", "json")
+if TYPE_CHECKING:
+    from .config import Config
+    from .inputs import InputSpec
+    from .report.model import Report
 
 
 class _DefaultGroup(click.Group):
@@ -51,6 +56,8 @@ def _fail(message: str) -> None:
 
 
 def _load_config(path: Optional[str], isolated: bool) -> Config:
+    from .config import Config, find_config, load_config
+
     if isolated:
         return Config()
     cfg_path = Path(path) if path else find_config()
@@ -61,6 +68,8 @@ def _load_config(path: Optional[str], isolated: bool) -> Config:
 
 def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
                ) -> Optional[InputSpec]:
+    from .inputs import InputError, InputSpec, TensorSpec, parse_dtype, parse_shape
+
     if shape is None:
         if dtype is not None or high is not None:
             raise InputError("--input-dtype/--input-high need --input-shape")
@@ -75,6 +84,44 @@ def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
     return InputSpec({None: spec})
 
 
+def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
+    """Every path is a Python file that defines no class and builds nothing at top level.
+
+    Such files are never imported (see ``targets.might_define_models``), so the run can answer
+    without importing torch, loading the config or the rules.
+    """
+    from .targets import might_define_models, split_spec
+
+    if not paths:
+        return False
+    for p in paths:
+        left, name = split_spec(p)
+        path = Path(left)
+        if name is not None or not left.endswith(".py") or not path.is_file() or \
+                might_define_models(path):
+            return False
+    return True
+
+
+def _write(text: str, output: Optional[str]) -> None:
+    if not output:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror}")
+
+
+def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
+    if statistics:
+        from .report.statistics import render_statistics
+
+        return render_statistics(report, fmt)
+    return report.render(fmt, verbose=verbose)
+
+
 @main.command("check")
 @click.argument("paths", nargs=-1)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
@@ -86,9 +133,21 @@ def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
 @click.option("--exclude", multiple=True, help="Glob patterns of files to skip.")
 @click.option("--fail-on", type=click.Choice(SEVERITIES),
               help="Lowest severity that makes the exit code 1 (default: warning).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="Report format: text, json, sarif (GitHub code scanning), github (workflow "
+                   "annotations).")
 @click.option("--output", "-o", "output", type=click.Path(dir_okay=False),
               help="Write the report to this file instead of standard output.")
+@click.option("--statistics", is_flag=True,
+              help="Print how many findings each rule has instead of the findings.")
+@click.option("--baseline", "baseline_path", type=click.Path(dir_okay=False),
+              help="Leave out the findings listed in this baseline file.")
+@click.option("--update-baseline", is_flag=True,
+              help="Write every current finding to the baseline file and exit 0.")
+@click.option("--report-unused-suppressions", "unused_suppressions", is_flag=True, default=None,
+              help="Report suppression comments that silence nothing (AL900).")
+@click.option("--ignore-noqa", is_flag=True,
+              help="Ignore every '# archlint: disable' and '# noqa: AL...' comment.")
 @click.option("--input-shape", help="Example input shape for every target, e.g. 8,3,32,32.")
 @click.option("--input-dtype", help="Example input dtype (float32, int64, ...).")
 @click.option("--input-high", type=int, help="Integer inputs: ids drawn from [0, HIGH).")
@@ -96,11 +155,30 @@ def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
           exclude: tuple[str, ...], fail_on: Optional[str], fmt: str, output: Optional[str],
-          input_shape: Optional[str], input_dtype: Optional[str], input_high: Optional[int],
-          verbose: bool) -> None:
+          statistics: bool, baseline_path: Optional[str], update_baseline: bool,
+          unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
+          input_dtype: Optional[str], input_high: Optional[int], verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
-    from .report.json_format import render_json
-    from .report.text import render_text
+    from .baseline import BaselineError, load_baseline
+
+    if statistics and fmt not in ("text", "json"):
+        _fail("--statistics prints text or json, not --format " + fmt)
+    baseline = None
+    if baseline_path and not update_baseline:
+        try:
+            baseline = load_baseline(Path(baseline_path))
+        except BaselineError as exc:
+            _fail(str(exc))
+    if not update_baseline and _nothing_to_lint(paths):
+        from .report.model import Report
+        from .targets import NO_MODELS
+
+        _write(_render(Report(fail_on=fail_on or "warning", notes=[NO_MODELS]), fmt, statistics,
+                       verbose), output)
+        sys.exit(0)
+
+    from .config import ConfigError
+    from .inputs import InputError
     from .rules import known_selector
     from .runner import RunOptions, UsageError, run
 
@@ -114,41 +192,74 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
     for code in (sel or []) + (ign or []) + (_split(extend_ignore) or []):
         if not known_selector(code):
             _fail(f"unknown rule {code!r} (see 'archlint rules')")
+    if update_baseline:
+        target = Path(baseline_path) if baseline_path else config.baseline
+        if target is None:
+            _fail("--update-baseline needs --baseline FILE (or 'baseline' in the config)")
+            return
+    elif baseline is None and config.baseline is not None:
+        try:
+            baseline = load_baseline(config.baseline)
+        except BaselineError as exc:
+            _fail(str(exc))
     opts = RunOptions(paths=list(paths), select=sel, ignore=ign,
                       extend_ignore=_split(extend_ignore) or [],
-                      exclude=_split(exclude), fail_on=fail_on, input=spec)
+                      exclude=_split(exclude), fail_on=fail_on, input=spec,
+                      respect_suppressions=not ignore_noqa,
+                      report_unused_suppressions=unused_suppressions, baseline=baseline)
     try:
         report = run(config, opts)
     except UsageError as exc:
         _fail(str(exc))
         return
-    text = render_json(report) if fmt == "json" else render_text(report, verbose=verbose)
-    if output:
-        try:
-            Path(output).write_text(text)
-        except OSError as exc:
-            _fail(f"cannot write {output}: {exc.strerror}")
-    else:
-        click.echo(text, nl=False)
+    if update_baseline:
+        _update_baseline(report, target)
+        return
+    _write(_render(report, fmt, statistics, verbose), output)
     for t in report.errors:
-        if fmt != "text" or output:
+        if fmt != "text" or output or statistics:
             click.echo(f"archlint: {t.target}: {t.error}", err=True)
     sys.exit(report.exit_code())
 
 
-@main.command("rules")
-def rules_cmd() -> None:
-    """List every rule: code, name, default severity and summary."""
-    from .rules import ALL_RULES
+def _update_baseline(report: Report, path: Path) -> None:
+    from .baseline import BaselineError, write_baseline
 
-    for r in ALL_RULES:
-        click.echo(f"{r.code}  {r.name:<24} {r.severity:<8} {r.summary()}")
+    try:
+        n = write_baseline(report, path)
+    except BaselineError as exc:
+        _fail(str(exc))
+        return
+    click.echo(f"archlint: wrote {n} finding{'s' if n != 1 else ''} of {len(report.targets)} "
+               f"target{'s' if len(report.targets) != 1 else ''} to {path}", err=True)
+    for t in report.errors:
+        click.echo(f"archlint: {t.target}: {t.error}", err=True)
+    # A target that could not be analysed has no findings in the baseline: say so by the code.
+    sys.exit(2 if report.errors else 0)
+
+
+@main.command("rules")
+@click.option("--format", "fmt", type=click.Choice(("text", "markdown", "json")), default="text",
+              show_default=True,
+              help="markdown: the rules reference (docs/rules.md is generated with it).")
+def rules_cmd(fmt: str) -> None:
+    """List every rule: code, name, default severity and summary."""
+    from .rule_docs import markdown_reference, rules_json, rules_table
+    from .rules import ALL_RULES, RESERVED
+
+    if fmt == "markdown":
+        click.echo(markdown_reference(ALL_RULES, RESERVED), nl=False)
+    elif fmt == "json":
+        click.echo(rules_json(ALL_RULES), nl=False)
+    else:
+        click.echo(rules_table(ALL_RULES), nl=False)
 
 
 @main.command("explain")
 @click.argument("code")
 def explain(code: str) -> None:
     """Print a rule's documentation (by code or name)."""
+    from .rule_docs import explain as explain_text
     from .rules import RESERVED, find_rule
 
     rule = find_rule(code)
@@ -158,10 +269,7 @@ def explain(code: str) -> None:
                   "estimator and not available in this version")
         _fail(f"unknown rule {code!r} (see 'archlint rules')")
         return
-    click.echo(f"# {rule.code} {rule.name} (default severity: {rule.severity})\n")
-    click.echo(rule.documentation())
-    if rule.options:
-        click.echo("\n## Defaults\n" + "\n".join(f"- {k}: {v}" for k, v in rule.options.items()))
+    click.echo(explain_text(rule), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

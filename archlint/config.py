@@ -18,7 +18,7 @@ from .inputs import InputError, InputSpec, parse_input
 
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
 TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",
-            "per-file-ignores")
+            "per-file-ignores", "baseline", "report-unused-suppressions")
 TARGET_KEYS = ("target", "kwargs", "input")
 
 
@@ -45,6 +45,9 @@ class Config:
     rules: dict[str, dict[str, Any]] = field(default_factory=dict)
     input: Optional[InputSpec] = None
     per_file_ignores: dict[str, list[str]] = field(default_factory=dict)
+    #: Baseline file (relative paths are relative to the config's folder).
+    baseline: Optional[Path] = None
+    report_unused_suppressions: bool = False
 
     @property
     def root(self) -> Path:
@@ -247,6 +250,18 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
                     raise ConfigError(f"{loc.where(('per-file-ignores', pattern))}: unknown "
                                       f"rule {c!r}")
             cfg.per_file_ignores[str(pattern)] = lst
+    if "baseline" in data:
+        v = data["baseline"]
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{loc.where(('baseline',))}: expected the path of a baseline "
+                              f"file, got {v!r}")
+        cfg.baseline = cfg.root / v
+    if "report-unused-suppressions" in data:
+        v = data["report-unused-suppressions"]
+        if not isinstance(v, bool):
+            raise ConfigError(f"{loc.where(('report-unused-suppressions',))}: expected true or "
+                              f"false, got {v!r}")
+        cfg.report_unused_suppressions = v
     if "targets" in data:
         cfg.targets = _validate_targets(data["targets"], loc)
     return cfg

@@ -13,12 +13,14 @@ from torch import nn
 
 from .analysis.init_stats import analyse_init
 from .analysis.recurrence import analyse_recurrence
+from .analysis.gradient_flow import analyse_gradient_flow
 from .analysis.structure import analyse_structure
 from .findings import Finding
 from .graph.ir import Graph
 from .graph.sites import module_site
 from .inputs import InputSpec
 from .rules import Rule, RuleContext
+from .signal.estimate import estimate_graph
 from .targets import display_path
 from .tracing import TraceError, trace_model
 
@@ -65,6 +67,8 @@ class TargetResult:
     notes: list[str] = field(default_factory=list)
     #: Anything later stages add (estimate summary, measurement error...).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Codes of the rules whose check ran to the end (which suppressions can be judged unused).
+    rules_run: list[str] = field(default_factory=list)
     graph: Optional[Graph] = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,11 +95,30 @@ def weight_layers_of(model: nn.Module) -> list[LayerInfo]:
     return out
 
 
-def analyse(graph: Graph) -> None:
-    """Compute every shared fact once; rules only read them."""
+def analyse(graph: Graph) -> list[str]:
+    """Compute every shared fact once; rules only read them. Returns notes for the user."""
+    notes: list[str] = []
     graph.facts["structure"] = analyse_structure(graph)
     graph.facts["init"] = analyse_init(graph)
     graph.facts["recurrence"] = analyse_recurrence(graph)
+    if graph.facts.get("input_spec") is None:
+        notes.append("gradient estimate skipped: no example input (give --input-shape or "
+                     "'input:' in the config)")
+        return notes
+    if graph.output is None:
+        return notes
+    try:
+        estimate = estimate_graph(graph)
+    except Exception as exc:  # the structural rules still run
+        notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
+        return notes
+    graph.facts["estimate"] = estimate
+    if estimate.unknown_ops:
+        ops = ", ".join(f"{op} (x{n})" if n > 1 else op
+                        for op, n in sorted(estimate.unknown_ops.items()))
+        notes.append(f"gradient estimate: ops without a formula, passed through unchanged: {ops}")
+    graph.facts["gradient_flow"] = analyse_gradient_flow(graph, estimate)
+    return notes
 
 
 def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
@@ -116,11 +139,18 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.notes.append("no tensor output found; gradient paths are unknown")
     result.layers = weight_layers_of(model)
     try:
-        analyse(graph)
+        result.notes.extend(analyse(graph))
     except Exception as exc:  # an analysis bug must not lose the other targets
         result.status = "error"
         result.error = f"analysis failed: {type(exc).__name__}: {exc}"[:400]
         return result
+    estimate = graph.facts.get("estimate")
+    if estimate is not None:
+        for layer in result.layers:
+            layer.grad_rms = estimate.grad_rms.get(layer.module)
+        flow = graph.facts.get("gradient_flow")
+        if flow is not None:
+            result.extra["gradient_decades"] = round(flow.decades, 3)
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
@@ -134,6 +164,7 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
                           target=display)
         try:
             result.findings.extend(rule().check(ctx))
+            result.rules_run.append(rule.code)
         except Exception as exc:
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -105,8 +106,10 @@ def parse_dtype(text: Any, where: str) -> torch.dtype:
 
 def parse_shape(value: Any, where: str) -> tuple[int, ...]:
     if isinstance(value, str):
-        parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
-        try:
+        parts = [p.strip() for p in re.split(r"[,x]", value.strip())]
+        if len(parts) > 1 and parts[-1] == "":
+            parts.pop()  # a trailing comma
+        try:  # an empty field ("8,,32", "2,x,4") is an error, not a dimension to drop
             dims = tuple(int(p) for p in parts)
         except ValueError:
             raise InputError(f"{where}: shape {value!r} is not a list of integers") from None

@@ -25,7 +25,7 @@ from torch import nn
 
 from .graph.sites import SITE_ATTR, recording_module_sites
 from .inputs import InputSpec
-from .targets import Target, display_path
+from .targets import Target, display_path, might_define_models
 
 
 class LoadError(Exception):
@@ -141,25 +141,6 @@ def _import_module(dotted: str) -> ModuleType:
         raise LoadError(f"cannot import {dotted}: {one_line_error(exc)}") from None
 
 
-def might_define_models(path: Path) -> bool:
-    """Cheap check before importing: does the file define classes or build objects at top level?
-
-    Files with neither (scripts, utilities) cannot hold a model to lint and are never imported.
-    """
-    try:
-        tree = ast.parse(path.read_bytes(), filename=str(path))
-    except SyntaxError:
-        return True  # let the import report the error with its line
-    except (OSError, ValueError):
-        return True
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.bases:
-            return True
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
-            return True
-    return False
-
-
 def _build(obj: Any, what: str, kwargs: dict, user_file: Optional[Path]) -> nn.Module:
     torch.manual_seed(0)
     try:
@@ -232,6 +213,9 @@ def _load_file_models(module: ModuleType, target: Target) -> list[LoadedModel | 
     disp = display_path(path)
     classes: list[tuple[str, type]] = []
     instances: list[tuple[str, nn.Module]] = []
+    # ``model = make()`` / ``model = torchvision.models.resnet18()``: built by code in another
+    # file, but bound here -- unlike ``from other import model``, which is that file's.
+    assigned = _assigned_at_top_level(path)
     for attr, obj in vars(module).items():
         if inspect.isclass(obj) and issubclass(obj, nn.Module):
             if obj.__module__ == module.__name__ and _has_forward(obj) \
@@ -239,7 +223,7 @@ def _load_file_models(module: ModuleType, target: Target) -> list[LoadedModel | 
                 classes.append((attr, obj))
         elif isinstance(obj, nn.Module):
             site = obj.__dict__.get(SITE_ATTR)
-            if site is not None and Path(site.path).resolve() == path:
+            if (site is not None and Path(site.path).resolve() == path) or attr in assigned:
                 instances.append((attr, obj))
     results: list[tuple[str, nn.Module | LoadFailure]] = []
     instance_types = {type(m) for _, m in instances}
@@ -272,6 +256,32 @@ def _load_file_models(module: ModuleType, target: Target) -> list[LoadedModel | 
             continue
         out.append(LoadedModel(f"{disp}:{attr}", m, target.input))
     return out
+
+
+def _assigned_at_top_level(path: Path) -> set[str]:
+    """Names bound by assignments in a file's module body (outside functions and classes)."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, OSError, ValueError):
+        return set()
+    names: set[str] = set()
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        else:
+            targets = []
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    stack.append(child)
+        for t in targets:
+            names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+    return names
 
 
 def call_user(fn: Callable[[], Any]) -> Any:  # pragma: no cover - convenience for the API

@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from .baseline import Baseline
 from .config import Config
 from .engine import Settings, TargetResult, lint_model
 from .findings import Finding
 from .inputs import InputSpec
 from .loading import LoadedModel, LoadFailure, load_target
 from .report.model import Report
-from .rules import selected_rules
-from .targets import Target, TargetError, display_path, resolve
+from .rules import RESERVED, selected_rules
+from .suppressions import SuppressionIndex
+from .targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
 
 
 @dataclass
@@ -32,7 +34,14 @@ class RunOptions:
     exclude: Optional[list[str]] = None
     fail_on: Optional[str] = None
     input: Optional[InputSpec] = None
-    #: Called with each result as soon as it is ready (progress, streaming output).
+    #: Honour ``# archlint: disable`` / ``# noqa: AL...`` comments (off: ``--ignore-noqa``).
+    respect_suppressions: bool = True
+    #: Report suppression comments that silenced nothing (AL900); None: as the config says.
+    report_unused_suppressions: Optional[bool] = None
+    #: Leave out the findings this baseline lists.
+    baseline: Optional[Baseline] = None
+    #: Called with each result as soon as it is ready (progress, streaming output). AL900
+    #: findings are only known at the end of the run and are not in what it receives.
     on_result: Optional[Callable[[TargetResult], None]] = None
     #: Extra per-target analyses (gradient estimate, measurement) run after the rules.
     post_analyses: list[Callable[[TargetResult], None]] = field(default_factory=list)
@@ -53,9 +62,10 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
     targets: list[Target] = []
     if opts.paths:
         for p in opts.paths:
+            # A file named without ':Name' is not "explicit": one that defines no class and
+            # builds nothing at top level (a script) is skipped without being imported.
             try:
-                targets.extend(resolve(p, excludes, input_spec=opts.input,
-                                       explicit=not Path(p).is_dir()))
+                targets.extend(resolve(p, excludes, input_spec=opts.input))
             except TargetError as exc:
                 raise UsageError(str(exc)) from None
         _attach_config_entries(targets, config)
@@ -75,8 +85,6 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
 
 
 def _config_relative(spec: str, root: Path) -> str:
-    from .targets import split_spec
-
     left, name = split_spec(spec)
     candidate = root / left
     if not Path(left).is_absolute() and (left.endswith(".py") or candidate.exists()):
@@ -89,8 +97,6 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
     """A command-line file that the config also lists takes the config's kwargs and input."""
     by_key: dict[tuple, object] = {}
     for entry in config.targets:
-        from .targets import split_spec
-
         left, name = split_spec(entry.target)
         path = (config.root / left).resolve()
         by_key[(path, name)] = entry
@@ -109,22 +115,111 @@ def run(config: Config, opts: RunOptions) -> Report:
     settings = settings_from(config, opts)
     report = Report(fail_on=opts.fail_on or config.fail_on)
     targets = collect_targets(config, opts)
+    suppressions = SuppressionIndex() if opts.respect_suppressions else None
+    coverage = _Coverage()
     for target in targets:
         for loaded in load_target(target):
             if isinstance(loaded, LoadFailure):
                 result = TargetResult(target=loaded.display, status="error", error=loaded.error)
             else:
                 result = _lint_loaded(loaded, target, config, settings, opts)
-            _apply_per_file_ignores(result, config)
+            coverage.add(result, target)
+            if suppressions is not None:
+                result.findings, silenced = suppressions.filter(result.findings)
+                report.suppressed += silenced
+            _apply_per_file_ignores(result, config, target.path)
+            if opts.baseline is not None:
+                report.baselined += opts.baseline.filter(result)
             result.graph = None  # free the graph (and its model references) early
             report.targets.append(result)
             if opts.on_result is not None:
                 opts.on_result(result)
+    unused = opts.report_unused_suppressions
+    if unused is None:
+        unused = config.report_unused_suppressions
+    if unused and suppressions is not None:
+        _report_unused_suppressions(report, suppressions, coverage, config, settings, opts)
+    if opts.baseline is not None:
+        stale = opts.baseline.stale(t.target for t in report.targets)
+        if stale:
+            report.notes.append(f"{stale} finding{'s' if stale != 1 else ''} of "
+                                f"{opts.baseline.path} no longer occur; shrink the baseline with "
+                                "--update-baseline")
     if not report.targets and opts.paths:
-        report.notes.append("no models found (archlint lints nn.Module classes that build "
-                            "without arguments, module-level nn.Module instances, and named "
-                            "factories file.py:build)")
+        report.notes.append(NO_MODELS)
     return report
+
+
+class _Coverage:
+    """Which source files each result's rules looked at: where suppressions can be judged."""
+
+    def __init__(self) -> None:
+        self.first_result: dict[Path, TargetResult] = {}
+        self.rules_run: dict[Path, set[str]] = {}
+        self.unsure: set[Path] = set()  # files of targets that could not be analysed
+
+    def add(self, result: TargetResult, target: Target) -> None:
+        own = _target_file(result.target, target)
+        if result.status != "ok":
+            if own is not None:
+                self.unsure.add(own)
+            return
+        files = {own} if own is not None else set()
+        if result.graph is not None:
+            files.update(Path(n.site.path).resolve() for n in result.graph.nodes
+                         if n.site is not None)
+        files.update(Path(layer.path).resolve() for layer in result.layers if layer.path)
+        for f in files:
+            if not f.is_file() or not _user_file(f):
+                continue
+            self.first_result.setdefault(f, result)
+            self.rules_run.setdefault(f, set()).update(result.rules_run)
+
+    def judged(self) -> dict[Path, set[str]]:
+        return {f: codes for f, codes in self.rules_run.items() if f not in self.unsure}
+
+
+def _user_file(path: Path) -> bool:
+    """Not an installed library's file (their comments are not the user's to fix)."""
+    return not any(part in ("site-packages", "dist-packages") for part in path.parts)
+
+
+def _target_file(display: str, target: Target) -> Optional[Path]:
+    left, _ = split_spec(display)
+    if left.endswith(".py"):
+        return Path(left).resolve()
+    return target.path.resolve() if target.path is not None else None
+
+
+def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverage: _Coverage,
+                                config: Config, settings: Settings, opts: RunOptions) -> None:
+    from .rules import ALL_RULES
+    from .rules.unused_suppression import UnusedSuppression
+
+    ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
+    if not selected_rules(["AL900"], ignore):
+        return
+    severity = settings.severity_for(UnusedSuppression)
+    if severity == "off":
+        return
+    known = {r.code: r.code for r in ALL_RULES}
+    known.update({r.name: r.code for r in ALL_RULES})
+    unused, malformed = index.unused(coverage.judged(), known, reserved=RESERVED)
+    rule = UnusedSuppression()
+    found = [rule.unused(u, severity) for u in unused]
+    found += [rule.malformed(m, severity) for m in malformed]
+    touched: dict[int, TargetResult] = {}
+    for f in found:
+        result = coverage.first_result[Path(f.path or "").resolve()]
+        kept = [f]
+        holder = TargetResult(target=result.target, findings=kept)
+        _apply_per_file_ignores(holder, config, None)
+        if opts.baseline is not None:
+            report.baselined += opts.baseline.filter(holder)
+        result.findings.extend(holder.findings)
+        touched[id(result)] = result
+    for result in touched.values():
+        result.findings.sort(key=Finding.sort_key)
 
 
 def _lint_loaded(loaded: LoadedModel, target: Target, config: Config, settings: Settings,
@@ -142,18 +237,21 @@ def _lint_loaded(loaded: LoadedModel, target: Target, config: Config, settings: 
     return result
 
 
-def _apply_per_file_ignores(result: TargetResult, config: Config) -> None:
+def _apply_per_file_ignores(result: TargetResult, config: Config,
+                            target_file: Optional[Path]) -> None:
+    """Drop the findings a ``per-file-ignores`` pattern covers.
+
+    A pattern covers a finding when it matches the file the finding points at, or the file of
+    the target (so ``legacy/*.py: [ALL]`` also covers the layers those models import).
+    """
     if not config.per_file_ignores:
         return
-    kept: list[Finding] = []
-    for f in result.findings:
-        if f.path is None or not _ignored(f, config):
-            kept.append(f)
-    result.findings = kept
+    own = display_path(target_file) if target_file is not None else None
+    result.findings = [f for f in result.findings
+                       if not any(_ignored(f, p, config) for p in (f.path, own) if p)]
 
 
-def _ignored(f: Finding, config: Config) -> bool:
-    rel = f.path or ""
+def _ignored(f: Finding, rel: str, config: Config) -> bool:
     try:
         rel_root = os.path.relpath(Path(rel).resolve(), config.root).replace(os.sep, "/")
     except ValueError:  # pragma: no cover

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from .inputs import InputSpec
+if TYPE_CHECKING:  # importing torch is slow: keep it out of the path that finds nothing to lint
+    from .inputs import InputSpec
 
 #: Folders never searched when a directory is linted.
 DEFAULT_EXCLUDES = (".git", ".hg", ".svn", ".venv", "venv", "env", ".env", "__pycache__",
                     "build", "dist", "site-packages", "node_modules", ".tox", ".nox",
                     ".mypy_cache", ".pytest_cache", ".ruff_cache", ".eggs")
+
+
+#: The note of a run that found nothing to lint.
+NO_MODELS = ("no models found (archlint lints nn.Module classes that build without arguments, "
+             "module-level nn.Module instances, and named factories file.py:build)")
 
 
 class TargetError(ValueError):
@@ -111,3 +118,22 @@ def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
         raise TargetError(f"{spec}: {left!r} is neither a path nor a dotted module name")
     return [Target(display=spec, import_path=left, name=name, kwargs=kwargs, input=input_spec,
                    explicit=True)]
+
+
+def might_define_models(path: Path) -> bool:
+    """Cheap check before importing: does the file define classes or build objects at top level?
+
+    Files with neither (scripts, utilities) cannot hold a model to lint and are never imported.
+    """
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except SyntaxError:
+        return True  # let the import report the error with its line
+    except (OSError, ValueError):
+        return True
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.bases:
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+            return True
+    return False

@@ -203,6 +203,9 @@ _MLP_ENTRIES = [
     _mlp_entry(
         "mlp_relu_dropout_d6", _mlp_builder(nn.ReLU, 6, dropout=0.3), "Dropout(0.3), train mode"
     ),
+    _mlp_entry(
+        "mlp_tanh_dropout_d6", _mlp_builder(nn.Tanh, 6, dropout=0.5), "Dropout(0.5), train mode"
+    ),
     _mlp_entry("mlp_zero_head", _zero_head_mlp, "zero head: hidden layers get zero grad (healthy)"),
 ]
 
@@ -662,10 +665,15 @@ _EMBEDDING_ENTRIES = [
 # ---------------------------------------------------------------------------------------------
 
 
+# A missing package raises ImportError; a torchvision wheel built for another torch fails while
+# registering its C++ operators (RuntimeError) or loading its libraries (OSError).
+_OPTIONAL_IMPORT_ERRORS = (ImportError, RuntimeError, OSError)
+
+
 def _torchvision_entries() -> list[ZooEntry]:
     try:
         import torchvision.models as tvm
-    except ImportError:
+    except _OPTIONAL_IMPORT_ERRORS:
         return []
     image = _floats(2, 3, 64, 64)
     return [
@@ -682,13 +690,20 @@ def _torchvision_entries() -> list[ZooEntry]:
 def _transformers_entries() -> list[ZooEntry]:
     try:
         import transformers
-    except ImportError:
+    except _OPTIONAL_IMPORT_ERRORS:
         return []
 
     def gpt2() -> nn.Module:
         torch.manual_seed(0)
         config = transformers.GPT2Config(
-            vocab_size=_VOCAB, n_positions=64, n_embd=64, n_layer=2, n_head=2, use_cache=False
+            vocab_size=_VOCAB,
+            n_positions=64,
+            n_embd=64,
+            n_layer=2,
+            n_head=2,
+            use_cache=False,
+            bos_token_id=_VOCAB - 1,
+            eos_token_id=_VOCAB - 1,
         )
         return transformers.GPT2LMHeadModel(config)
 
@@ -735,18 +750,24 @@ def _smoke() -> None:
         sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
         from archlint.measure import measure_grad_rms
 
-    print(f"{'name':26s} {'layers':>6s} {'min rms':>10s} {'max rms':>10s} {'build':>7s} {'probe':>7s}")
+    header = f"{'name':26s} {'layers':>6s} {'min rms':>10s} {'max rms':>10s}"
+    print(f"{header} {'build':>7s} {'probe':>7s} {'again':>7s}")
+    total = time.perf_counter()
     for entry in ZOO:
         start = time.perf_counter()
         model = entry.build()
+        inputs = make_inputs(entry.input)
         built = time.perf_counter()
-        result = measure_grad_rms(model, make_inputs(entry.input), seed=0)
+        result = measure_grad_rms(model, inputs, seed=0)
         probed = time.perf_counter()
+        measure_grad_rms(model, inputs, seed=0)  # steady state, without one-time warm-up
+        again = time.perf_counter()
         values = [v for v in result.rms.values() if v is not None]
         print(
             f"{entry.name:26s} {len(result.rms):6d} {min(values):10.3e} {max(values):10.3e} "
-            f"{built - start:6.3f}s {probed - built:6.3f}s"
+            f"{built - start:6.3f}s {probed - built:6.3f}s {again - probed:6.3f}s"
         )
+    print(f"{len(ZOO)} entries in {time.perf_counter() - total:.1f}s")
 
 
 if __name__ == "__main__":

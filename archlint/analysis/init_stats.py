@@ -61,18 +61,28 @@ class NormInit:
     identity_at_init_ok: bool
 
 
+def matmul_weight_in_dim(node: Node) -> int:
+    """Which axis of the parameter a functional matmul sums over: ``x @ W`` sums W's rows
+    (axis 0), ``W @ x`` and ``x @ W.t()`` its columns (axis 1, nn.Linear's layout)."""
+    weight = node.attrs.get("weight_param")
+    operand = next((k for k, i in enumerate(node.inputs) if i is weight), None)
+    if operand is None:  # the weight reaches the op through a transpose/view node
+        operand = next((k for k, i in enumerate(node.inputs) if i.kind == Kind.RESHAPE
+                        and weight in i.inputs), 1)
+    data = [k for k, i in enumerate(node.inputs) if k != operand and i.kind != Kind.PARAM]
+    after_data = bool(data) and operand > data[0]
+    in_dim = 0 if after_data else 1
+    if node.attrs.get("weight_transposed"):
+        in_dim = 1 - in_dim
+    return in_dim
+
+
 def _weight_fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
     m = node.module
     if node.kind == Kind.LINEAR and w.dim() == 2:
         fn = node.attrs.get("function")
         if node.module is None and fn in ("matmul", "mm", "addmm", "bmm", "baddbmm"):
-            # x @ W has W as (in, out); W @ x has it as (out, in).
-            params = [i for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None
-                      and i.tensor.dim() >= 2]
-            data = [k for k, i in enumerate(node.inputs) if i.kind != Kind.PARAM]
-            w_pos = node.inputs.index(params[0]) if params else 0
-            after_data = bool(data) and w_pos > data[0]
-            return int(w.shape[0] if after_data else w.shape[1])
+            return int(w.shape[matmul_weight_in_dim(node)])
         return int(w.shape[1])
     if node.kind == Kind.CONV and w.dim() >= 3:
         k = math.prod(int(s) for s in w.shape[2:])

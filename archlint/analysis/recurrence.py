@@ -1,5 +1,10 @@
 """Vanilla recurrent layers: how many steps they read and their per-step gradient gain.
 
+The gain is measured by running the recurrent layer alone, with its real weights, on random
+inputs over up to 64 steps and comparing the gradient that reaches the first input with the one
+at the last: that is exact for structured recurrent weights too (identity/orthogonal init,
+IRNN), where the mean-field formula below -- kept as the fallback -- assumes random ones.
+
 Mean field (SIGNAL.md; Chen, Pennington & Schoenholz 2018): with ``sigma_hh^2 = H * E[W_hh^2]``,
 the hidden pre-activation variance settles at the fixed point
 ``q = sigma_hh^2 E[phi(z)^2] + sigma_ih^2 q_x + sigma_b^2`` and the squared gradient norm is
@@ -52,6 +57,50 @@ def step_gain(nonlinearity: str, w_hh: torch.Tensor, w_ih: torch.Tensor,
     return math.sqrt(max(chi, 0.0))
 
 
+_PROBE_STEPS = 64
+_PROBE_BATCH = 16
+
+
+def simulated_step_gain(m: nn.Module, steps: int) -> float:
+    """RMS gradient gain per step, from a local BPTT run of ``m`` alone (eval mode, no dropout).
+
+    The loss reads only the last step's output; the gain is the geometric mean ratio of the
+    input gradients at the first and last steps."""
+    T = max(2, min(int(steps), _PROBE_STEPS))
+    gen = torch.Generator().manual_seed(0)
+    training = m.training
+    try:
+        m.eval()
+        with torch.enable_grad():
+            if isinstance(m, nn.RNNBase):
+                shape = (_PROBE_BATCH, T, m.input_size) if m.batch_first else \
+                    (T, _PROBE_BATCH, m.input_size)
+                x = torch.randn(shape, generator=gen).requires_grad_(True)
+                out, _ = m(x)
+                last = out[:, -1] if m.batch_first else out[-1]
+            else:
+                x = torch.randn(T, _PROBE_BATCH, m.input_size, generator=gen).requires_grad_(True)
+                h = None
+                for t in range(T):
+                    h = m(x[t], h)
+                last = h
+            r = torch.randn(last.shape, generator=gen)
+            (gx,) = torch.autograd.grad((last * r).sum(), x)
+    finally:
+        m.train(training)
+    if isinstance(m, nn.RNNBase) and m.batch_first:
+        gx = gx.transpose(0, 1)
+    norms = gx.detach().double().pow(2).mean(dim=(1, 2)).sqrt()
+    end = float(norms[-1])
+    if end <= 0 or not math.isfinite(end):
+        raise ValueError("no gradient at the last step")
+    nonzero = [t for t in range(T - 1) if float(norms[t]) > 0 and math.isfinite(float(norms[t]))]
+    if not nonzero:
+        return 0.0
+    t0 = nonzero[0]
+    return (float(norms[t0]) / end) ** (1.0 / (T - 1 - t0))
+
+
 def _layer_weights(m: nn.Module, layer: int) -> tuple:
     sfx = "" if isinstance(m, nn.RNNCellBase) else f"_l{layer}"
     return (getattr(m, f"weight_hh{sfx}"), getattr(m, f"weight_ih{sfx}"),
@@ -65,22 +114,32 @@ def analyse_recurrence(graph: Graph) -> list[RecurrentUse]:
         m = node.module
         if node.op == "rnn" and isinstance(m, nn.RNN):
             steps, origin = _sequence_length(node, m)
-            gains = []
-            for layer in range(m.num_layers):
-                w_hh, w_ih, b_ih, b_hh = _layer_weights(m, layer)
-                gains.append(step_gain(m.nonlinearity, w_hh, w_ih, b_ih, b_hh))
-            worst = max(gains, key=lambda g: abs(math.log(max(g, 1e-300))), default=None)
-            uses.append(RecurrentUse(node, m.nonlinearity, steps, worst, origin))
+            uses.append(RecurrentUse(node, m.nonlinearity, steps,
+                                     _gain(m, steps, _mean_field_rnn_gain), origin))
         elif node.op == "rnn_cell" and isinstance(m, nn.RNNCell):
             cell_calls.setdefault(node.module_path or node.name, []).append(node)
     for path, calls in cell_calls.items():
         m = calls[0].module
         assert isinstance(m, nn.RNNCell)
-        w_hh, w_ih, b_ih, b_hh = _layer_weights(m, 0)
-        gain = step_gain(m.nonlinearity, w_hh, w_ih, b_ih, b_hh)
+        gain = _gain(m, len(calls), _mean_field_rnn_gain)
         uses.append(RecurrentUse(calls[0], m.nonlinearity, len(calls), gain,
                                  f"{len(calls)} calls of the cell in the traced forward"))
     return uses
+
+
+def _mean_field_rnn_gain(m: nn.Module) -> float:
+    layers = getattr(m, "num_layers", 1)
+    gains = [step_gain(m.nonlinearity, *_layer_weights(m, k)) for k in range(layers)]
+    return max(gains, key=lambda g: abs(math.log(max(g, 1e-300))))
+
+
+def _gain(m: nn.Module, steps: Optional[int], fallback) -> Optional[float]:
+    if steps is None:
+        return None
+    try:
+        return simulated_step_gain(m, steps)
+    except (RuntimeError, ValueError):
+        return fallback(m)
 
 
 def _sequence_length(node: Node, m: nn.RNN) -> tuple[Optional[int], str]:

@@ -14,6 +14,10 @@ path that crosses none of ``f``'s layers.
   to ``n``, restarting at every normalisation layer.
 - ``longest_path``: the most weight layers on any forward path from an input to the output.
 - ``skip_joins``: add/cat nodes that join a tensor with a transformed version of itself.
+
+Depth counts weight layers, not time steps: a recurrent module applied step after step (an
+``nn.RNNCell`` / ``nn.LSTMCell`` in a Python loop) counts once, at its last step, as ``nn.RNN``
+over the same sequence does. How far the gradient travels through time is AL107's business.
 """
 
 from __future__ import annotations
@@ -41,9 +45,16 @@ class Structure:
     longest_before: dict[Node, int] = field(default_factory=dict)
     skip_joins: list[Node] = field(default_factory=list)
     grad_users: dict[Node, list[Node]] = field(default_factory=dict)
+    #: Recurrent calls followed (through the data graph) by another call of the same module:
+    #: earlier time steps of an unrolled cell, which add no depth.
+    time_steps: set[Node] = field(default_factory=set)
 
     def reaches_output(self, node: Node) -> bool:
         return self.layers_to_output.get(node, INF) < INF
+
+    def counts_as_layer(self, node: Node) -> bool:
+        """A weight layer that adds to depth (not an earlier time step of a recurrent cell)."""
+        return node.is_weight_layer and node not in self.time_steps
 
 
 def _backward_min(graph: Graph, grad_users: dict[Node, list[Node]],
@@ -75,14 +86,16 @@ def analyse_structure(graph: Graph) -> Structure:
         for p in n.grad_parents():
             grad_users.setdefault(p, []).append(n)
     s.grad_users = grad_users
+    s.time_steps = _earlier_time_steps(graph)
+    counts = s.counts_as_layer
 
     def weight_step(u: Node, v: float) -> float:
-        return v + (1 if u.is_weight_layer else 0)
+        return v + (1 if counts(u) else 0)
 
     def unnormalised_step(u: Node, v: float) -> float:
         if u.kind == Kind.NORM:
             return 0.0
-        return v + (1 if u.is_weight_layer else 0)
+        return v + (1 if counts(u) else 0)
 
     def saturating_step(u: Node, v: float) -> float:
         if u.kind == Kind.NORM:
@@ -97,7 +110,7 @@ def analyse_structure(graph: Graph) -> Structure:
     longest: dict[Node, int] = {}
     for n in graph.nodes:
         before = max((longest.get(i, 0) for i in n.inputs), default=0)
-        longest[n] = before + (1 if n.is_weight_layer else 0)
+        longest[n] = before + (1 if counts(n) else 0)
     s.longest_before = longest
     if graph.output is not None:
         s.longest_path = longest.get(graph.output, 0)
@@ -108,6 +121,31 @@ def analyse_structure(graph: Graph) -> Structure:
 
     s.skip_joins = _skip_joins(graph)
     return s
+
+
+def _earlier_time_steps(graph: Graph) -> set[Node]:
+    """Calls of a recurrent module from which another call of the same module is reachable."""
+    calls: dict[int, list[Node]] = {}
+    for n in graph.nodes:
+        if n.kind == Kind.RECURRENT and n.module is not None:
+            calls.setdefault(id(n.module), []).append(n)
+    steps: set[Node] = set()
+    for same in calls.values():
+        if len(same) < 2:
+            continue
+        others = set(same)
+        for call in same:
+            frontier, seen = list(call.users), {call}
+            while frontier:
+                u = frontier.pop()
+                if u in seen:
+                    continue
+                seen.add(u)
+                if u in others:
+                    steps.add(call)
+                    break
+                frontier.extend(u.users)
+    return steps
 
 
 def _skip_joins(graph: Graph) -> list[Node]:

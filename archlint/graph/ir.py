@@ -131,6 +131,9 @@ class Node:
                 return w
             if isinstance(self.module, nn.MultiheadAttention):
                 return self.module.in_proj_weight if self.module.in_proj_weight is not None else None
+        wp = self.attrs.get("weight_param")
+        if isinstance(wp, Node) and wp.tensor is not None:
+            return wp.tensor
         for p in self.inputs:
             if p.kind == Kind.PARAM and p.tensor is not None and p.tensor.dim() >= 2:
                 return p.tensor

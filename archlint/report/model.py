@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..engine import TargetResult
 from ..findings import SEVERITIES, SEVERITY_RANK, Finding
+
+if TYPE_CHECKING:  # the engine imports torch; the report and its formats do not need it
+    from ..engine import TargetResult
 
 
 @dataclass
@@ -16,6 +18,10 @@ class Report:
     fail_on: str = "warning"
     #: Problems outside any target (no targets found...).
     notes: list[str] = field(default_factory=list)
+    #: Findings silenced by ``# archlint: disable`` / ``# noqa: AL...`` comments.
+    suppressed: int = 0
+    #: Findings left out because the baseline file already lists them.
+    baselined: int = 0
 
     @property
     def findings(self) -> list[Finding]:
@@ -47,7 +53,17 @@ class Report:
             "summary": summarize(self),
         }
 
+    def render(self, fmt: str = "text", **options: Any) -> str:
+        """The report as the CLI prints it with ``--format fmt`` (text, json, sarif, github)."""
+        from . import render
+
+        return render(self, fmt, **options)
+
+    def __str__(self) -> str:
+        return self.render("text")
+
 
 def summarize(report: Report) -> dict[str, Any]:
     return {"targets": len(report.targets), "errors": len(report.errors),
-            "findings": report.counts()}
+            "findings": report.counts(), "suppressed": report.suppressed,
+            "baselined": report.baselined}

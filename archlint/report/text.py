@@ -41,5 +41,9 @@ def render_text(report: Report, verbose: bool = False) -> str:
     if report.errors:
         summary += f"; {len(report.errors)} target{'s' if len(report.errors) != 1 else ''} " \
                    "could not be analysed"
+    if report.suppressed:
+        summary += f"; {report.suppressed} suppressed by comments"
+    if report.baselined:
+        summary += f"; {report.baselined} already in the baseline"
     lines.append(summary + ".")
     return "\n".join(lines) + "\n"

@@ -10,16 +10,19 @@ from .missing_residual import MissingResidual
 from .poor_initialization import PoorInitialization
 from .recurrent_horizon import RecurrentHorizon
 from .saturating_stack import SaturatingStack
+from .vanishing_gradient import VanishingGradient
+from .exploding_gradient import ExplodingGradient
+from .unused_suppression import UnusedSuppression
 
 #: Every rule, in code order.
 ALL_RULES: list[type[Rule]] = sorted(
     [SaturatingStack, MissingNormalization, MissingResidual, PoorInitialization,
-     RecurrentHorizon],
+     RecurrentHorizon, VanishingGradient, ExplodingGradient, UnusedSuppression],
     key=lambda r: r.code,
 )
 
 #: Codes reserved for rules that live in other modules or are yet to come.
-RESERVED = {"AL105": "vanishing-gradient", "AL106": "exploding-gradient"}
+RESERVED: dict[str, str] = {}
 
 
 def register(rule: type[Rule]) -> None:

@@ -14,8 +14,9 @@ class RecurrentHorizon(Rule):
     """
     ## What it does
     For every vanilla RNN (``nn.RNN`` with tanh or relu, or an ``nn.RNNCell`` applied in a loop),
-    computes the per-step gain of the gradient through time from its initial recurrent weights
-    (mean-field: ``sigma_hh^2 * E[phi'(z)^2]`` at the stationary pre-activation variance) and
+    measures the per-step gain of the gradient through time with its initial weights (the layer
+    alone is run over up to 64 steps of random input and the gradient reaching the first step is
+    compared with the last; mean field, ``sigma_hh^2 * E[phi'(z)^2]``, is the fallback) and
     reports it when the sequence it reads is longer than the horizon that gain can carry: the
     number of steps after which the gradient from the last step has fallen by 1000x (or grown
     by 1000x).

@@ -397,6 +397,8 @@ def _legendre_rule(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 _GH_Z, _GH_W = _hermite_rule(_GH_NODES)
+_UNIFORM_BREAKS = np.arange(-_Z_MAX, _Z_MAX + 0.5, 1.0)
+_GEOMETRIC_STEPS = 2.0 ** np.arange(-2, 60)
 _GL_RULE = _legendre_rule(_GL_NODES)
 _GRID_GL_RULE = _legendre_rule(_GRID_GL_NODES)
 
@@ -454,8 +456,8 @@ class _Smooth:
 
     def _composite(self, m: float, s: float) -> tuple[float, float, float]:
         """Composite Gauss-Legendre in ``z = (h - m)/s`` refined geometrically around kinks."""
-        points = [np.arange(-_Z_MAX, _Z_MAX + 0.5, 1.0)]
-        scales = self.width / s * 2.0 ** np.arange(-2, 60)
+        points = [_UNIFORM_BREAKS]
+        scales = (self.width / s) * _GEOMETRIC_STEPS
         scales = scales[scales < 2.0 * _Z_MAX]
         for centre in (0.0,) + self.kinks:
             zc = (centre - m) / s
@@ -494,7 +496,9 @@ class _Smooth:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    """Logistic sigmoid with relative accuracy in both tails."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _sigmoid_slope(x: np.ndarray) -> np.ndarray:
@@ -522,11 +526,11 @@ def _mish_fd(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return h * t, t + h * (1.0 - t * t) * _sigmoid(h)
 
 
-_ERF = np.frompyfunc(math.erf, 1, 1)
+_ERFC = np.frompyfunc(math.erfc, 1, 1)  # numpy has no erf; erfc keeps the lower tail accurate
 
 
 def _gelu_fd(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cdf = 0.5 * (1.0 + _ERF(h / _SQRT2).astype(float))
+    cdf = 0.5 * _ERFC(-h / _SQRT2).astype(float)
     pdf = _INV_SQRT2PI * np.exp(-0.5 * h * h)
     return h * cdf, cdf + h * pdf
 
@@ -536,9 +540,12 @@ _GELU_C = 0.044715
 
 
 def _gelu_tanh_fd(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    t = np.tanh(_GELU_K * (h + _GELU_C * h**3))
-    dinner = _GELU_K * (1.0 + 3.0 * _GELU_C * h * h)
-    return 0.5 * h * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * dinner
+    """``h (1 + tanh(u)) / 2`` with ``u = k (h + c h^3)``, written as ``h sigmoid(2u)`` so the
+    lower tail does not cancel."""
+    two_u = 2.0 * _GELU_K * (h + _GELU_C * h**3)
+    gate = _sigmoid(two_u)
+    dtwo_u = 2.0 * _GELU_K * (1.0 + 3.0 * _GELU_C * h * h)
+    return h * gate, gate + h * _sigmoid_slope(two_u) * dtwo_u
 
 
 def _logsigmoid_fd(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -489,16 +489,18 @@ class _Estimator:
                 return w, m.bias, 1
             return m.weight, getattr(m, "bias", None), 1
         params = [i for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None]
+        wp = node.attrs.get("weight_param")
+        if isinstance(wp, Node) and wp.tensor is not None and wp not in params:
+            params.append(wp)
         w = next((p.tensor for p in params if p.tensor.dim() == 2), None)
         b = next((p.tensor for p in params if p.tensor.dim() == 1), None)
         if w is None:
             return None, None, 1
         fn = node.attrs.get("function")
         if fn in ("matmul", "mm", "addmm", "bmm", "baddbmm"):
-            wnode = next(p for p in params if p.tensor is w)
-            data = [k for k, i in enumerate(node.inputs) if i.kind != Kind.PARAM]
-            in_dim = 0 if data and node.inputs.index(wnode) > data[0] else 1
-            return w, b, in_dim
+            from ..analysis.init_stats import matmul_weight_in_dim
+
+            return w, b, matmul_weight_in_dim(node)
         return w, b, 1
 
     def f_conv(self, node: Node) -> None:

@@ -67,18 +67,45 @@ def module_node(name: str, module: nn.Module, path: str, inputs: list[Node]) -> 
 
 def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
               args: Any = None, kwargs: Any = None) -> Node:
-    param_operand = any(i.kind == Kind.PARAM for i in inputs)
-    kind, op = classify_call(fname, param_operand=param_operand)
+    weight, transposed = _parameter_operand(inputs)
+    kind, op = classify_call(fname, param_operand=weight is not None)
     node = Node(name=name, kind=kind, op=op, inputs=inputs, site=site,
                 attrs={"args": args if args is not None else (), "kwargs": kwargs or {},
                        "function": fname})
+    if weight is not None and kind == Kind.LINEAR:
+        node.attrs["weight_param"] = weight
+        node.attrs["weight_transposed"] = transposed
     if not carries_gradient(fname):
         node.grad_inputs = []
     # Functional weight layers belong to the module that owns their parameter.
     owners = [i.module_path for i in inputs if i.kind == Kind.PARAM and i.module_path is not None]
+    if weight is not None and weight.module_path is not None:
+        owners.insert(0, weight.module_path)
     if kind in (Kind.LINEAR, Kind.CONV, Kind.EMBEDDING, Kind.NORM) and owners:
         node.module_path = owners[0]
     return node
+
+
+_TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "movedim"}
+_VIEWS = {"view", "reshape", "contiguous", "to", "float", "type_as", "clone", "half",
+          "bfloat16", "detach"}
+
+
+def _parameter_operand(inputs: list[Node]) -> tuple[Optional[Node], bool]:
+    """A parameter used as a matrix operand, directly or through ``.t()``/``.T``/views:
+    ``x @ W``, ``x @ W.t()``, ``x @ self.wte.weight.T`` (a tied head)."""
+    for i in inputs:
+        if i.kind == Kind.PARAM and i.tensor is not None and i.tensor.dim() >= 2:
+            return i, False
+    for i in inputs:
+        transposed, cur = False, i
+        while cur.kind == Kind.RESHAPE and cur.op in (_TRANSPOSES | _VIEWS) and cur.inputs:
+            transposed ^= cur.op in _TRANSPOSES
+            cur = cur.inputs[0]
+        if cur is not i and cur.kind == Kind.PARAM and cur.tensor is not None and \
+                cur.tensor.dim() == 2:
+            return cur, transposed
+    return None, False
 
 
 def attach_owner_sites(nodes: list[Node], model: nn.Module) -> None:

@@ -113,6 +113,9 @@ class _Recorder:
     # ---------------------------------------------------------------------------- events
     def record_call(self, func: Callable, args: Any, kwargs: Any, out: Any) -> None:
         fname = canonical_name(func)
+        if fname == "get":  # a property read: x.T, x.mT
+            prop = getattr(getattr(func, "__self__", None), "__name__", "")
+            fname = "t" if prop in ("T", "mT", "H", "mH") else "__get__"
         if fname in _IGNORED or not flatten_tensors(out):
             return
         inputs = self.tensor_inputs(args, kwargs)

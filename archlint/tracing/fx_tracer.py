@@ -58,7 +58,7 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
     output: Optional[Node] = None
     for fxn in fxg.nodes:
         def ref(a: Any) -> Any:
-            return torch.fx.node.map_arg(a, lambda n: env.get(n))
+            return torch.fx.node.map_arg(a, lambda n: _constant_or_node(n, env, values))
 
         tensor_inputs = [env[a] for a in fxn.all_input_nodes if a in env]
         if fxn.op == "placeholder":
@@ -79,6 +79,9 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
             node.attrs.setdefault("kwargs", ref(fxn.kwargs))
         elif fxn.op in ("call_function", "call_method"):
             fname = canonical_name(fxn.target)
+            if fname == "getattr" and len(fxn.args) > 1 and fxn.args[1] in ("T", "mT", "H",
+                                                                            "mH"):
+                fname = "t"
             node = call_node(fxn.name, fname, tensor_inputs, fxn.meta.get("archlint_site"),
                              ref(fxn.args), ref(fxn.kwargs))
             stack = fxn.meta.get("nn_module_stack")
@@ -104,6 +107,17 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
                   input_nodes=[n for n in nodes if n.kind == Kind.INPUT])
     graph.output = _probe_output_node(fxg, env, values, output)
     return graph
+
+
+def _constant_or_node(n: torch.fx.Node, env: dict, values: Optional[dict]) -> Any:
+    """Arguments computed from shapes (``math.sqrt(q.shape[-1])``) are plain numbers: keep the
+    number so the estimator sees the constant, not a missing tensor."""
+    if values is not None and n in values:
+        v = values[n]
+        if isinstance(v, (int, float, bool)) or (
+                isinstance(v, (tuple, torch.Size)) and all(isinstance(x, int) for x in v)):
+            return v
+    return env.get(n)
 
 
 def _fetch_attr(model: nn.Module, qual: str) -> Any:

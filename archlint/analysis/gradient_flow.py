@@ -1,0 +1,95 @@
+"""From the estimate to a verdict: how many decades the gradient loses (or gains) from the
+output layers back to the earliest layers, and which layers cost them.
+
+Layers are ordered by their first use in the forward pass. The earliest and the last weight
+layers (10% of them at each end, at least one; embeddings excluded, since their sparse
+lookups make their gradient small by construction, and output heads excluded, since their
+scale is a design choice) are compared by the geometric mean of their
+predicted gradient RMS. Layers predicted to get exactly zero gradient (identity-at-init residual
+branches, a zero-initialised head, and everything a zero layer cuts off) are left out: that is
+by design. Attribution follows the dominant gradient path from the earliest layer to the output
+and sums each node's share of the decades, grouped by layer type and module prefix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..graph.ir import Graph, Kind, Node
+
+
+@dataclass
+class GradientFlow:
+    decades: float  # log10(rms_earliest / rms_last): negative = vanishing
+    earliest: list[str]
+    last: list[str]
+    first_node: Optional[Node]
+    #: (label, decades) sorted by |decades|, largest first.
+    contributions: list[tuple[str, float]] = field(default_factory=list)
+    zero_by_design: list[str] = field(default_factory=list)
+
+
+def _first_use(graph: Graph) -> dict[str, tuple[int, Node]]:
+    first: dict[str, tuple[int, Node]] = {}
+    for k, n in enumerate(graph.nodes):
+        if n.is_weight_layer and n.module_path is not None and n.module_path not in first:
+            first[n.module_path] = (k, n)
+    return first
+
+
+def analyse_gradient_flow(graph: Graph, estimate) -> Optional[GradientFlow]:
+    first = _first_use(graph)
+    rms = estimate.grad_rms
+    usable = [(k, mod, node) for mod, (k, node) in first.items()
+              if node.kind != Kind.EMBEDDING and mod in rms]
+    zero = sorted(mod for _, mod, _ in usable if rms[mod] <= 0.0)
+    usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
+    # Output heads are compared with nothing: their scale is a design choice (a small or
+    # zero-initialised head shrinks every gradient below it alike, which is not depth at work).
+    structure = graph.facts.get("structure")
+    if structure is not None:
+        body = [u for u in usable if structure.layers_to_output.get(u[2], 0) > 0]
+        if len(body) >= 2:
+            usable = body
+    if len(usable) < 2:
+        return None
+    n = max(1, math.ceil(0.1 * len(usable)))
+    head, tail = usable[:n], usable[-n:]
+    log_first = sum(math.log10(rms[m]) for _, m, _ in head) / len(head)
+    log_last = sum(math.log10(rms[m]) for _, m, _ in tail) / len(tail)
+    flow = GradientFlow(decades=log_first - log_last, earliest=[m for _, m, _ in head],
+                        last=[m for _, m, _ in tail], first_node=head[0][2],
+                        zero_by_design=zero)
+    flow.contributions = _attribute(graph, estimate, head[0][2], {m for _, m, _ in tail})
+    return flow
+
+
+def _attribute(graph: Graph, estimate, start: Node, last_modules: set[str]
+               ) -> list[tuple[str, float]]:
+    """Walk the dominant gradient path from ``start`` to the output, summing node decades."""
+    g2 = estimate.g2
+    users: dict[Node, list[Node]] = {}
+    for n in graph.nodes:
+        for p in n.grad_parents():
+            users.setdefault(p, []).append(n)
+    groups: dict[tuple[str, str], list[float]] = {}
+    node, seen = start, set()
+    while node is not None and node not in seen:
+        seen.add(node)
+        d = estimate.decades.get(node)
+        if d is not None and node is not start:
+            label = type(node.module).__name__ if node.module is not None else node.op
+            prefix = (node.location_module or "").split(".")[0]
+            groups.setdefault((label, prefix), []).append(d)
+        if node.module_path in last_modules and node is not start:
+            break
+        candidates = users.get(node, [])
+        node = max(candidates, key=lambda u: g2.get(u, 0.0), default=None)
+    out = []
+    for (label, prefix), values in groups.items():
+        where = f" in {prefix}" if prefix else ""
+        count = len(values)
+        out.append((f"{count} {label}{where}", sum(values)))
+    return sorted(out, key=lambda kv: -abs(kv[1]))

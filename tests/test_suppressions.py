@@ -1,0 +1,288 @@
+"""Suppression comments (# archlint: disable, # noqa: AL..., disable-file) and AL900."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from archlint.config import Config
+from archlint.rules.unused_suppression import UnusedSuppression
+from archlint.runner import RunOptions, run
+from archlint.suppressions import parse_suppressions
+
+# fc1 is initialised 1000x too small (AL104); body is a chain of 8 sigmoids (AL101).
+MODEL = '''
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(64, 64){fc1}
+        layers = []
+        for _ in range(8):
+            layers += [nn.Linear(64, 64), nn.Sigmoid()]{body}
+        self.body = nn.Sequential(*layers)
+        nn.init.normal_(self.fc1.weight, std=1e-3)
+
+    def forward(self, x):
+        return self.body(self.fc1(x).relu())
+'''
+
+
+def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(source).lstrip())
+    return path
+
+
+def model(tmp_path: Path, fc1: str = "", body: str = "", header: str = "",
+          name: str = "model.py") -> Path:
+    return write(tmp_path, header + MODEL.format(fc1=fc1, body=body), name)
+
+
+#: The rules these models are written for (other rules may see more in them).
+RULES = ["AL101", "AL103", "AL104"]
+
+
+def lint(*paths: Path, config: Config | None = None, **options):
+    options.setdefault("select", RULES)
+    return run(config or Config(), RunOptions(paths=[str(p) for p in paths], **options))
+
+
+def codes(report) -> list[str]:
+    return sorted(f.code for f in report.findings)
+
+
+def line_of(path: Path, text: str) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
+# ------------------------------------------------------------------------------ parsing
+
+def test_parses_every_form_and_only_comments():
+    src = textwrap.dedent('''
+        a = 1  # archlint: disable=AL101,AL104
+        b = 2  # archlint: disable
+        c = 3  # noqa: E501, AL104
+        d = 4  # noqa: E501
+        e = 5  # noqa
+        f = "# archlint: disable=AL101"
+        g = """
+        # archlint: disable-file=AL101
+        """
+        h = 6  # type: ignore  # noqa:AL101
+        i = 7  # archlint: disable = saturating-stack , AL104
+        # archlint: disable-file=AL102
+        # ARCHLINT: DISABLE-FILE
+        j = 8  # archlint: disabel=AL101
+    ''')
+    fs = parse_suppressions(src)
+    by_line = {line: [s.codes for s in sups] for line, sups in fs.by_line.items()}
+    assert by_line == {2: [("AL101", "AL104")], 3: [None], 4: [("AL104",)],
+                       11: [("AL101",)], 12: [("saturating-stack", "AL104")]}
+    assert [s.codes for s in fs.file_level] == [("AL102",), None]
+    assert [m.line for m in fs.malformed] == [15]
+
+
+def test_unfinished_source_keeps_the_comments_before_the_error():
+    fs = parse_suppressions("x = 1  # archlint: disable=AL101\ny = (\n")
+    assert list(fs.by_line) == [1]
+
+
+# ------------------------------------------------------------------------------ applying
+
+def test_unsuppressed_model_has_both_findings(tmp_path):
+    report = lint(model(tmp_path))
+    assert codes(report) == ["AL101", "AL104"]
+    assert report.suppressed == 0
+
+
+@pytest.mark.parametrize("comment", ["  # archlint: disable=AL104", "  # noqa: AL104",
+                                     "  # archlint: disable", "  # noqa: E501,AL104",
+                                     "  # archlint: disable=poor-initialization"])
+def test_comment_on_the_defining_line_silences_it(tmp_path, comment):
+    report = lint(model(tmp_path, fc1=comment))
+    assert codes(report) == ["AL101"]
+    assert report.suppressed == 1
+    assert json.loads(report.render("json"))["summary"]["suppressed"] == 1
+
+
+@pytest.mark.parametrize("comment", ["  # noqa", "  # noqa: E501", "  # archlint: disable=AL101",
+                                     "  # some words about archlint: disable"])
+def test_other_comments_do_not_silence_it(tmp_path, comment):
+    report = lint(model(tmp_path, fc1=comment))
+    assert codes(report) == ["AL101", "AL104"]
+
+
+def test_comment_on_the_loop_line_silences_the_chain(tmp_path):
+    report = lint(model(tmp_path, body="  # archlint: disable=AL101"))
+    assert codes(report) == ["AL104"]
+
+
+def test_file_level_forms(tmp_path):
+    one = lint(model(tmp_path, header="# archlint: disable-file=AL104\n", name="one.py"))
+    assert codes(one) == ["AL101"]
+    every = lint(model(tmp_path, header="# archlint: disable-file\n", name="every.py"))
+    assert codes(every) == [] and every.suppressed == 2
+
+
+def test_ignore_noqa_brings_them_back(tmp_path):
+    path = model(tmp_path, fc1="  # archlint: disable=AL104",
+                 header="# archlint: disable-file=AL101\n")
+    assert codes(lint(path)) == []
+    assert codes(lint(path, respect_suppressions=False)) == ["AL101", "AL104"]
+
+
+def test_comment_where_the_layer_is_defined_in_another_file(tmp_path):
+    blocks = "blocks_" + tmp_path.name.replace("-", "_")
+    write(tmp_path, '''
+        import torch.nn as nn
+
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(32, 32)  # archlint: disable=AL104
+                nn.init.zeros_(self.fc.weight)
+
+            def forward(self, x):
+                return self.fc(x).relu()
+    ''', f"{blocks}.py")
+    path = write(tmp_path, f'''
+        import torch.nn as nn
+        from {blocks} import Block
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inp = nn.Linear(16, 32)
+                self.block = Block()
+                self.out = nn.Linear(32, 4)
+
+            def forward(self, x):
+                return self.out(self.block(self.inp(x)))
+    ''', "net.py")
+    report = lint(path)
+    assert report.suppressed >= 1
+    assert "AL104" not in codes(report)
+
+
+def test_functional_op_is_silenced_on_its_forward_line(tmp_path):
+    source = '''
+        import torch
+        import torch.nn as nn
+
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(8)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = torch.sigmoid(layer(x)){comment}
+                return x
+    '''
+    plain = write(tmp_path, source.format(comment=""), "plain.py")
+    found = lint(plain).findings
+    assert [f.code for f in found] == ["AL101"]
+    assert found[0].line == line_of(plain, "torch.sigmoid")
+    quiet = write(tmp_path, source.format(comment="  # archlint: disable=AL101"), "quiet.py")
+    assert codes(lint(quiet)) == []
+
+
+# ------------------------------------------------------------------------------ AL900
+
+def unused(report) -> list:
+    return [f for f in report.findings if f.code == "AL900"]
+
+
+def test_unused_check_is_opt_in(tmp_path):
+    path = model(tmp_path, body="  # archlint: disable=AL104")
+    assert unused(lint(path)) == []
+    found = unused(lint(path, report_unused_suppressions=True))
+    assert [(f.line, f.severity, f.data["unused"]) for f in found] == \
+        [(line_of(path, "layers +="), "info", ["AL104"])]
+
+
+def test_config_turns_the_unused_check_on_and_sets_its_severity(tmp_path):
+    path = model(tmp_path, body="  # archlint: disable=AL104")
+    config = Config(report_unused_suppressions=True, rules={"AL900": {"severity": "warning"}})
+    report = lint(path, config=config)
+    assert [f.severity for f in unused(report)] == ["warning"]
+    assert report.exit_code() == 1
+
+
+def test_used_suppressions_and_other_tools_codes_are_not_reported(tmp_path):
+    path = model(tmp_path, fc1="  # archlint: disable=AL104  # noqa: E501",
+                 body="  # noqa: E731")
+    report = lint(path, report_unused_suppressions=True)
+    assert unused(report) == [] and codes(report) == ["AL101"]
+
+
+def test_unknown_codes_partly_unused_lines_and_file_level(tmp_path):
+    path = model(tmp_path, fc1="  # archlint: disable=AL104,AL101,AL999",
+                 header="# archlint: disable-file=AL103\n")
+    found = unused(lint(path, report_unused_suppressions=True))
+    by_line = {f.line: f.data for f in found}
+    assert by_line == {line_of(path, "self.fc1 ="): {"unused": ["AL101"], "unknown": ["AL999"]},
+                       1: {"unused": ["AL103"], "unknown": []}}
+
+
+def test_rules_that_did_not_run_are_not_judged(tmp_path):
+    path = model(tmp_path, fc1="  # archlint: disable=AL104")
+    report = lint(path, select=["AL101"], report_unused_suppressions=True)
+    assert unused(report) == []
+
+
+def test_naming_al900_or_ignoring_it_keeps_a_comment(tmp_path):
+    kept = model(tmp_path, body="  # archlint: disable=AL104,AL900", name="kept.py")
+    assert unused(lint(kept, report_unused_suppressions=True)) == []
+    path = model(tmp_path, body="  # archlint: disable=AL104", name="ignored.py")
+    assert unused(lint(path, report_unused_suppressions=True, ignore=["AL900"])) == []
+
+
+def test_disable_all_that_silences_nothing_is_reported(tmp_path):
+    path = model(tmp_path, body="", fc1="", header="x = 1  # archlint: disable\n")
+    found = unused(lint(path, report_unused_suppressions=True))
+    assert [(f.line, f.data["unused"]) for f in found] == [(1, ["*"])]
+
+
+def test_target_that_failed_is_not_judged(tmp_path):
+    path = write(tmp_path, '''
+        import torch.nn as nn
+
+        class Broken(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(4, 4)  # archlint: disable=AL104
+                raise ValueError("no")
+
+            def forward(self, x):
+                return self.fc(x)
+    ''')
+    report = lint(path, report_unused_suppressions=True)
+    assert report.errors and unused(report) == []
+
+
+def test_al900_examples(tmp_path):
+    """AL900's own bad and good examples, linted as files (they need a whole run)."""
+    bad = write(tmp_path, UnusedSuppression.bad_example, "bad.py")
+    good = write(tmp_path, UnusedSuppression.good_example, "good.py")
+    assert "AL900" in codes(lint(bad, report_unused_suppressions=True))
+    assert "AL900" not in codes(lint(good, report_unused_suppressions=True))
+
+
+def test_cli_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from archlint.cli import main
+
+    path = model(tmp_path, body="  # archlint: disable=AL104")
+    result = CliRunner().invoke(main, ["check", "--isolated", "--report-unused-suppressions",
+                                       "--select", ",".join(RULES), "--format", "json",
+                                       str(path)])
+    data = json.loads(result.stdout)
+    assert "AL900" in [f["code"] for t in data["targets"] for f in t["findings"]]
