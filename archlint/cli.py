@@ -151,13 +151,19 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
 @click.option("--input-shape", help="Example input shape for every target, e.g. 8,3,32,32.")
 @click.option("--input-dtype", help="Example input dtype (float32, int64, ...).")
 @click.option("--input-high", type=int, help="Integer inputs: ids drawn from [0, HIGH).")
+@click.option("--measure", is_flag=True,
+              help="Also run the probe for real (one forward and backward on CPU): fills "
+                   "measured_grad_rms and reports the estimator's error per target.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Write a gradient-flow plot (.png, .svg, .pdf or .html; needs matplotlib).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
           exclude: tuple[str, ...], fail_on: Optional[str], fmt: str, output: Optional[str],
           statistics: bool, baseline_path: Optional[str], update_baseline: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
-          input_dtype: Optional[str], input_high: Optional[int], verbose: bool) -> None:
+          input_dtype: Optional[str], input_high: Optional[int], measure: bool,
+          plot_path: Optional[str], verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -207,11 +213,27 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline)
+    if measure:
+        from .measure_step import measure_target
+
+        opts.post_analyses.append(measure_target)
+    if plot_path:
+        from .report.plot import collect_plot_data
+
+        opts.post_analyses.append(collect_plot_data)
     try:
         report = run(config, opts)
     except UsageError as exc:
         _fail(str(exc))
         return
+    if plot_path:
+        from .report.plot import PlotError, render_plot
+
+        try:
+            render_plot(report.targets, plot_path,
+                        float(config.rules.get("AL105", {}).get("max-decades", 3.0)))
+        except PlotError as exc:
+            _fail(str(exc))
     if update_baseline:
         _update_baseline(report, target)
         return

@@ -146,8 +146,12 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
         return result
     estimate = graph.facts.get("estimate")
     if estimate is not None:
+        used = {n.module_path for n in graph.nodes if n.is_weight_layer}
+        used.update(m.rsplit(".", 1)[0] for m in estimate.grad_rms if "." in m)
         for layer in result.layers:
-            layer.grad_rms = estimate.grad_rms.get(layer.module)
+            # a layer the traced forward uses but no gradient reaches gets exactly zero
+            layer.grad_rms = estimate.grad_rms.get(
+                layer.module, 0.0 if layer.module in used else None)
         flow = graph.facts.get("gradient_flow")
         if flow is not None:
             result.extra["gradient_decades"] = round(flow.decades, 3)

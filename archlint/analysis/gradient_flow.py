@@ -3,8 +3,9 @@ output layers back to the earliest layers, and which layers cost them.
 
 Layers are ordered by their first use in the forward pass. The earliest and the last weight
 layers (10% of them at each end, at least one; embeddings excluded, since their sparse
-lookups make their gradient small by construction, and output heads excluded, since their
-scale is a design choice) are compared by the geometric mean of their
+lookups make their gradient small by construction; output heads, since their scale is a
+design choice; and layers followed directly by normalisation, whose gradient scale corrects
+itself during training) are compared by the geometric mean of their
 predicted gradient RMS. Layers predicted to get exactly zero gradient (identity-at-init residual
 branches, a zero-initialised head, and everything a zero layer cuts off) are left out: that is
 by design. Attribution follows the dominant gradient path from the earliest layer to the output
@@ -42,8 +43,9 @@ def _first_use(graph: Graph) -> dict[str, tuple[int, Node]]:
 def analyse_gradient_flow(graph: Graph, estimate) -> Optional[GradientFlow]:
     first = _first_use(graph)
     rms = estimate.grad_rms
+    invariant = _scale_invariant(graph)
     usable = [(k, mod, node) for mod, (k, node) in first.items()
-              if node.kind != Kind.EMBEDDING and mod in rms]
+              if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant]
     zero = sorted(mod for _, mod, _ in usable if rms[mod] <= 0.0)
     usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
     # Output heads are compared with nothing: their scale is a design choice (a small or
@@ -64,6 +66,18 @@ def analyse_gradient_flow(graph: Graph, estimate) -> Optional[GradientFlow]:
                         zero_by_design=zero)
     flow.contributions = _attribute(graph, estimate, head[0][2], {m for _, m, _ in tail})
     return flow
+
+
+def _scale_invariant(graph: Graph) -> set[str]:
+    """Layers whose output goes straight into a normalisation layer: the function they compute
+    does not depend on their weights' scale, their gradient shrinks as their weights grow, and
+    training corrects a large or small gradient by itself (why batch-normalised ResNets train
+    although their early layers' gradients are orders of magnitude larger at init)."""
+    init = graph.facts.get("init")
+    if not init:
+        return set()
+    return {li.node.module_path for li in init[0]
+            if li.next_activation == "norm" and li.node.module_path is not None}
 
 
 def _attribute(graph: Graph, estimate, start: Node, last_modules: set[str]

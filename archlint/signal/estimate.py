@@ -121,11 +121,11 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     if in_dim == 0:
         wd = wd.t()
     rows = wd.reshape(wd.shape[0], -1)  # [out, fan_in]
-    sq = rows.pow(2)
-    a = float(sq.sum(1).mean())
+    total = float(torch.linalg.vector_norm(rows)) ** 2  # one pass, no temporary
+    a = total / max(rows.shape[0], 1)
     rs = rows.sum(1)
     bm = float(rs.pow(2).mean())
-    col2 = float(sq.sum(0).mean()) if not transposed else a
+    col2 = total / max(rows.shape[1], 1) if not transposed else a
     bias = b.detach().float() if b is not None else None
     stats = _LinearStats(
         a=a, bm=bm, col2=col2, b2=_mean_sq(bias), bmean=_mean(bias),

@@ -1,0 +1,127 @@
+"""Does archlint's whole run stay close to the cost of building the model?
+
+Baseline: `python -c "import torch; <build a ResNet-50-sized model>"`. Measured: `archlint
+file.py:ResNet50 --input-shape 8,3,224,224` (tracing, shapes, all rules and the gradient
+estimate). Both run as fresh processes, interleaved, several times; we print the medians, their
+ratio (the bar: at most 1.25) and each process's peak RSS. The input's activations at 8x3x224x224
+would take well over a gigabyte in float32; archlint's peak RSS staying near the baseline's shows
+it never allocates them.
+
+    python benchmarks/speed.py [--repeats N]
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MODEL = '''
+import torch
+import torch.nn as nn
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, inp, planes, stride=1):
+        super().__init__()
+        out = planes * 4
+        self.conv1 = nn.Conv2d(inp, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = None
+        if stride != 1 or inp != out:
+            self.down = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False),
+                                      nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        idt = x if self.down is None else self.down(x)
+        o = self.relu(self.bn1(self.conv1(x)))
+        o = self.relu(self.bn2(self.conv2(o)))
+        return self.relu(self.bn3(self.conv3(o)) + idt)
+
+
+class ResNet50(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        layers, inp = [], 64
+        for planes, blocks, stride in [(64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)]:
+            for i in range(blocks):
+                layers.append(Bottleneck(inp, planes, stride if i == 0 else 1))
+                inp = planes * 4
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2048, 1000)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        return self.fc(self.pool(self.layers(self.stem(x))).flatten(1))
+'''
+
+RSS = ("import resource, sys; print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF)"
+       ".ru_maxrss, file=sys.stderr)")
+
+
+def _run(cmd: list[str], env: dict) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    rss = next((int(line.split()[1]) for line in proc.stderr.splitlines()
+                if line.startswith("RSS_KB")), 0)
+    return elapsed, rss
+
+
+def main(repeats: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model = Path(tmp) / "resnet50_model.py"
+        model.write_text(MODEL)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        baseline = [sys.executable, "-c",
+                    f"import torch, runpy; ns = runpy.run_path({str(model)!r}); "
+                    f"ns['ResNet50'](); {RSS}"]
+        archlint = [sys.executable, "-c",
+                    "import sys; from archlint.cli import main\n"
+                    f"sys.argv = ['archlint', {str(model) + ':ResNet50'!r}, '--isolated', "
+                    "'--input-shape', '8,3,224,224']\n"
+                    "try:\n    main()\nexcept SystemExit:\n    pass\n" + RSS]
+        _run(baseline, env)  # warm the file cache
+        _run(archlint, env)
+        base_t, base_rss, lint_t, lint_rss = [], [], [], []
+        for _ in range(repeats):
+            t, r = _run(baseline, env)
+            base_t.append(t)
+            base_rss.append(r)
+            t, r = _run(archlint, env)
+            lint_t.append(t)
+            lint_rss.append(r)
+    b, a = statistics.median(base_t), statistics.median(lint_t)
+    print(f"build only (import torch + ResNet-50):   {b:.2f} s   peak RSS {max(base_rss) / 1024:.0f} MB")
+    print(f"archlint (trace, rules, estimate):        {a:.2f} s   peak RSS {max(lint_rss) / 1024:.0f} MB")
+    print(f"ratio archlint / build: {a / b:.2f}  (bar: 1.25; {repeats} interleaved runs each, medians)")
+    act = 8 * 3 * 224 * 224 * 4 / 2 ** 20
+    print(f"for scale: the input alone is {act:.0f} MB; ResNet-50's activations at this batch are "
+          "several GB")
+    return 0
+
+
+if __name__ == "__main__":
+    n = 5
+    if "--repeats" in sys.argv:
+        n = int(sys.argv[sys.argv.index("--repeats") + 1])
+    sys.exit(main(n))
