@@ -334,7 +334,8 @@ def test_cli_uses_the_config_found_from_a_subdirectory(tmp_path, monkeypatch):
     write(tmp_path / "models" / "deep.py", SIGMOID_MODEL)
     (tmp_path / "work" / "here").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work" / "here")
-    result = cli("--format", "json")
+    # only AL101: its severity is what the discovered config changes (AL105 also fires here)
+    result = cli("--format", "json", "--select", "AL101")
     assert result.exit_code == 1, result.output
     report = json.loads(result.stdout)
     [target] = report["targets"]
@@ -370,8 +371,10 @@ def test_explicit_config_path_wins_over_discovery(project):
     write(project / ".archlint.yaml", "select: [AL102]\n")
     other = write(project / "conf" / "strict.yaml", "rules:\n  AL101: {max-chain: 10}\n")
     assert codes_of(cli("deep.py", "--format", "json")) == []          # AL101 not selected
-    assert codes_of(cli("deep.py", "--format", "json", "--config", str(other))) == []  # 6 <= 10
-    assert codes_of(cli("deep.py", "--format", "json", "--isolated")) == ["AL101"]
+    # the discovered select is not applied (every rule runs: AL105 on the 6-sigmoid stack), and
+    # the explicit config's max-chain is: no AL101 (6 <= 10)
+    assert codes_of(cli("deep.py", "--format", "json", "--config", str(other))) == ["AL105"]
+    assert codes_of(cli("deep.py", "--format", "json", "--isolated")) == ["AL105", "AL101"]
     bad = write(project / "conf" / "bad.yaml", "selec: [AL101]\n")
     result = cli("deep.py", "--config", str(bad))
     assert result.exit_code == 2
@@ -382,30 +385,35 @@ def test_cli_select_and_ignore_override_the_config(project):
     write(project / ".archlint.yaml", "select: [AL102, AL103]\n")
     assert codes_of(cli("deep.py", "--format", "json")) == []
     assert codes_of(cli("deep.py", "--format", "json", "--select", "AL101")) == ["AL101"]
-    assert codes_of(cli("deep.py", "--format", "json", "--select", "AL1")) == ["AL101"]
+    # a prefix selects every AL1xx rule: the 6-sigmoid stack gets AL105 as well as AL101
+    assert codes_of(cli("deep.py", "--format", "json", "--select", "AL1")) == ["AL105", "AL101"]
     write(project / ".archlint.yaml", "ignore: [AL101]\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == []
+    assert codes_of(cli("deep.py", "--format", "json")) == ["AL105"]
     # --ignore replaces the config's ignore list; --extend-ignore adds to it
-    assert codes_of(cli("deep.py", "--format", "json", "--ignore", "AL104")) == ["AL101"]
-    assert codes_of(cli("deep.py", "--format", "json", "--extend-ignore", "AL104")) == []
+    assert codes_of(cli("deep.py", "--format", "json", "--ignore", "AL104")) == ["AL105", "AL101"]
+    assert codes_of(cli("deep.py", "--format", "json", "--extend-ignore", "AL104")) == ["AL105"]
 
 
 def test_cli_fail_on_overrides_the_config(project):
+    # only AL101, whose severity the config changes (AL105, a warning, also fires here)
+    only = ("--select", "AL101")
     write(project / ".archlint.yaml", "fail-on: error\n")
-    assert cli("deep.py").exit_code == 0  # a warning does not fail
-    assert cli("deep.py", "--fail-on", "warning").exit_code == 1
+    assert cli("deep.py", *only).exit_code == 0  # a warning does not fail
+    assert cli("deep.py", *only, "--fail-on", "warning").exit_code == 1
     write(project / ".archlint.yaml", "rules:\n  AL101: {severity: info}\n")
-    assert cli("deep.py").exit_code == 0
-    assert cli("deep.py", "--fail-on", "info").exit_code == 1
+    assert cli("deep.py", *only).exit_code == 0
+    assert cli("deep.py", *only, "--fail-on", "info").exit_code == 1
 
 
 def test_rule_options_from_the_config_apply(project):
+    # only AL101, whose options the config sets (AL105 also fires on this model)
+    only = ("--select", "AL101")
     write(project / ".archlint.yaml", "rules:\n  AL101: {max-chain: 6}\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == []
+    assert codes_of(cli("deep.py", "--format", "json", *only)) == []
     write(project / ".archlint.yaml", "rules:\n  AL101: {max-chain: 5}\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == ["AL101"]
+    assert codes_of(cli("deep.py", "--format", "json", *only)) == ["AL101"]
     write(project / ".archlint.yaml", "rules:\n  AL101: {severity: 'off'}\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == []
+    assert codes_of(cli("deep.py", "--format", "json", *only)) == []
 
 
 def test_unknown_rule_on_the_command_line_exits_2(project):

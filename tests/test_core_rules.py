@@ -7,10 +7,12 @@ import textwrap
 
 import pytest
 
+from archlint.rules.exploding_gradient import ExplodingGradient
 from archlint.rules.missing_normalization import MissingNormalization
 from archlint.rules.missing_residual import MissingResidual
 from archlint.rules.poor_initialization import PoorInitialization
 from archlint.rules.saturating_stack import SaturatingStack
+from archlint.rules.vanishing_gradient import VanishingGradient
 from conftest import codes
 
 # Thresholds come from the rules' own defaults, so the boundary tests follow any retuning.
@@ -861,3 +863,126 @@ class TestRecurrentHorizon:
         assert codes(lint(src, input={"shape": [2, 20, 8]})) == ["AL107"]  # horizon ~11
         r = lint(src, input={"shape": [2, 20, 8]}, options={"AL107": {"min-gain": 1e-8}})
         assert codes(r) == []  # horizon ~30 steps
+
+
+# ====================================================================== AL105 / AL106 verdicts
+
+def mlp_with_head(n_layers: int, after: str, init: str = "pass", width: int = 64) -> str:
+    """``n_layers`` x (Linear [init'ed by ``init``, which sees it as ``fc``], ``after``...) and a
+    Linear head."""
+    return f"""
+import torch.nn as nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for _ in range({n_layers}):
+            fc = nn.Linear({width}, {width})
+            {init}
+            layers += [fc, {after}]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear({width}, 10)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+"""
+
+
+SIGMOID_12 = mlp_with_head(12, "nn.Sigmoid()")
+TANH_24_CHAOTIC = mlp_with_head(24, "nn.Tanh()", "nn.init.normal_(fc.weight, std=5 / 64 ** 0.5)")
+TANH_24_XAVIER = mlp_with_head(24, "nn.Tanh()", "nn.init.xavier_normal_(fc.weight)")
+
+# first op a custom einsum layer: no input can be inferred from it
+CUSTOM_FIRST_OP = """
+import torch
+import torch.nn as nn
+
+
+class Mix(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(d, d) / d ** 0.5)
+
+    def forward(self, x):
+        return torch.einsum("bi,ij->bj", x, self.w)
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mix1 = Mix(16)
+        self.mix2 = Mix(16)
+
+    def forward(self, x):
+        return self.mix2(torch.relu(self.mix1(x)))
+"""
+
+
+class TestGradientVerdicts:
+    @staticmethod
+    def verdicts(lint, src):
+        """AL105/AL106 only, after checking the estimate did run (a "no finding" means
+        something)."""
+        r = lint(src, select=["AL105", "AL106"])
+        assert r.status == "ok", r.error
+        assert r.graph.facts.get("estimate") is not None, r.notes
+        return r
+
+    def test_deep_sigmoid_mlp_vanishes(self, lint):
+        r = self.verdicts(lint, SIGMOID_12)
+        assert codes(r) == ["AL105"]
+        f = r.findings[0]
+        assert "decades" in f.message and "Sigmoid" in f.message, f.message
+        assert f.data["decades"] < -VanishingGradient.options["max-decades"]
+        assert r.extra["gradient_decades"] == pytest.approx(f.data["decades"], abs=1e-3)
+        # at the earliest layer
+        assert (f.module, f.line) == ("body.0", line_of(SIGMOID_12, "fc = nn.Linear"))
+        assert (f.severity, f.name) == ("warning", "vanishing-gradient")
+
+    @pytest.mark.parametrize("src", [
+        mlp_with_head(12, "nn.LayerNorm(64), nn.GELU()"),
+        mlp_with_head(12, "nn.ReLU()", 'nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")'),
+        RESNET.replace("ZERO_INIT", "pass"),
+        RESNET.replace("ZERO_INIT", "nn.init.zeros_(self.bn2.weight)"),
+        PRE_LN,
+    ], ids=["sigmoid-mlp-fixed-with-layernorm-gelu", "relu-mlp-he-init", "bn-resnet",
+            "zero-init-residual-resnet", "pre-ln-transformer"])
+    def test_healthy_models_get_no_verdict(self, src, lint):
+        r = self.verdicts(lint, src)
+        assert codes(r) == [], [f.message for f in r.findings]
+
+    def test_chaotic_tanh_mlp_explodes(self, lint):
+        r = self.verdicts(lint, TANH_24_CHAOTIC)
+        assert codes(r) == ["AL106"]
+        f = r.findings[0]
+        assert "decades" in f.message and "above" in f.message, f.message
+        assert f.data["decades"] > ExplodingGradient.options["max-decades"]
+        assert (f.module, f.severity, f.name) == ("body.0", "warning", "exploding-gradient")
+
+    def test_the_same_tanh_mlp_with_xavier_init_does_not_explode(self, lint):
+        r = self.verdicts(lint, TANH_24_XAVIER)
+        assert codes(r) == [], [f.message for f in r.findings]
+
+    def test_layers_get_a_predicted_grad_rms(self, lint):
+        r = lint(SIGMOID_12.replace("nn.Sigmoid()", "nn.ReLU()"))
+        assert r.status == "ok", r.error
+        assert r.input is not None
+        assert [layer.module for layer in r.layers] == \
+            [f"body.{2 * i}" for i in range(12)] + ["head"]
+        for layer in r.layers:
+            assert isinstance(layer.grad_rms, float) and layer.grad_rms > 0, layer
+
+    def test_no_grad_rms_when_no_input_can_be_inferred(self, lint):
+        r = lint(CUSTOM_FIRST_OP)
+        assert r.status == "ok", r.error
+        assert r.input is None
+        assert [layer.module for layer in r.layers] == ["mix1", "mix2"]
+        assert all(layer.grad_rms is None for layer in r.layers)
+        assert "gradient_decades" not in r.extra
+        assert any("AL105 skipped" in n for n in r.notes), r.notes
+        # control: the same model given an input is estimated
+        r = lint(CUSTOM_FIRST_OP, input={"shape": [4, 16]})
+        assert all(isinstance(layer.grad_rms, float) and layer.grad_rms > 0
+                   for layer in r.layers)

@@ -59,8 +59,10 @@ def test_data_dependent_control_flow_falls_back_to_exec_tracer(lint):
     assert result.tracer == "exec"
     # the fx failure is kept as a note saying why
     assert any(n.startswith("fx:") for n in result.notes), result.notes
-    assert codes(result) == ["AL101"]
-    f = result.findings[0]
+    # 8 sigmoid layers: the chain (AL101) and, from the estimate on the exec-traced graph, a
+    # vanishing gradient (AL105, ~5.7 decades)
+    assert codes(result) == ["AL105", "AL101"]
+    [f] = [f for f in result.findings if f.code == "AL101"]
     assert f.line == line_of(SIGMOID_STACK_DATA_DEPENDENT, "torch.sigmoid(layer(x))")
     assert f.data["length"] == 8
 
@@ -156,7 +158,9 @@ SATURATING_VARIANTS = {
 def test_saturating_functional_calls_count_like_modules(variant, lint):
     call, act_module, op = SATURATING_VARIANTS[variant]
     src = functional_source(call, act_module)
-    result = lint(src)
+    # about how AL101 counts functional calls: AL105 (which the sigmoid variants also get, at
+    # ~3.1 decades) is left out
+    result = lint(src, select=["AL101"])
     assert result.status == "ok", result.error
     acts = [n for n in result.graph.nodes if n.kind == "activation"]
     assert [n.op for n in acts] == [op] * 6
@@ -476,12 +480,6 @@ def test_weight_tied_head_as_matmul_on_the_parameter(lint):
         [("embed", line_of(src, "@ self.embed.weight"))]
 
 
-@pytest.mark.xfail(strict=True, reason="x @ W.t() / x @ W.T (the usual hand-written linear layer "
-                   "and GPT-style tied head) is classified as an activation-activation matmul, "
-                   "not a weight layer: the transpose node hides the parameter from "
-                   "builder.call_node's param_operand, Node.weight() and the owner lookup, so "
-                   "depth counts and AL104 miss the layer. Fixing it touches the tracers, the IR "
-                   "and the gradient estimator's _linear_params (weight orientation)")
 @pytest.mark.parametrize("tracer", ["fx", "exec"])
 @pytest.mark.parametrize("head", ["self.embed.weight.t()", "self.embed.weight.T"])
 def test_weight_tied_head_through_a_transpose_is_a_weight_layer(tracer, head, lint):

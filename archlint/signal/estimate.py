@@ -1053,9 +1053,11 @@ def _coherent_pairing(go: float, gso: float, gsco: float, x: Sig, per_sample: fl
 def _kernel_colsum_sq(w: torch.Tensor) -> float:
     """Mean over input channels of sum_o (sum_k W[o, c, k])^2: the backward response of a
     convolution to a gradient that is constant over positions."""
-    wd = w.detach().float()
-    ksum = wd.reshape(wd.shape[0], wd.shape[1], -1).sum(-1)  # [out, in/g]
-    return float(ksum.pow(2).sum(0).mean())
+    wd = w.detach()
+    if _numel(wd.shape[2:]) == 1:  # 1x1 kernels: the plain column norm
+        return float(torch.linalg.vector_norm(wd.float())) ** 2 / max(wd.shape[1], 1)
+    ksum = wd.float().sum(dim=tuple(range(2, wd.dim())))  # [out, in/g]
+    return float(torch.linalg.vector_norm(ksum)) ** 2 / max(ksum.shape[1], 1)
 
 
 @lru_cache(maxsize=65536)
@@ -1148,7 +1150,7 @@ def _expected_max(k: int) -> float:
     """E[max of k iid N(0,1)]."""
     if k <= 1:
         return 0.0
-    z, w = np.polynomial.legendre.leggauss(200)
+    z, w = np.polynomial.legendre.leggauss(96)
     x = z * 8.0
     pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
     cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
@@ -1159,7 +1161,7 @@ def _expected_max(k: int) -> float:
 def _max_sq_std(k: int) -> float:
     if k <= 1:
         return 1.0
-    z, w = np.polynomial.legendre.leggauss(200)
+    z, w = np.polynomial.legendre.leggauss(96)
     x = z * 8.0
     pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
     cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
