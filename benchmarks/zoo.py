@@ -263,7 +263,11 @@ class ConvNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def _seeded(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> Callable[[], nn.Module]:
+def _seeded(
+    factory: Callable[..., nn.Module], *args: Any, **kwargs: Any
+) -> Callable[[], nn.Module]:
+    """A builder that seeds torch, then calls ``factory(*args, **kwargs)``."""
+
     def build() -> nn.Module:
         torch.manual_seed(0)
         return factory(*args, **kwargs)
@@ -272,7 +276,9 @@ def _seeded(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> Cal
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block ``x + f(x)`` with optional BatchNorm; ``zero_init`` zeros the last gamma."""
+    """ResNet basic block ``relu(x + f(x))``, optional BatchNorm.
+
+    ``zero_init`` zeros the last BatchNorm's gamma, so the block starts as the identity."""
 
     def __init__(self, channels: int, bn: bool, zero_init: bool = False) -> None:
         super().__init__()
@@ -384,6 +390,80 @@ class UNet(nn.Module):
         return self.out(d1)
 
 
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, reduced, 1)
+        self.fc2 = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        return x * F.hardsigmoid(self.fc2(F.relu(self.fc1(s))))
+
+
+class MobileBlock(nn.Module):
+    """Inverted residual: 1x1 expand -> BN -> hardswish -> depthwise 3x3 -> BN -> SE -> 1x1."""
+
+    def __init__(self, channels: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = channels * expand
+        self.expand = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False),
+                                    nn.BatchNorm2d(hidden), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden,
+                                                 bias=False), nn.BatchNorm2d(hidden),
+                                       nn.Hardswish())
+        self.se = SqueezeExcite(hidden, hidden // 4)
+        self.project = nn.Sequential(nn.Conv2d(hidden, channels, 1, bias=False),
+                                     nn.BatchNorm2d(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.project(self.se(self.depthwise(self.expand(x))))
+
+
+class MobileSE(nn.Module):
+    def __init__(self, width: int = 16, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.Hardswish())
+        self.blocks = nn.Sequential(*(MobileBlock(width) for _ in range(blocks)))
+        self.head = nn.Linear(width, _CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def _drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape[0], 1, 1, 1) >= p
+    return x * keep / (1 - p)
+
+
+class GNBlock(nn.Module):
+    def __init__(self, channels: int, p: float) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.gn1 = nn.GroupNorm(8, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.gn2 = nn.GroupNorm(8, channels)
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.gn2(self.conv2(F.relu(self.gn1(self.conv1(x)))))
+        return F.relu(x + _drop_path(out, self.p, self.training))
+
+
+class ResNetGN(nn.Module):
+    def __init__(self, width: int = 32, blocks: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(*(GNBlock(width, 0.1 * i / blocks) for i in range(blocks)))
+        self.head = nn.Linear(width, _CLASSES)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.blocks(F.relu(self.stem(x))).mean((2, 3)))
+
+
 _CNN_ENTRIES = [
     ZooEntry("cnn_relu_plain", _seeded(ConvNet), _IMAGE, "6 convs, no norm"),
     ZooEntry("cnn_batchnorm", _seeded(ConvNet, norm="bn"), _IMAGE, "Conv-BN-ReLU, train mode"),
@@ -407,6 +487,10 @@ _CNN_ENTRIES = [
     ),
     ZooEntry("densenet_concat", _seeded(DenseNet), _IMAGE, "dense concatenation"),
     ZooEntry("unet_small", _seeded(UNet), _IMAGE, "ConvTranspose2d + skip concat"),
+    ZooEntry("mobile_se", _seeded(MobileSE), _IMAGE,
+             "depthwise-separable convs, squeeze-excitation gates, hardswish, residual"),
+    ZooEntry("resnet_gn_stochdepth", _seeded(ResNetGN), _IMAGE,
+             "GroupNorm residual blocks with per-sample stochastic depth"),
 ]
 
 

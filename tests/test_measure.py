@@ -37,7 +37,9 @@ def test_single_linear_matches_hand_computed_gradient() -> None:
 
 def test_matches_manual_backward_on_mlp() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2))
+    model = nn.Sequential(
+        nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 2)
+    )
     x = torch.randn(6, 8)
 
     result = measure_grad_rms(model, (x,), seed=3)

@@ -144,7 +144,13 @@ _REFERENCE = [
     ),
     ("logsigmoid", {}, 0.0, 400.0, (-8.011563570610072, 200.04765817529494, 0.48013421585762917)),
     ("tanhshrink", {}, 2.0, 3.0, (1.304345268352307, 3.531417868324662, 0.6780407401071388)),
-    ("celu", {"alpha": 2.0}, -1.0, 10.0, (0.011850865993452284, 4.171136614401369, 0.49675487848107436)),
+    (
+        "celu",
+        {"alpha": 2.0},
+        -1.0,
+        10.0,
+        (0.011850865993452284, 4.171136614401369, 0.49675487848107436),
+    ),
 ]
 
 
@@ -163,7 +169,8 @@ def test_relu_family_closed_forms(mean: float, var: float) -> None:
     pdf = math.exp(-0.5 * (mean / s) ** 2) / math.sqrt(2.0 * math.pi)
     relu = activation_moments("relu", mean, var)
     assert relu.mean_out == pytest.approx(mean * cdf + s * pdf, rel=1e-9, abs=1e-300)
-    assert relu.second_out == pytest.approx((mean**2 + var) * cdf + mean * s * pdf, rel=1e-8, abs=1e-300)
+    second = (mean**2 + var) * cdf + mean * s * pdf
+    assert relu.second_out == pytest.approx(second, rel=1e-8, abs=1e-300)
     assert relu.grad_gain == pytest.approx(cdf, rel=1e-12, abs=1e-300)
     a = 0.2
     leaky = activation_moments("leaky_relu", mean, var, negative_slope=a)
@@ -172,6 +179,17 @@ def test_relu_family_closed_forms(mean: float, var: float) -> None:
         relu.second_out + a * a * (total - relu.second_out), rel=1e-8
     )
     assert leaky.grad_gain == pytest.approx(cdf + a * a * (1.0 - cdf), rel=1e-12)
+
+
+def test_rrelu_modes() -> None:
+    lower, upper = 0.1, 0.3
+    evaluation = activation_moments("rrelu", -0.5, 2.0, lower=lower, upper=upper, training=False)
+    leaky = activation_moments("leaky_relu", -0.5, 2.0, negative_slope=0.2)
+    assert evaluation.second_out == pytest.approx(leaky.second_out, rel=1e-12)
+    assert evaluation.grad_gain == pytest.approx(leaky.grad_gain, rel=1e-12)
+    # Training: E[a^2] = (l^2 + l u + u^2)/3 replaces the squared slope.
+    train = activation_moments("rrelu", 0.0, 1.0, lower=lower, upper=upper)
+    assert train.grad_gain == pytest.approx(0.5 + 0.5 * (lower**2 + lower * upper + upper**2) / 3)
 
 
 def test_zero_mean_textbook_values() -> None:
@@ -215,7 +233,8 @@ def test_argument_validation() -> None:
         activation_moments("relu", 0.0, 1.0, alpha=1.0)
     with pytest.raises(ValueError):
         activation_moments("gelu", 0.0, 1.0, approximate="fast")
-    assert activation_moments("relu", 0.0, 1.0, inplace=True) == activation_moments("relu", 0.0, 1.0)
+    plain = activation_moments("relu", 0.0, 1.0)
+    assert activation_moments("relu", 0.0, 1.0, inplace=True) == plain
     moments = activation_moments("tanh", 0.0, 1.0)
     assert isinstance(moments, ActMoments)
     assert moments.var_out == pytest.approx(moments.second_out)
@@ -271,7 +290,9 @@ def test_rnn_step_gain_matches_simulation(nonlinearity: str) -> None:
     norms = [g.pow(2).sum().item() for g in torch.autograd.grad(loss, states)]
     measured = sum(norms[t - 1] / norms[t] for t in range(15, steps)) / (steps - 15)
     # sigma_hh^2 = 1/3; input variance D/(3H); two biases of variance 1/(3H) each
-    predicted = rnn_step_gain(nonlinearity, 1.0 / 3.0, inputs / (3.0 * hidden), 2.0 / (3.0 * hidden))
+    predicted = rnn_step_gain(
+        nonlinearity, 1.0 / 3.0, inputs / (3.0 * hidden), 2.0 / (3.0 * hidden)
+    )
     assert measured == pytest.approx(predicted, rel=0.05)
     if nonlinearity == "tanh":
         assert predicted == pytest.approx(0.209, abs=1e-3)  # SIGNAL.md's value

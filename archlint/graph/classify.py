@@ -252,7 +252,7 @@ _FUNC_POOLS = {
     "lp_pool1d": "lp_pool", "lp_pool2d": "lp_pool",
 }
 _FUNC_DROPOUT = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
-                 "feature_alpha_dropout"}
+                 "feature_alpha_dropout", "stochastic_depth", "drop_path"}
 _RESHAPE = {
     "view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
     "squeeze", "unsqueeze", "expand", "expand_as", "repeat", "tile", "getitem", "split", "chunk",

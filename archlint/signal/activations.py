@@ -6,7 +6,8 @@ For a pre-activation ``h ~ N(mean, var)`` -- ``var`` is the VARIANCE, not the se
 * ``mean_out   = E[phi(h)]``
 * ``second_out = E[phi(h)^2]``   (second moment, the ``q`` of the next layer's input)
 * ``grad_gain  = E[phi'(h)^2]``  (the backward ``chi`` of the op: ``E[g_in^2] / E[g_out^2]`` per
-  element, because ``g_in = phi'(h) g_out`` with ``g_out`` independent of ``h`` in the mean-field limit).
+  element, because ``g_in = phi'(h) g_out`` with ``g_out`` independent of ``h`` in the mean-field
+  limit).
 
 How each expectation is computed:
 
@@ -25,11 +26,13 @@ How each expectation is computed:
   ``threshold`` use a composite Gauss-Legendre rule in standardised coordinates whose panels are
   refined geometrically around the kinks.
 
-Accuracy is about 1e-9 relative (absolute for values that underflow) for ``var`` in ``[1e-6, 1e4]``
-and ``|mean| <= 10``; ``var == 0`` evaluates the function at ``mean``.  Results are memoised, and
-uncached calls cost roughly 10-40 microseconds.
+Accuracy, checked against 30-digit adaptive quadrature on a grid of ``var`` in ``[1e-6, 1e4]`` and
+``|mean| <= 10`` for every op, is about 1e-9 relative, also for tail values down to ~1e-30 (smaller
+values keep absolute accuracy).  ``var == 0`` evaluates the function at ``mean``.  Results are
+memoised; uncached calls cost about 5-15 microseconds for the ReLU family and 20-50 for the others
+(softsign, the rare op on the adaptive rule, about 80).
 
-``glu`` is not elementwise (it halves a dimension and multiplies two halves) and is not handled here.
+``glu`` is not elementwise (it halves a dimension and multiplies the two halves): not handled here.
 """
 
 from __future__ import annotations
@@ -136,21 +139,41 @@ def _shifted_full_moments(u: float) -> tuple[float, ...]:
     return (1.0, u, u2 + 1.0, u * (u2 + 3.0), u2 * (u2 + 6.0) + 3.0)
 
 
+_MILLER_FROM_T = 3.0  # above this, run the I_k recurrence backwards
+_MILLER_START = 60
+
+
 def _tail_partial_moments(t: float) -> tuple[float, ...]:
     """``integral_t^inf (z - t)^k phi(z) dz`` for ``k = 0..4`` and ``t >= 0``.
 
-    Equals ``phi(t) I_k(t)`` with ``I_0`` the Mills ratio, ``I_1 = 1 - t I_0`` and
-    ``I_k = (k - 1) I_{k-2} - t I_{k-1}``: relative accuracy holds far into the tail.
+    Equals ``phi(t) I_k(t)`` with ``I_k = integral_0^inf u^k exp(-t u - u^2/2) du``: ``I_0`` is the
+    Mills ratio, ``I_1 = 1 - t I_0`` and ``I_k = (k - 1) I_{k-2} - t I_{k-1}``.  Run forwards that
+    recurrence loses about ``t^(2k)`` in relative accuracy (``I_k`` is its minimal solution), so
+    for large ``t`` it is run backwards from a high index and normalised by ``I_0`` (Miller's
+    algorithm), which keeps full relative accuracy far into the tail.
     """
     pdf = _INV_SQRT2PI * math.exp(-0.5 * t * t)
     if pdf == 0.0:
         return (0.0,) * (_MAX_DEGREE + 1)
     i0 = _SQRT_HALF_PI * _erfcx(t / _SQRT2)
-    i1 = 1.0 - t * i0
-    i2 = i0 - t * i1
-    i3 = 2.0 * i1 - t * i2
-    i4 = 3.0 * i2 - t * i3
-    return (pdf * i0, pdf * i1, pdf * i2, pdf * i3, pdf * i4)
+    if t < _MILLER_FROM_T:
+        i1 = 1.0 - t * i0
+        i2 = i0 - t * i1
+        i3 = 2.0 * i1 - t * i2
+        i4 = 3.0 * i2 - t * i3
+        return (pdf * i0, pdf * i1, pdf * i2, pdf * i3, pdf * i4)
+    # I_{k-2} = (I_k + t I_{k-1}) / (k - 1), from I_{N+1} = 0, I_N = 1 (unnormalised).
+    above, current = 0.0, 1.0
+    tail = [0.0] * (_MAX_DEGREE + 1)
+    for k in range(_MILLER_START + 1, 1, -1):
+        above, current = current, (above + t * current) / (k - 1)
+        if k - 2 <= _MAX_DEGREE:
+            tail[k - 2] = current
+        if current > 1e250:  # rescale to avoid overflow; only ratios matter
+            above, current = above * 1e-250, current * 1e-250
+            tail = [v * 1e-250 for v in tail]
+    scale = pdf * i0 / tail[0]
+    return tuple(scale * v for v in tail)
 
 
 def _poly_shift(coeffs: Sequence[float], x0: float) -> tuple[float, ...]:
@@ -746,7 +769,8 @@ def _resolve_params(op: str, params: dict[str, object]) -> tuple[tuple[str, obje
         raise TypeError(f"{op}: unexpected parameter(s) {sorted(unknown)}")
     resolved = {k: params.get(k, v) for k, v in defaults.items()}
     if op == "gelu" and resolved["approximate"] not in ("none", "tanh"):
-        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {resolved['approximate']!r}")
+        got = resolved["approximate"]
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {got!r}")
     return tuple(sorted(resolved.items()))
 
 

@@ -27,6 +27,7 @@ from ..graph.ir import Graph, Kind, Node
 from .activations import SUPPORTED_OPS, activation_moments
 
 _EPS = 1e-30
+_RANDOM = {"rand", "randn", "rand_like", "randn_like", "normal", "uniform", "bernoulli"}
 
 
 @dataclass
@@ -309,6 +310,16 @@ class _Estimator:
             return
         if k == Kind.OUTPUT:
             return
+        if node.dtype is not None and not (node.dtype.is_floating_point or
+                                           node.dtype.is_complex):
+            # masks, ids, comparisons: a neutral multiplier, no gradient, nothing to report
+            self.sig[node] = Sig(1.0, 1.0, 1.0, n)
+            return
+        if k == Kind.OTHER and node.grad_inputs == [] and node.op in _RANDOM:
+            q = {"rand": 1 / 3, "rand_like": 1 / 3}.get(node.op, 1.0)
+            mean = 0.5 if node.op.startswith("rand") and "n" not in node.op else 0.0
+            self.sig[node] = Sig(q, mean, mean * mean, n)
+            return
         handler = getattr(self, f"f_{k}", None)
         if handler is None:
             self.f_passthrough(node, unknown=True)
@@ -546,9 +557,11 @@ class _Estimator:
         rows = max(self.numel(node) // max(out_ch, 1), 1)  # batch x output positions
         # each input element feeds out/groups channels x k positions / stride
         k = _numel(w.shape[2:])
-        in_positions = max(x.numel // max(w.shape[1] * _groups(m, node), 1), 1)
-        gain = st.col2 * k * rows / in_positions
-        cs2 = _kernel_colsum_sq(w) * rows / in_positions
+        groups = max(_groups(m, node), 1)
+        in_positions = max(x.numel // max(w.shape[1] * groups, 1), 1)
+        # each input element feeds the out/groups channels of its group at k offsets
+        gain = st.col2 * k / groups * rows / in_positions
+        cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
         self.custom_back[node] = ("weight_conv", x_idx, gain, rows, x.q, cs2, x)
 
     def f_embedding(self, node: Node) -> None:
