@@ -79,6 +79,21 @@ def _user_code(extra_path: Optional[Path]) -> Iterator[None]:
             sys.path.remove(str(extra_path))
 
 
+@contextlib.contextmanager
+def _user_path(folder: Optional[Path]) -> Iterator[None]:
+    """Also import from ``folder`` (the config's folder for config-listed import paths)."""
+    entry = str(folder) if folder is not None else None
+    if entry is None or entry in sys.path:
+        yield
+        return
+    sys.path.insert(1, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
 _modules: dict[Path, ModuleType] = {}
 
 
@@ -129,9 +144,9 @@ def import_file(path: Path) -> ModuleType:
     return module
 
 
-def _import_module(dotted: str) -> ModuleType:
+def _import_module(dotted: str, search_path: Optional[Path] = None) -> ModuleType:
     try:
-        with _user_code(Path.cwd()):
+        with _user_code(Path.cwd()), _user_path(search_path):
             return importlib.import_module(dotted)
     except ModuleNotFoundError as exc:
         raise LoadError(f"cannot import {dotted}: {exc}") from None
@@ -175,7 +190,7 @@ def load_target(target: Target) -> list[LoadedModel | LoadFailure]:
     """Build the models of one target. Failures are returned, never raised."""
     try:
         if target.import_path is not None:
-            module = _import_module(target.import_path)
+            module = _import_module(target.import_path, target.search_path)
             return [_load_named(module, target, None)]
         assert target.path is not None
         if target.name is None and not target.explicit and not might_define_models(target.path):

@@ -80,6 +80,9 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
                             input_spec=opts.input or entry.input, explicit=True)
         except TargetError as exc:
             raise UsageError(f"{config.path}: targets: {exc}") from None
+        for t in found:
+            if t.import_path is not None:
+                t.search_path = config.root  # package.module:fn is relative to the config too
         targets.extend(found)
     return targets
 

@@ -44,6 +44,8 @@ class Target:
     input: Optional[InputSpec] = None
     #: True when named explicitly (CLI ``file.py:Name``, or a config entry).
     explicit: bool = False
+    #: Folder to import ``import_path`` from besides the working directory (the config's).
+    search_path: Optional[Path] = None
 
 
 def display_path(path: Path) -> str:

@@ -316,11 +316,6 @@ def test_package_module_callable_and_unbuildable_factory(project):
     assert proc.returncode == 2
 
 
-@pytest.mark.xfail(strict=True, reason="a package.module:callable listed in a discovered config "
-                   "is imported relative to the working directory, not the config's folder: run "
-                   "from a subdirectory it fails with 'No module named ...' (runner/loading put "
-                   "only cwd on sys.path; file targets are made config-relative in "
-                   "runner._config_relative, import paths are not)")
 def test_config_import_path_target_from_a_subdirectory(project):
     write(project / "archlint.yaml", "targets:\n  - target: tinypkg.zoo:make\n")
     try:
