@@ -214,6 +214,10 @@ def _round(x: float) -> float:
 
 
 def activation(op: str, x: Sig, params: dict) -> tuple[Sig, float]:
+    try:
+        activation_moments(op, 0.0, 1.0, **params)
+    except TypeError:  # a module attribute the formula does not take (ReLU6's min/max_val)
+        params = {}
     key = tuple(sorted(params.items()))
     q, m, s, chi = _act_cached(op, _round(x.q), _round(x.m), _round(x.s), key)
     out = Sig(q, m, s, x.numel)
@@ -247,6 +251,7 @@ class _Estimator:
         #: it pairs with the per-sample fluctuation of the input, not its per-unit mean.
         self.gsc: dict[Node, float] = {}
         self.centring: set[Node] = set()
+        self._signal: dict[Node, bool] = {}
 
     # ----------------------------------------------------------------------- utilities
     def s_in(self, node: Node, i: int = 0) -> Sig:
@@ -261,7 +266,23 @@ class _Estimator:
         return _numel(node.shape)
 
     def note_unknown(self, node: Node) -> None:
+        if not self._carries_signal(node):
+            return  # index arithmetic, position tables, masks: nothing to propagate
         self.unknown[node.op] = self.unknown.get(node.op, 0) + 1
+
+    def _carries_signal(self, node: Node) -> bool:
+        """Does the value depend on the model's inputs or trainable parameters?"""
+        cached = self._signal.get(node)
+        if cached is not None:
+            return cached
+        if node.kind == Kind.INPUT:
+            out = True
+        elif node.kind == Kind.PARAM:
+            out = node.tensor is not None and node.tensor.requires_grad
+        else:
+            out = any(self._carries_signal(i) for i in node.grad_parents())
+        self._signal[node] = out
+        return out
 
     def add_weight_grad(self, module: Optional[str], mean_sq: float, count: int,
                         node: Node) -> None:
@@ -825,6 +846,10 @@ class _Estimator:
         n = self.numel(node)
         if op in ("tensor", "arange"):
             self.sig[node] = Sig(0.0, 0.0, 0.0, n)
+            return
+        if op in ("sin", "cos"):  # rotary tables: a phase spread over many periods
+            self.sig[node] = Sig(0.5, 0.0, 0.5, n).with_w(0.5)
+            self.back[node] = [(0, 0.5)]
             return
         if op == "clamp" or op == "clamp_min" or op == "abs" or op == "local_response_norm":
             self.sig[node] = Sig(x.q, x.m, x.s, n)
