@@ -13,7 +13,6 @@ checked separately: the estimate must call them zero too.
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -26,41 +25,10 @@ import torch  # noqa: E402
 
 from archlint.inputs import parse_input  # noqa: E402
 from archlint.measure import measure_grad_rms  # noqa: E402
+from archlint.signal.accuracy import compare  # noqa: E402
 from archlint.signal.estimate import estimate_graph  # noqa: E402
 from archlint.tracing import trace_model  # noqa: E402
 from zoo import ZOO, make_inputs  # noqa: E402
-
-
-def compare(pred: dict[str, float], meas: dict[str, float | None]) -> dict:
-    diffs, logs, zero_ok, zero_bad, missing = [], [], 0, 0, []
-    per_layer = []
-    for name, m in meas.items():
-        if m is None:
-            continue
-        p = pred.get(name)
-        if m == 0.0:
-            if p is None or p < 1e-12:
-                zero_ok += 1
-            else:
-                zero_bad += 1
-            continue
-        if p is None or p <= 0:
-            missing.append(name)
-            continue
-        d = math.log10(p) - math.log10(m)
-        diffs.append(d)
-        logs.append(math.log10(m))
-        per_layer.append((name, p, m, d))
-    if not diffs:
-        return {"error": None, "baseline": None, "n": 0, "missing": missing,
-                "zero_ok": zero_ok, "zero_bad": zero_bad, "layers": per_layer}
-    off = statistics.median(diffs)
-    err = statistics.median(abs(d - off) for d in diffs)
-    base_off = statistics.median(logs)
-    base = statistics.median(abs(v - base_off) for v in logs)
-    return {"error": err, "baseline": base, "n": len(diffs), "offset": off,
-            "missing": missing, "zero_ok": zero_ok, "zero_bad": zero_bad,
-            "layers": [(n, p, m, d - off) for n, p, m, d in per_layer]}
 
 
 def run(filters: list[str], verbose: bool) -> int:
@@ -82,16 +50,16 @@ def run(filters: list[str], verbose: bool) -> int:
         meas = measure_grad_rms(model, make_inputs(entry.input)).rms
         res = compare(est.grad_rms, meas)
         unknown = ",".join(sorted(est.unknown_ops)) or "-"
-        err = res["error"]
-        print(f"{entry.name:24s} layers={res['n']:3d} err={_fmt(err)} baseline={_fmt(res['baseline'])}"
-              f" zero-ok={res['zero_ok']} zero-bad={res['zero_bad']} missing={len(res['missing'])}"
+        print(f"{entry.name:24s} layers={res.layers:3d} err={_fmt(res.error)} "
+              f"baseline={_fmt(res.baseline)} zero-ok={res.zero_agree} "
+              f"zero-bad={res.zero_disagree} missing={len(res.missing)}"
               f" tracer={graph.tracer} t={t_est:.2f}s unknown={unknown}")
         if verbose:
-            for name, p, m, d in res["layers"]:
+            for name, p, m, d in res.residuals:
                 print(f"      {name:40s} pred={p:.3e} meas={m:.3e} resid={d:+.2f}")
-            for name in res["missing"]:
+            for name in res.missing:
                 print(f"      {name:40s} NOT PREDICTED")
-        rows.append((entry.name, err, res["baseline"]))
+        rows.append((entry.name, res.error, res.baseline))
     errs = [e for _, e, _ in rows if e is not None]
     bases = [b for _, _, b in rows if b is not None]
     if errs:

@@ -119,20 +119,16 @@ def _consumer(node: Node) -> tuple[str, list[Node]]:
             return u.op, [u]
         if u.kind == Kind.NORM:
             return "norm", [u]
-        if u.kind in _PASSTHROUGH or (u.kind == Kind.ADD and _is_bias_add(u)) or \
-                (u.kind == Kind.MUL and _is_scalar_scale(u)):
+        if u.kind in _PASSTHROUGH or (u.kind == Kind.ADD and _one_data_input(u)) or \
+                (u.kind == Kind.MUL and _one_data_input(u)):
             frontier.extend(u.users)
             continue
         return "linear", [u]
     return "linear", []
 
 
-def _is_bias_add(node: Node) -> bool:
-    data = [i for i in node.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
-    return len(data) <= 1
-
-
-def _is_scalar_scale(node: Node) -> bool:
+def _one_data_input(node: Node) -> bool:
+    """An add/mul with at most one activation operand: a bias add or a constant scale."""
     data = [i for i in node.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
     return len(data) <= 1
 
@@ -152,7 +148,7 @@ def _feeds_join_or_output(node: Node, graph: Graph) -> bool:
             continue
         if u is graph.output or u.kind == Kind.OUTPUT:
             return True
-        if u.kind in (Kind.ADD, Kind.CONCAT) and not _is_bias_add(u):
+        if u.kind in (Kind.ADD, Kind.CONCAT) and not _one_data_input(u):
             return True
         frontier.extend(u.users)
     return False
@@ -195,7 +191,7 @@ def _chains(graph: Graph) -> dict[Node, Node]:
             if u.is_weight_layer:
                 parent.setdefault(u, u)
                 parent[find(u)] = find(n)
-            elif u.kind in link or (u.kind in (Kind.ADD, Kind.MUL) and _is_bias_add(u)):
+            elif u.kind in link or (u.kind in (Kind.ADD, Kind.MUL) and _one_data_input(u)):
                 frontier.extend(u.users)
     return {n: find(n) for n in parent}
 

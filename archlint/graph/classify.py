@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import torch
 from torch import nn
 
 from .ir import Kind
@@ -346,7 +345,3 @@ def classify_call(name: str, param_operand: bool = False) -> tuple[str, str]:
 
 def carries_gradient(name: str) -> bool:
     return name not in _NO_GRAD
-
-
-def _is_callable_named(fn: Callable, names: set[str]) -> bool:  # pragma: no cover - helper
-    return canonical_name(fn) in names

@@ -15,7 +15,7 @@ unchanged *and reported by name* (``Estimate.unknown_ops``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional, Sequence
 
@@ -49,14 +49,6 @@ class Sig:
     def with_w(self, w: Optional[float]) -> "Sig":
         self.w_ = None if w is None else min(max(w, self.s), self.q)
         return self
-
-
-@dataclass
-class LayerEstimate:
-    module: str
-    grad_rms: float
-    #: Per-node contributions to the gradient's log10 scale on the way down (for attribution).
-    nodes: list[Node] = field(default_factory=list)
 
 
 @dataclass
@@ -568,7 +560,7 @@ class _Estimator:
                        1)
             out = linear_forward(x, st, self.numel(node))
             self.sig[node] = out
-            in_rows = max(x.numel // max(w.shape[0], 1), 1)
+            max(x.numel // max(w.shape[0], 1), 1)
             self.custom_back[node] = ("weight_conv", x_idx, back_gain, rows, x.q, None, x)
             return
         st = linear_stats(w, b)
@@ -679,8 +671,6 @@ class _Estimator:
     def f_concat(self, node: Node) -> None:
         sigs = [self.s_in(node, i) for i in range(len(node.inputs))]
         tot = sum(s.numel for s in sigs) or 1
-        if node.op == "stack" or node.op not in ("cat",):
-            pass
         q = sum(s.q * s.numel for s in sigs) / tot
         m = sum(s.m * s.numel for s in sigs) / tot
         s_ = sum(s.s * s.numel for s in sigs) / tot
@@ -1145,13 +1135,6 @@ def _reduces_positions(node: Node) -> bool:
     return unit not in dims and 0 not in dims
 
 
-def _bcast(n_out: int, n_in: int, per_out: int, per_in: int) -> float:
-    """Gradient sum over broadcast copies: (#output matrices) / (#input matrices)."""
-    out_mats = n_out / max(per_out, 1)
-    in_mats = n_in / max(per_in, 1)
-    return max(out_mats / max(in_mats, 1e-12), 1e-12)
-
-
 def _kw(node: Node, name: str, pos: int, default: Any) -> Any:
     kwargs = node.attrs.get("kwargs") or {}
     if isinstance(kwargs, dict) and name in kwargs:
@@ -1183,27 +1166,25 @@ def _pool_kernel(node: Node, default: float) -> float:
     return float(k) ** nd
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1024)
+def _max_moments(k: int) -> tuple[float, float]:
+    """(E[M], E[M^2]) for M the max of k iid N(0, 1), by Gauss-Legendre on [-8, 8]."""
+    if k <= 1:
+        return 0.0, 1.0
+    z, w = np.polynomial.legendre.leggauss(96)
+    x = z * 8.0
+    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
+    density = w * 8.0 * k * cdf ** (k - 1) * pdf
+    return float(np.sum(density * x)), float(np.sum(density * x * x))
+
+
 def _expected_max(k: int) -> float:
-    """E[max of k iid N(0,1)]."""
-    if k <= 1:
-        return 0.0
-    z, w = np.polynomial.legendre.leggauss(96)
-    x = z * 8.0
-    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-    return float(np.sum(w * 8.0 * x * k * cdf ** (k - 1) * pdf))
+    return _max_moments(k)[0]
 
 
-@lru_cache(maxsize=4096)
 def _max_sq_std(k: int) -> float:
-    if k <= 1:
-        return 1.0
-    z, w = np.polynomial.legendre.leggauss(96)
-    x = z * 8.0
-    pdf = np.exp(-x * x / 2) / math.sqrt(2 * math.pi)
-    cdf = 0.5 * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
-    return float(np.sum(w * 8.0 * x * x * k * cdf ** (k - 1) * pdf))
+    return _max_moments(k)[1]
 
 
 def _max_second_moment(x: Sig, k: int) -> float:
@@ -1217,9 +1198,8 @@ def _max_second_moment(x: Sig, k: int) -> float:
 
 def _reads_last_step(node: Node, graph: Graph) -> bool:
     """Does the recurrent output reach the loss only through its last time step?"""
-    m = node.module
     outs = [u for u in node.users if u.kind == Kind.RESHAPE and u.op == "getitem"]
-    seq_users = [u for u in outs if u.attrs.get("index", _kw(u, "", 1, 0)) == 0]
+    seq_users = [u for u in outs if u.attrs.get("index", _kw(u, "index", 1, 0)) == 0]
     if not outs:
         return False
     for u in seq_users:
