@@ -118,6 +118,8 @@ def analyse(graph: Graph) -> list[str]:
                         for op, n in sorted(estimate.unknown_ops.items()))
         notes.append(f"gradient estimate: ops without a formula, passed through unchanged: {ops}")
     graph.facts["gradient_flow"] = analyse_gradient_flow(graph, estimate)
+    graph.facts["gradient_flow_exploding"] = analyse_gradient_flow(
+        graph, estimate, skip_scale_invariant=True)
     return notes
 
 

@@ -941,6 +941,23 @@ class TestGradientVerdicts:
         assert (f.module, f.line) == ("body.0", line_of(SIGMOID_12, "fc = nn.Linear"))
         assert (f.severity, f.name) == ("warning", "vanishing-gradient")
 
+    def test_normalised_sigmoid_stack_still_vanishes(self, lint):
+        # Linear -> LayerNorm -> Sigmoid: the linears are scale-invariant, which excuses a
+        # too-large gradient (AL106) but not a vanishing one (measured -3.9..-4.3 decades)
+        r = self.verdicts(lint, mlp_with_head(12, "nn.LayerNorm(64), nn.Sigmoid()"))
+        assert codes(r) == ["AL105"]
+        assert r.extra["gradient_decades"] < -VanishingGradient.options["max-decades"]
+
+    def test_scale_invariant_layers_are_not_judged_for_explosion(self, lint):
+        # a deep Linear -> BatchNorm -> ReLU stack: gradients grow ~pi/(pi-1) per layer going
+        # back (Yang et al. 2019), almost 4 decades here, but every linear is followed by BN,
+        # so the growth corrects itself in training (as in BN ResNets): no AL106
+        r = lint(mlp_with_head(64, "nn.BatchNorm1d(64), nn.ReLU()"), select=["AL105", "AL106"],
+                 input={"shape": [32, 64]})
+        assert r.status == "ok", r.error
+        assert r.extra["gradient_decades"] > VanishingGradient.options["max-decades"]
+        assert codes(r) == []
+
     @pytest.mark.parametrize("src", [
         mlp_with_head(12, "nn.LayerNorm(64), nn.GELU()"),
         mlp_with_head(12, "nn.ReLU()", 'nn.init.kaiming_normal_(fc.weight, nonlinearity="relu")'),

@@ -4,8 +4,8 @@ output layers back to the earliest layers, and which layers cost them.
 Layers are ordered by their first use in the forward pass. The earliest and the last weight
 layers (10% of them at each end, at least one; embeddings excluded, since their sparse
 lookups make their gradient small by construction; output heads, since their scale is a
-design choice; and layers followed directly by normalisation, whose gradient scale corrects
-itself during training) are compared by the geometric mean of their
+design choice; and, for the exploding verdict only, layers followed by normalisation, whose
+too-large gradient corrects itself in the first steps) are compared by the geometric mean of their
 predicted gradient RMS. Layers predicted to get exactly zero gradient (identity-at-init residual
 branches, a zero-initialised head, and everything a zero layer cuts off) are left out: that is
 by design. Attribution follows the dominant gradient path from the earliest layer to the output
@@ -40,10 +40,13 @@ def _first_use(graph: Graph) -> dict[str, tuple[int, Node]]:
     return first
 
 
-def analyse_gradient_flow(graph: Graph, estimate) -> Optional[GradientFlow]:
+def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = False
+                          ) -> Optional[GradientFlow]:
+    """The first/last comparison; ``skip_scale_invariant`` leaves out layers followed by
+    normalisation (used for the exploding verdict, see :func:`_scale_invariant`)."""
     first = _first_use(graph)
     rms = estimate.grad_rms
-    invariant = _scale_invariant(graph)
+    invariant = _scale_invariant(graph) if skip_scale_invariant else set()
     usable = [(k, mod, node) for mod, (k, node) in first.items()
               if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant]
     zero = sorted(mod for _, mod, _ in usable if rms[mod] <= 0.0)
@@ -76,9 +79,11 @@ def _scale_invariant(graph: Graph) -> set[str]:
     """Layers whose every output path reaches a normalisation layer before anything else that
     depends on scale (another weight layer, a residual add, the output). The function such a
     layer computes does not depend on its weights' scale, its gradient shrinks as its weights
-    grow, and training corrects a large or small gradient by itself -- why batch-normalised
-    ResNets and DenseNets train although their early layers' gradients are orders of magnitude
-    larger at init (measured: 3.4 decades on a ResNet-50)."""
+    grow, so a gradient that is too *large* corrects itself within the first steps -- why
+    batch-normalised ResNets and DenseNets train although their early layers' gradients are
+    orders of magnitude larger at init (measured: 3.4 decades on a ResNet-50). A gradient too
+    small is not corrected that way (only weight decay would shrink the weights), so the
+    vanishing verdict keeps these layers."""
     verdict: dict[Node, bool] = {}
 
     def normalised(node: Node, depth: int = 0) -> bool:
