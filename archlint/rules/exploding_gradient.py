@@ -26,9 +26,11 @@ class ExplodingGradient(Rule):
     A gradient that grows by orders of magnitude on its way back makes the early layers take
     huge steps while the last ones barely move: training diverges or needs a learning rate so
     small that the rest of the network cannot learn. Typical causes: weights initialised too
-    large, unscaled residual branches stacked deep without normalisation, and deep plain stacks
-    of batch-normalised layers, whose gradient grows by about pi/(pi-1) per layer at init
-    (Yang et al. 2019).
+    large around saturating activations (the "chaotic" phase of tanh networks), and unscaled
+    residual branches stacked deep without normalisation. (Deep plain stacks of
+    batch-normalised layers also grow their gradient by about pi/(pi-1) per layer at init, Yang
+    et al. 2019, but those layers are scale-invariant and left out here; AL103 reports such
+    stacks when they are deep.)
 
     ## Example
     A tanh stack initialised in the chaotic phase (weights 5x LeCun): activations saturate
