@@ -28,6 +28,9 @@ from .inputs import InputSpec
 from .targets import Target, display_path, might_define_models
 
 
+_ARCHLINT_DIR = str(Path(__file__).resolve().parent)
+
+
 class LoadError(Exception):
     """A target could not be imported or built; the message is one line for the user."""
 
@@ -52,7 +55,8 @@ def one_line_error(exc: BaseException, user_file: Optional[Path] = None) -> str:
         return f"SyntaxError: {exc.msg}{where}"
     msg = str(exc).strip().splitlines()
     text = f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
-    frames = traceback.extract_tb(exc.__traceback__)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith(_ARCHLINT_DIR)]
     if user_file is not None:
         mine = [f for f in frames if Path(f.filename).resolve() == user_file]
         if mine:

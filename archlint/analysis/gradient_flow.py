@@ -45,7 +45,14 @@ def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = F
     """The first/last comparison; ``skip_scale_invariant`` leaves out layers followed by
     normalisation (used for the exploding verdict, see :func:`_scale_invariant`)."""
     first = _first_use(graph)
-    rms = estimate.grad_rms
+    rms = dict(estimate.grad_rms)
+    structure = graph.facts.get("structure")
+    if not _has_identity_init(graph) and structure is not None:
+        # nothing is zeroed on purpose: a layer on the gradient path left without gradient
+        # underflowed (hundreds of decades down) -- vanishing, not design
+        for mod, (_, node) in first.items():
+            if rms.get(mod, 0.0) <= 0.0 and structure.reaches_output(node):
+                rms[mod] = _UNDERFLOW
     invariant = _scale_invariant(graph) if skip_scale_invariant else set()
     usable = [(k, mod, node) for mod, (k, node) in first.items()
               if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant]
@@ -53,7 +60,6 @@ def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = F
     usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
     # Output heads are compared with nothing: their scale is a design choice (a small or
     # zero-initialised head shrinks every gradient below it alike, which is not depth at work).
-    structure = graph.facts.get("structure")
     if structure is not None:
         body = [u for u in usable if structure.layers_to_output.get(u[2], 0) > 0]
         if len(body) >= 2:
@@ -69,6 +75,18 @@ def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = F
                         zero_by_design=zero)
     flow.contributions = _attribute(graph, estimate, head[0][2], {m for _, m, _ in tail})
     return flow
+
+
+_UNDERFLOW = 1e-300
+
+
+def _has_identity_init(graph: Graph) -> bool:
+    """Does the model zero a weight or a normalisation scale on purpose somewhere?"""
+    init = graph.facts.get("init")
+    if not init:
+        return True  # cannot tell: keep zeros as zeros
+    layers, norms = init
+    return any(li.all_zero for li in layers) or any(ni.zero_scale for ni in norms)
 
 
 _HOMOGENEOUS = {"relu", "leaky_relu", "prelu"}  # phi(c x) = c phi(x) for c > 0

@@ -40,6 +40,7 @@ class LayerInit:
     identity_at_init_ok: bool  # ends a residual branch or feeds the output directly
     chain: Node  # a representative of its plain chain (same object for every member)
     chain_length: int  # weight layers in its norm-free, join-free chain
+    nonfinite: bool = False  # NaN or Inf among the weights
 
     def scale_ratio(self) -> Optional[float]:
         """Std of the weights relative to the ideal init for the consuming activation.
@@ -213,6 +214,7 @@ def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
             wd = wd.float()
         mean_sq = float(torch.linalg.vector_norm(wd.float() if wd.dtype != torch.float32 else wd)
                         ) ** 2 / max(1, wd.numel())
+        nonfinite = not math.isfinite(mean_sq)
         all_zero = mean_sq == 0.0
         flat = wd.reshape(-1)
         constant = (not all_zero and flat.numel() > 1 and bool(flat[0] == flat[-1])
@@ -225,7 +227,8 @@ def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
         sigma_w2_out = fan_out * mean_sq if fan_out else None
         op, consumer = _consumer(node)
         layers.append(LayerInit(
-            node=node, fan_in=fan_in, sigma_w2=sigma_w2, sigma_w2_out=sigma_w2_out,
+            node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
+            sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
             all_zero=all_zero, constant=constant,
             symmetric=symmetric, next_activation=op,
             target_sigma_w2=_target_sigma_w2(op, consumer),

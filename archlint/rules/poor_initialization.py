@@ -124,6 +124,14 @@ class Model(nn.Module):
     def _check_layer(self, ctx: RuleContext, li: LayerInit, hard: float) -> Iterator[Finding]:
         node = li.node
         name = node.location_module or node.name
+        if li.nonfinite:
+            yield self.finding(
+                ctx, node, f"weights of {name} contain NaN or Inf: every gradient through "
+                "this layer is NaN",
+                hint="initialise with finite values (check for division by zero or log(0) in "
+                     "a custom init)",
+                data={"problem": "nonfinite"})
+            return
         if li.all_zero:
             if li.identity_at_init_ok:
                 return
