@@ -116,7 +116,7 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     rows = wd.reshape(wd.shape[0], -1)  # [out, fan_in]
     total = float(torch.linalg.vector_norm(rows)) ** 2  # one pass, no temporary
     a = total / max(rows.shape[0], 1)
-    rs = rows.sum(1)
+    rs = torch.mv(rows, torch.ones(rows.shape[1], dtype=rows.dtype))  # row sums, via BLAS
     bm = float(rs.pow(2).mean())
     col2 = total / max(rows.shape[1], 1) if not transposed else a
     bias = b.detach().float() if b is not None else None
