@@ -25,7 +25,8 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 lines.append(f"    note: {note}")
         else:
             for note in t.notes:
-                if "skipped" in note or "failed" in note:
+                if ("skipped" in note or "failed" in note
+                        or note.startswith("estimate vs measured")):
                     lines.append(f"{t.target}: note: {note}")
     for note in report.notes:
         lines.append(f"note: {note}")
