@@ -1,0 +1,112 @@
+"""Opt-in: architectures known to train must get no warning from archlint.
+
+Runs only where torchvision, timm or transformers import (they are optional extras; CI's core
+suite skips this file). To run it:
+
+    python -m venv /tmp/venv-models && . /tmp/venv-models/bin/activate
+    pip install torch==2.14.1 torchvision==0.29.1 timm transformers && pip install -e ".[test]"
+    python -m pytest -q tests/test_known_good_models.py
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from archlint.engine import Settings, lint_model
+from archlint.graph.sites import recording_module_sites
+from archlint.inputs import parse_input
+from archlint.rules import ALL_RULES
+
+pytestmark = pytest.mark.optional
+
+
+def _have(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # ImportError, or a torchvision that does not match torch
+        return False
+    return True
+
+
+def _lint(build, spec):
+    torch.manual_seed(0)
+    with recording_module_sites():
+        model = build()
+    result = lint_model(model, "model", parse_input(spec, "input") if spec else None,
+                        Settings(rules=list(ALL_RULES)))
+    assert result.status == "ok", result.error
+    return result
+
+
+def _image(size: int = 224) -> dict:
+    return {"shape": [2, 3, size, size]}
+
+
+def _ids(vocab: int = 1000, length: int = 32) -> dict:
+    return {"shape": [2, length], "dtype": "int64", "high": vocab}
+
+
+TORCHVISION = ["resnet18", "resnet50", "vgg16", "vgg16_bn", "vgg19", "mobilenet_v3_small",
+               "densenet121", "efficientnet_b0", "vit_b_16", "convnext_tiny", "regnet_x_400mf",
+               "squeezenet1_0", "alexnet", "swin_t", "shufflenet_v2_x1_0", "mnasnet0_5"]
+
+
+@pytest.mark.skipif(not _have("torchvision"), reason="torchvision not installed (optional)")
+@pytest.mark.parametrize("name", TORCHVISION)
+def test_torchvision_models_are_clean(name):
+    import torchvision.models as tvm
+
+    result = _lint(lambda: getattr(tvm, name)(weights=None), _image())
+    assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
+    assert any(layer.grad_rms for layer in result.layers)
+
+
+TIMM = ["resnet50", "vit_tiny_patch16_224", "convnext_atto", "efficientnet_b0",
+        "mixer_s16_224", "nfnet_l0", "mobilenetv3_small_100", "densenet121",
+        "poolformer_s12", "levit_128s", "regnety_002", "resnetv2_50"]
+
+
+@pytest.mark.skipif(not _have("timm"), reason="timm not installed (optional)")
+@pytest.mark.parametrize("name", TIMM)
+def test_timm_models_are_clean(name):
+    import timm
+
+    size = timm.create_model(name, pretrained=False).default_cfg.get("input_size",
+                                                                       (3, 224, 224))
+    result = _lint(lambda: timm.create_model(name, pretrained=False), {"shape": [2, *size]})
+    assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
+
+
+def _hf_cases():
+    import transformers as T
+
+    return {
+        "gpt2": (lambda: T.GPT2LMHeadModel(T.GPT2Config(
+            n_layer=12, n_embd=64, n_head=4, vocab_size=1000, bos_token_id=0,
+            eos_token_id=0)), _ids()),
+        "bert": (lambda: T.BertForMaskedLM(T.BertConfig(
+            num_hidden_layers=12, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+            vocab_size=1000)), _ids()),
+        "llama": (lambda: T.LlamaForCausalLM(T.LlamaConfig(
+            num_hidden_layers=12, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, vocab_size=1000)), _ids()),
+        "t5": (lambda: T.T5ForConditionalGeneration(T.T5Config(
+            num_layers=6, d_model=64, d_kv=16, num_heads=4, d_ff=128, vocab_size=1000)),
+               {"input_ids": _ids(), "decoder_input_ids": _ids(length=8)}),
+        "vit": (lambda: T.ViTForImageClassification(T.ViTConfig(
+            num_hidden_layers=12, hidden_size=64, num_attention_heads=4, intermediate_size=128,
+            image_size=32, patch_size=4)), {"shape": [2, 3, 32, 32]}),
+    }
+
+
+@pytest.mark.skipif(not _have("transformers"), reason="transformers not installed (optional)")
+@pytest.mark.parametrize("name", ["gpt2", "bert", "llama", "t5", "vit"])
+def test_transformers_models_are_clean(name):
+    build, spec = _hf_cases()[name]
+    result = _lint(build, spec)
+    assert result.tracer == "exec"  # Hugging Face models defeat torch.fx: the fallback works
+    assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
+    assert any(layer.grad_rms for layer in result.layers)
