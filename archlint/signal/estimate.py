@@ -556,11 +556,9 @@ class _Estimator:
                               b2=st.b2, bmean=st.bmean, brow=st.brow * a_scale,
                               rowsum_mean=st.rowsum_mean * a_scale, fan_in=st.fan_in, out=st.out)
             back_gain = float(w.detach().float().pow(2).sum() / w.shape[0])
-            rows = max(self.numel(node) // max(w.shape[1] * (1 if m is None else m.groups), 1),
-                       1)
-            out = linear_forward(x, st, self.numel(node))
-            self.sig[node] = out
-            max(x.numel // max(w.shape[0], 1), 1)
+            # each weight entry pairs an input position with one output: rows = input positions
+            rows = max(x.numel // max(w.shape[0], 1), 1)
+            self.sig[node] = linear_forward(x, st, self.numel(node))
             self.custom_back[node] = ("weight_conv", x_idx, back_gain, rows, x.q, None, x)
             return
         st = linear_stats(w, b)
