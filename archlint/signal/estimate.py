@@ -448,6 +448,16 @@ class _Estimator:
             wfrac = (max(x.w - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
             self.sig[node] = Sig(g2 + b2, bmean, g2 * frac + b2, n).with_w(g2 * wfrac + b2)
             self.back[node] = [(0, g2 / (var + eps) * max(1 - 2.0 / max(group, 1), 0.0))]
+            if op != "layer_norm":
+                # per-sample statistics over a group of channels and all positions: the
+                # backward removes the group average of what each channel's gradient shares
+                # across positions
+                per_group = _numel(shape[1:2]) / max(getattr(node.module, "num_groups", 1)
+                                                     if op == "group_norm" else _numel(
+                                                         shape[1:2]), 1)
+                keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
+                gain = self.back[node][0][1]
+                self.gs_rule[node] = [(0, gain * keep, 0.0)]
             return
         if op in ("rms_norm", "normalize"):
             group = shape[-1] if shape else 1
@@ -573,6 +583,12 @@ class _Estimator:
         # each input element feeds the out/groups channels of its group at k offsets
         gain = st.col2 * k / groups * rows / in_positions
         cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
+        spatial = node.input_shapes[x_idx][2:] if node.input_shapes and \
+            node.input_shapes[x_idx] else ()
+        interior = 1.0
+        for size, kk in zip(spatial, w.shape[2:]):
+            interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
+        cs2 *= interior
         self.custom_back[node] = ("weight_conv", x_idx, gain, rows, x.q, cs2, x)
 
     def f_embedding(self, node: Node) -> None:
