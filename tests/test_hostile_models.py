@@ -71,3 +71,18 @@ def test_error_location_never_points_into_archlint(tmp_path):
     assert proc.returncode == 2
     assert "TypeError" in proc.stdout and "archlint/loading.py" not in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_weight_statistics_cache_survives_id_reuse():
+    # CPython reuses the id of a dead tensor; the cache must not hand its stats to a new one
+    import torch
+
+    from archlint.signal import estimate as E
+
+    old = torch.randn(4, 4)
+    new = torch.randn(2, 8) * 3
+    key = (id(new), new._version, id(None), 1, False, 1)
+    E._weight_cache[key] = (lambda: old, E._none_ref, E.linear_stats(old, None))
+    stats = E.linear_stats(new, None)
+    assert (stats.out, stats.fan_in) == (2, 8)
+    assert abs(stats.a - float(new.pow(2).sum()) / 2) < 1e-3

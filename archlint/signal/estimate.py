@@ -15,6 +15,7 @@ unchanged *and reported by name* (``Estimate.unknown_ops``).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Optional, Sequence
@@ -99,7 +100,11 @@ class _LinearStats:
     out: int
 
 
-_weight_cache: dict[tuple, _LinearStats] = {}
+_weight_cache: dict[tuple, tuple] = {}
+
+
+def _none_ref() -> None:
+    return None
 
 
 def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
@@ -108,8 +113,9 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     [out, in] and conv [out, in/g, *k]; 0 for x @ W with W [in, out])."""
     key = (id(w), w._version, id(b), in_dim, transposed, groups)
     hit = _weight_cache.get(key)
-    if hit is not None:
-        return hit
+    # ids are reused once a tensor dies: a hit counts only if it is still the same tensor
+    if hit is not None and hit[0]() is w and hit[1]() is b:
+        return hit[2]
     wd = w.detach().float()
     if in_dim == 0:
         wd = wd.t()
@@ -125,7 +131,8 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
         brow=float((bias * rs).mean()) if bias is not None and bias.numel() == rs.numel() else 0.0,
         rowsum_mean=float(rs.mean()), fan_in=rows.shape[1], out=rows.shape[0],
     )
-    _weight_cache[key] = stats
+    _weight_cache[key] = (weakref.ref(w), (weakref.ref(b) if b is not None else _none_ref),
+                          stats)
     return stats
 
 
