@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
-from ..signal.activations import activation_moments
+from ..signal.activations import rnn_step_gain
 
 
 @dataclass
@@ -41,19 +41,9 @@ def step_gain(nonlinearity: str, w_hh: torch.Tensor, w_ih: torch.Tensor,
               b_ih: Optional[torch.Tensor], b_hh: Optional[torch.Tensor],
               input_second_moment: float = 1.0) -> float:
     """RMS gradient gain per time step of one vanilla RNN layer at its stationary state."""
-    hidden = w_hh.shape[1]
-    sigma_hh2 = hidden * _mean_sq(w_hh)
-    drive = w_ih.shape[1] * _mean_sq(w_ih) * input_second_moment + _mean_sq(b_ih) + _mean_sq(b_hh)
-    if nonlinearity != "tanh":
-        return math.sqrt(sigma_hh2 * 0.5)  # ReLU: E[phi'^2] = 1/2 whatever the variance
-    q = max(drive, 1e-12)
-    for _ in range(500):  # tanh is bounded, so the fixed point exists and is reached
-        q_new = sigma_hh2 * activation_moments("tanh", 0.0, q).second_out + drive
-        if abs(q_new - q) <= 1e-10 * max(1.0, q):
-            q = q_new
-            break
-        q = q_new
-    chi = sigma_hh2 * activation_moments("tanh", 0.0, q).grad_gain
+    sigma_hh2 = w_hh.shape[1] * _mean_sq(w_hh)
+    input_var = w_ih.shape[1] * _mean_sq(w_ih) * input_second_moment
+    chi = rnn_step_gain(nonlinearity, sigma_hh2, input_var, _mean_sq(b_ih) + _mean_sq(b_hh))
     return math.sqrt(max(chi, 0.0))
 
 

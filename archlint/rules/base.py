@@ -63,15 +63,6 @@ class Rule:
     def documentation(cls) -> str:
         return textwrap.dedent(cls.__doc__ or "").strip()
 
-    @classmethod
-    def summary(cls) -> str:
-        doc = cls.documentation()
-        for line in doc.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                return line
-        return ""
-
 
 def describe_ops(nodes: Iterable[Node]) -> str:
     """``"6 Sigmoid, 2 tanh"`` -- a compact count of what a chain is made of."""

@@ -566,7 +566,6 @@ class _Estimator:
             # weight [in, out/g, *k]: each output sums in*k/stride inputs
             wt = w.detach().transpose(0, 1)
             st = linear_stats(wt, b, transposed=True)
-            k = _numel(w.shape[2:])
             s_prod = max(_numel(stride), 1)
             a_scale = 1.0 / s_prod
             st = _LinearStats(a=st.a * a_scale, bm=st.bm * a_scale * a_scale, col2=st.a,

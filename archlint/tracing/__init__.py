@@ -15,7 +15,7 @@ from torch import nn
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph
 from ..inputs import InputSpec, TensorSpec, forward_parameters, spec_for_layer, spec_for_weight
-from .builder import TraceError
+from .builder import TraceError, fetch_attr
 from .exec_tracer import exec_trace
 from .fx_tracer import fx_trace, symbolic_graph
 
@@ -118,10 +118,8 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
 
 
 def _fetch(model: nn.Module, qual: str):
-    obj = model
     try:
-        for part in qual.split("."):
-            obj = getattr(obj, part)
+        obj = fetch_attr(model, qual)
     except AttributeError:
         return None
     return obj if hasattr(obj, "dim") else None

@@ -123,6 +123,14 @@ def attach_owner_sites(nodes: list[Node], model: nn.Module) -> None:
                 n.site = site
 
 
+def fetch_attr(model: nn.Module, qual: str) -> Any:
+    """``model.a.b.c`` for ``"a.b.c"``; raises AttributeError like getattr."""
+    obj: Any = model
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 def param_owner(qualname: str) -> Optional[str]:
     return qualname.rsplit(".", 1)[0] if "." in qualname else ""
 

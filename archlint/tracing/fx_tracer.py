@@ -11,8 +11,8 @@ from torch import nn
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..graph.sites import user_site
-from .builder import (attach_owner_sites, call_node, finalize, is_tensor_value, module_node,
-                      param_owner, select_output, shape_of, TraceError)
+from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,
+                      module_node, param_owner, select_output, shape_of, TraceError)
 from .shapes import propagate_values
 
 
@@ -66,7 +66,7 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
         elif fxn.op == "get_attr":
             qual = str(fxn.target)
             try:
-                tensor = _fetch_attr(model, qual)
+                tensor = fetch_attr(model, qual)
             except AttributeError:
                 tensor = None
             node = Node(name=fxn.name, kind=Kind.PARAM, op="param", target=qual,
@@ -118,13 +118,6 @@ def _constant_or_node(n: torch.fx.Node, env: dict, values: Optional[dict]) -> An
                 isinstance(v, (tuple, torch.Size)) and all(isinstance(x, int) for x in v)):
             return v
     return env.get(n)
-
-
-def _fetch_attr(model: nn.Module, qual: str) -> Any:
-    obj: Any = model
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _probe_output_node(fxg: torch.fx.Graph, env: dict, values: Optional[dict],

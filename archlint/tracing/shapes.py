@@ -14,7 +14,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from .builder import TraceError
+from .builder import TraceError, fetch_attr
 from .shape_rules import NoRule, TensorShape, function_shape, module_shape, python_value
 
 
@@ -73,13 +73,6 @@ def _run_on_meta(node: torch.fx.Node, model: nn.Module, args: Any, kwargs: Any) 
     return to_shape(out)
 
 
-def _fetch(model: nn.Module, qual: str) -> Any:
-    obj: Any = model
-    for part in qual.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def propagate_values(model: nn.Module, fxg: torch.fx.Graph,
                      inputs: Mapping[str, Any]) -> dict[torch.fx.Node, Any]:
     """Shapes (TensorShape) or Python values of every fx node for the given example inputs."""
@@ -105,7 +98,7 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
             return to_shape(node.args[0])
         raise TraceError(f"no example input for argument {name!r} of forward()")
     if node.op == "get_attr":
-        return to_shape(_fetch(model, str(node.target)))
+        return to_shape(fetch_attr(model, str(node.target)))
     if node.op == "output":
         return torch.fx.node.map_arg(node.args[0], lambda n: env[n])
     args = torch.fx.node.map_arg(node.args, lambda n: env[n])
