@@ -67,3 +67,8 @@ def lint(tmp_path):
     def _lint(source, **kw):
         return lint_source(tmp_path, source, **kw)
     return _lint
+
+
+def pytest_addoption(parser):
+    parser.addoption("--overwrite", action="store_true", default=False,
+                     help="Regenerate golden files (tests/golden/) instead of comparing.")
