@@ -157,6 +157,14 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
         flow = graph.facts.get("gradient_flow")
         if flow is not None:
             result.extra["gradient_decades"] = round(flow.decades, 3)
+        verdicts = {}
+        for key, fact in (("vanishing", "gradient_flow"), ("exploding", "gradient_flow_exploding")):
+            f = graph.facts.get(fact)
+            if f is not None:
+                verdicts[key] = {"decades": round(f.decades, 3), "earliest": list(f.earliest),
+                                 "last": list(f.last)}
+        if verdicts:
+            result.extra["gradient_flow"] = verdicts
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
