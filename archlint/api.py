@@ -9,7 +9,7 @@
 The report is the object the CLI renders (``report.render("json")``, ``"sarif"``, ``"github"``).
 Findings point at the lines that define the layers: recorded when ``model`` is a class or factory
 that archlint builds, recovered from the classes' source for a model built beforehand
-(:mod:`archlint.static_sites`). Suppression comments on those lines apply as in the CLI.
+(:mod:`archlint.loading.static_sites`). Suppression comments on those lines apply as in the CLI.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from torch import nn
 
 from .config import ConfigError, _Located, _validate_rules
 from .engine import Settings, lint_model
-from .inputs import (InputError, InputSpec, TensorSpec, forward_parameters, parse_input,
+from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, parse_input,
                      parse_tensor_spec)
 from .report.model import Report
 from .rules import known_selector, selected_rules
-from .static_sites import in_torch, recovered_sites
+from .loading.static_sites import in_torch, recovered_sites
 from .suppressions import SuppressionIndex
 
 ExampleInput = Union[torch.Tensor, tuple, list, Mapping[str, Any], InputSpec, None]
@@ -98,7 +98,7 @@ def _rule_options(options: Optional[Mapping[str, Mapping[str, Any]]]
 
 
 def _build(factory: Callable[[], nn.Module]) -> nn.Module:
-    from .graph.sites import recording_module_sites
+    from .loading.sites import recording_module_sites
 
     if not callable(factory):
         raise TypeError(f"lint() needs an nn.Module, or a class or factory that builds one; got "

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from .findings import Finding
-from .targets import split_spec
+from .results import Finding
+from .loading.targets import split_spec
 
 if TYPE_CHECKING:
-    from .engine import TargetResult
+    from .results import TargetResult
     from .report.model import Report
 
 FORMAT_VERSION = 1

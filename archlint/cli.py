@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from . import __version__
-from .findings import SEVERITIES
+from .results import SEVERITIES
 from .report import FORMATS
 
 if TYPE_CHECKING:
     from .config import Config
-    from .inputs import InputSpec
+    from .loading.inputs import InputSpec
     from .report.model import Report
 
 
@@ -68,7 +68,7 @@ def _load_config(path: Optional[str], isolated: bool) -> Config:
 
 def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
                ) -> Optional[InputSpec]:
-    from .inputs import InputError, InputSpec, TensorSpec, parse_dtype, parse_shape
+    from .loading.inputs import InputError, InputSpec, TensorSpec, parse_dtype, parse_shape
 
     if shape is None:
         if dtype is not None or high is not None:
@@ -90,7 +90,7 @@ def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
     Such files are never imported (see ``targets.might_define_models``), so the run can answer
     without importing torch, loading the config or the rules.
     """
-    from .targets import might_define_models, split_spec
+    from .loading.targets import might_define_models, split_spec
 
     if not paths:
         return False
@@ -177,14 +177,14 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
             _fail(str(exc))
     if not update_baseline and _nothing_to_lint(paths):
         from .report.model import Report
-        from .targets import NO_MODELS
+        from .loading.targets import NO_MODELS
 
         _write(_render(Report(fail_on=fail_on or "warning", notes=[NO_MODELS]), fmt, statistics,
                        verbose), output)
         sys.exit(0)
 
     from .config import ConfigError
-    from .inputs import InputError
+    from .loading.inputs import InputError
     from .rules import known_selector
     from .runner import RunOptions, UsageError, run
 
@@ -217,10 +217,6 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
         from .measure_step import measure_target
 
         opts.post_analyses.append(measure_target)
-    if plot_path:
-        from .report.plot import collect_plot_data
-
-        opts.post_analyses.append(collect_plot_data)
     try:
         report = run(config, opts)
     except UsageError as exc:

@@ -13,8 +13,8 @@ from typing import Any, Optional
 
 import yaml
 
-from .findings import SEVERITIES
-from .inputs import InputError, InputSpec, parse_input
+from .results import SEVERITIES
+from .loading.inputs import InputError, InputSpec, parse_input
 
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
 TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",

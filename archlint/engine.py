@@ -11,17 +11,14 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .analysis.init_stats import analyse_init
-from .analysis.recurrence import analyse_recurrence
-from .analysis.gradient_flow import analyse_gradient_flow
-from .analysis.structure import analyse_structure
-from .findings import Finding
-from .graph.ir import Graph
-from .graph.sites import module_site
-from .inputs import InputSpec
+from .analysis import GraphFacts, analyse_graph
+from .estimate import GradientFacts, estimate_gradients
+from .results import Finding, LayerInfo, TargetResult
+from .graph.ir import SATURATING_OPS, Graph
+from .loading.sites import module_site
+from .loading.inputs import InputSpec
 from .rules import Rule, RuleContext
-from .signal.estimate import estimate_graph
-from .targets import display_path
+from .loading.targets import display_path
 from .tracing import TraceError, trace_model
 
 
@@ -41,48 +38,6 @@ class Settings:
         return self.rule_options.get(rule.code, {}).get("severity", rule.severity)
 
 
-@dataclass
-class LayerInfo:
-    module: str
-    type: str
-    path: Optional[str]
-    line: Optional[int]
-    grad_rms: Optional[float] = None
-    measured_grad_rms: Optional[float] = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(module=self.module, type=self.type, path=self.path, line=self.line,
-                    grad_rms=self.grad_rms, measured_grad_rms=self.measured_grad_rms)
-
-
-@dataclass
-class TargetResult:
-    target: str
-    status: str = "ok"  # "ok" | "error"
-    error: Optional[str] = None
-    tracer: Optional[str] = None
-    findings: list[Finding] = field(default_factory=list)
-    layers: list[LayerInfo] = field(default_factory=list)
-    input: Optional[str] = None
-    notes: list[str] = field(default_factory=list)
-    #: Anything later stages add (estimate summary, measurement error...).
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: Codes of the rules whose check ran to the end (which suppressions can be judged unused).
-    rules_run: list[str] = field(default_factory=list)
-    graph: Optional[Graph] = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            "target": self.target, "status": self.status, "error": self.error,
-            "tracer": self.tracer,
-            "findings": [f.to_dict() for f in self.findings],
-            "layers": [layer.to_dict() for layer in self.layers],
-            "input": self.input, "notes": list(self.notes),
-        }
-        d.update(self.extra)
-        return d
-
-
 def weight_layers_of(model: nn.Module) -> list[LayerInfo]:
     """Every module that directly owns a parameter of 2+ dims, by its named_modules() name."""
     out = []
@@ -95,32 +50,37 @@ def weight_layers_of(model: nn.Module) -> list[LayerInfo]:
     return out
 
 
-def analyse(graph: Graph) -> list[str]:
-    """Compute every shared fact once; rules only read them. Returns notes for the user."""
-    notes: list[str] = []
-    graph.facts["structure"] = analyse_structure(graph)
-    graph.facts["init"] = analyse_init(graph)
-    graph.facts["recurrence"] = analyse_recurrence(graph)
-    if graph.facts.get("input_spec") is None:
-        notes.append("gradient estimate skipped: no example input (give --input-shape or "
-                     "'input:' in the config)")
-        return notes
+@dataclass
+class Analysis:
+    """Everything computed for one traced model. Lives for one target's run only (it holds the
+    model through the graph); what is reported is copied into a plain :class:`TargetResult`."""
+
+    graph: Graph
+    facts: GraphFacts
+    gradient: Optional[GradientFacts] = None
+    notes: list[str] = field(default_factory=list)
+
+
+def analyse(graph: Graph) -> Analysis:
+    """Compute every shared fact once; rules only read them."""
+    analysis = Analysis(graph=graph, facts=analyse_graph(graph))
+    if graph.input_spec is None:
+        analysis.notes.append("gradient estimate skipped: no example input (give --input-shape "
+                              "or 'input:' in the config)")
+        return analysis
     if graph.output is None:
-        return notes
+        return analysis
     try:
-        estimate = estimate_graph(graph)
+        analysis.gradient = estimate_gradients(graph, analysis.facts)
     except Exception as exc:  # the structural rules still run
-        notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
-        return notes
-    graph.facts["estimate"] = estimate
-    if estimate.unknown_ops:
-        ops = ", ".join(f"{op} (x{n})" if n > 1 else op
-                        for op, n in sorted(estimate.unknown_ops.items()))
-        notes.append(f"gradient estimate: ops without a formula, passed through unchanged: {ops}")
-    graph.facts["gradient_flow"] = analyse_gradient_flow(graph, estimate)
-    graph.facts["gradient_flow_exploding"] = analyse_gradient_flow(
-        graph, estimate, skip_scale_invariant=True)
-    return notes
+        analysis.notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
+        return analysis
+    unknown = analysis.gradient.estimate.unknown_ops
+    if unknown:
+        ops = ", ".join(f"{op} (x{n})" if n > 1 else op for op, n in sorted(unknown.items()))
+        analysis.notes.append(f"gradient estimate: ops without a formula, passed through "
+                              f"unchanged: {ops}")
+    return analysis
 
 
 def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
@@ -132,48 +92,50 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
     except TraceError as exc:
         result.status, result.error = "error", f"cannot trace: {exc}"
         return result
-    result.graph = graph
     result.tracer = graph.tracer
-    used = graph.facts.get("input_spec")
-    result.input = f"{used.describe()} ({used.origin})" if used is not None else None
+    used_spec = graph.input_spec
+    result.input = f"{used_spec.describe()} ({used_spec.origin})" if used_spec is not None \
+        else None
     result.notes.extend(graph.fallback_reasons)
     if graph.output is None:
         result.notes.append("no tensor output found; gradient paths are unknown")
     result.layers = weight_layers_of(model)
     try:
-        result.notes.extend(analyse(graph))
+        analysis = analyse(graph)
     except Exception as exc:  # an analysis bug must not lose the other targets
         result.status = "error"
         result.error = f"analysis failed: {type(exc).__name__}: {exc}"[:400]
         return result
-    estimate = graph.facts.get("estimate")
-    if estimate is not None:
+    result.analysis = analysis
+    result.notes.extend(analysis.notes)
+    _describe_layers(result.layers, analysis)
+    gradient = analysis.gradient
+    if gradient is not None:
+        estimate = gradient.estimate
         used = {n.module_path for n in graph.nodes if n.is_weight_layer}
         used.update(m.rsplit(".", 1)[0] for m in estimate.grad_rms if "." in m)
         for layer in result.layers:
             # a layer the traced forward uses but no gradient reaches gets exactly zero
             layer.grad_rms = estimate.grad_rms.get(
                 layer.module, 0.0 if layer.module in used else None)
-        flow = graph.facts.get("gradient_flow")
-        if flow is not None:
-            result.extra["gradient_decades"] = round(flow.decades, 3)
+        if gradient.vanishing is not None:
+            result.extra["gradient_decades"] = round(gradient.vanishing.decades, 3)
         verdicts = {}
-        for key, fact in (("vanishing", "gradient_flow"), ("exploding", "gradient_flow_exploding")):
-            f = graph.facts.get(fact)
-            if f is not None:
-                verdicts[key] = {"decades": round(f.decades, 3), "earliest": list(f.earliest),
-                                 "last": list(f.last)}
+        for key, flow in (("vanishing", gradient.vanishing), ("exploding", gradient.exploding)):
+            if flow is not None:
+                verdicts[key] = {"decades": round(flow.decades, 3),
+                                 "earliest": list(flow.earliest), "last": list(flow.last)}
         if verdicts:
             result.extra["gradient_flow"] = verdicts
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
             continue
-        if rule.needs_input and used is None:
+        if rule.needs_input and used_spec is None:
             result.notes.append(f"{rule.code} skipped: no example input (give --input-shape or "
                                 "'input:' in the config)")
             continue
-        ctx = RuleContext(graph=graph, structure=graph.facts["structure"],
+        ctx = RuleContext(graph=graph, facts=analysis.facts, gradient=gradient,
                           options=settings.options_for(rule), severity=severity,
                           target=display)
         try:
@@ -183,6 +145,25 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)
     return result
+
+
+def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:
+    """Forward order and what follows each layer: what the gradient-flow plot draws."""
+    position: dict[str, int] = {}
+    for n in analysis.graph.nodes:
+        if n.is_weight_layer and n.module_path is not None:
+            position.setdefault(n.module_path, len(position))
+    followed: dict[str, str] = {}
+    for li in analysis.facts.init.layers:
+        if li.node.module_path is None:
+            continue
+        if li.next_activation in SATURATING_OPS:
+            followed[li.node.module_path] = "saturating"
+        elif li.next_activation == "norm":
+            followed[li.node.module_path] = "norm"
+    for layer in layers:
+        layer.position = position.get(layer.module)
+        layer.followed_by = followed.get(layer.module)
 
 
 def merge_same_site(findings: list[Finding]) -> list[Finding]:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from .engine import TargetResult
+from .results import TargetResult
 from .measure import measure_grad_rms
-from .signal.accuracy import compare
+from .estimate.accuracy import compare
 
 
 def measure_target(result: TargetResult) -> None:
     """Fill ``measured_grad_rms`` of every layer and the estimator's error for this target."""
-    graph = result.graph
-    if graph is None:
+    if result.analysis is None:
         return
-    spec = graph.facts.get("input_spec")
+    graph = result.analysis.graph
+    spec = graph.input_spec
     if spec is None:
         result.notes.append("--measure skipped: no example input")
         return

@@ -15,14 +15,15 @@ from typing import Callable, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Settings, TargetResult, lint_model
-from .findings import Finding
-from .inputs import InputSpec
-from .loading import LoadedModel, LoadFailure, load_target
+from .engine import Settings, lint_model
+from .results import TargetResult
+from .results import Finding
+from .loading.inputs import InputSpec
+from .loading.build import LoadedModel, LoadFailure, load_target
 from .report.model import Report
 from .rules import RESERVED, selected_rules
 from .suppressions import SuppressionIndex
-from .targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
+from .loading.targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
 
 
 @dataclass
@@ -133,7 +134,7 @@ def run(config: Config, opts: RunOptions) -> Report:
             _apply_per_file_ignores(result, config, target.path)
             if opts.baseline is not None:
                 report.baselined += opts.baseline.filter(result)
-            result.graph = None  # free the graph (and its model references) early
+            result.analysis = None  # free the graph (and its model references) early
             report.targets.append(result)
             if opts.on_result is not None:
                 opts.on_result(result)
@@ -168,8 +169,8 @@ class _Coverage:
                 self.unsure.add(own)
             return
         files = {own} if own is not None else set()
-        if result.graph is not None:
-            files.update(Path(n.site.path).resolve() for n in result.graph.nodes
+        if result.analysis is not None:
+            files.update(Path(n.site.path).resolve() for n in result.analysis.graph.nodes
                          if n.site is not None)
         files.update(Path(layer.path).resolve() for layer in result.layers if layer.path)
         for f in files:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .findings import Finding
+from .results import Finding
 
 _ARCHLINT = re.compile(
     r"#\s*archlint\s*:\s*(?P<directive>[\w-]+)"

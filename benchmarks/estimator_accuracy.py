@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from archlint.inputs import parse_input  # noqa: E402
+from archlint.loading.inputs import parse_input  # noqa: E402
 from archlint.measure import measure_grad_rms  # noqa: E402
-from archlint.signal.accuracy import compare  # noqa: E402
-from archlint.signal.estimate import estimate_graph  # noqa: E402
+from archlint.estimate.accuracy import compare  # noqa: E402
+from archlint.estimate.propagate import estimate_graph  # noqa: E402
 from archlint.tracing import trace_model  # noqa: E402
 from zoo import ZOO, make_inputs  # noqa: E402
 

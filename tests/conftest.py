@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
     """Write ``source`` to a file under tmp_path and import it with site recording on."""
-    from archlint.graph.sites import recording_module_sites
+    from archlint.loading.sites import recording_module_sites
 
     name = name or f"m_{uuid.uuid4().hex[:8]}"
     path = tmp_path / f"{name}.py"
@@ -36,11 +36,11 @@ def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, op
     import torch
 
     from archlint.engine import Settings, lint_model
-    from archlint.inputs import parse_input
+    from archlint.loading.inputs import parse_input
     from archlint.rules import selected_rules
 
     module, _ = load_source(tmp_path, source)
-    from archlint.graph.sites import recording_module_sites
+    from archlint.loading.sites import recording_module_sites
 
     with recording_module_sites():
         torch.manual_seed(0)

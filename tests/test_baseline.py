@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import archlint.loading
+import archlint.loading.build
 from archlint.cli import main
 
 MODEL = '''
@@ -33,13 +33,13 @@ class Net(nn.Module):
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # Every write of models/net.py is a new version of the file: import it again.
-    monkeypatch.setattr(archlint.loading, "_modules", {})
+    monkeypatch.setattr(archlint.loading.build, "_modules", {})
     (tmp_path / "models").mkdir()
     return tmp_path
 
 
 def write_model(project: Path, extra: str = "", prefix: str = "") -> None:
-    archlint.loading._modules.clear()
+    archlint.loading.build._modules.clear()
     (project / "models" / "net.py").write_text(prefix + textwrap.dedent(MODEL).lstrip()
                                                .replace("{extra}", extra))
 
@@ -89,8 +89,8 @@ def test_text_summary_and_stale_entries(project):
 
 def test_counts_matter(tmp_path):
     from archlint.baseline import load_baseline
-    from archlint.engine import TargetResult
-    from archlint.findings import Finding
+    from archlint.results import TargetResult
+    from archlint.results import Finding
 
     (tmp_path / "b.json").write_text(json.dumps({"archlint-baseline": 1, "findings": [
         {"target": "pkg.models:build", "module": "body.0", "code": "AL104", "count": 2}]}))

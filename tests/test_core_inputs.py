@@ -12,16 +12,16 @@ import torch
 from click.testing import CliRunner
 
 from archlint.cli import main
-from archlint.inputs import InputError, parse_input, parse_shape
+from archlint.loading.inputs import InputError, parse_input, parse_shape
 from conftest import codes
 
 
 def spec_of(result):
-    return result.graph.facts["input_spec"]
+    return result.analysis.graph.input_spec
 
 
 def input_nodes(result):
-    return {n.target: (n.shape, n.dtype) for n in result.graph.input_nodes}
+    return {n.target: (n.shape, n.dtype) for n in result.analysis.graph.input_nodes}
 
 
 # ------------------------------------------------------------------------------ inference
@@ -102,7 +102,7 @@ def test_embedding_first_model_gets_integer_ids(lint):
     ids = spec.make()
     assert ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 37
     # ids carry no gradient: the embedding is where the gradient paths end
-    assert r.graph.input_nodes[0].users[0].grad_parents() == []
+    assert r.analysis.graph.input_nodes[0].users[0].grad_parents() == []
 
 
 def test_embedding_first_model_through_the_exec_tracer(lint):

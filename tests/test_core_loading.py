@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from torch import nn
 
-from archlint.loading import LoadedModel, LoadFailure, load_target
-from archlint.targets import TargetError, resolve
+from archlint.loading.build import LoadedModel, LoadFailure, load_target
+from archlint.loading.targets import TargetError, resolve
 
 
 def write(path: Path, text: str) -> Path:

@@ -438,15 +438,15 @@ class TestMissingResidual:
         assert r.tracer == "fx"
         assert codes(r) == []
         # the gradient reaches the stem through the skips: only stem + head on the short path
-        stem = next(n for n in r.graph.nodes if n.module_path == "stem")
-        assert r.graph.facts["structure"].layers_to_output[stem] == 1
-        assert len(r.graph.facts["structure"].skip_joins) == RESNET_BLOCKS
+        stem = next(n for n in r.analysis.graph.nodes if n.module_path == "stem")
+        assert r.analysis.facts.structure.layers_to_output[stem] == 1
+        assert len(r.analysis.facts.structure.skip_joins) == RESNET_BLOCKS
 
     def test_densenet_concat_skips_are_clean(self, lint):
         r = lint(DENSE_CAT)
         assert r.status == "ok", r.error
         assert codes(r) == []
-        assert len(r.graph.facts["structure"].skip_joins) == DENSE_LAYERS
+        assert len(r.analysis.facts.structure.skip_joins) == DENSE_LAYERS
 
     def test_same_net_without_the_concat_triggers(self, lint):
         # control for the DenseNet test: the same layers without concatenation
@@ -460,7 +460,7 @@ class TestMissingResidual:
         assert r.tracer == "fx"
         assert codes(r) == [], [f.message for f in r.findings]
         # 2 residual adds a block are found from the graph
-        assert len(r.graph.facts["structure"].skip_joins) >= 2 * TRANSFORMER_BLOCKS
+        assert len(r.analysis.facts.structure.skip_joins) >= 2 * TRANSFORMER_BLOCKS
 
     def test_the_same_transformer_without_residuals_triggers(self, lint):
         r = lint(NO_RESIDUAL_TRANSFORMER, select=["AL103"])
@@ -490,7 +490,7 @@ class TestMissingResidual:
         assert r.status == "ok", r.error
         assert r.tracer in ("fx", "exec")
         assert codes(r) == [], [f.message for f in r.findings]
-        assert len(r.graph.facts["structure"].skip_joins) >= 2 * layers
+        assert len(r.analysis.facts.structure.skip_joins) >= 2 * layers
 
     def test_max_depth_option(self, lint):
         r = lint(RESNET.replace("ZERO_INIT", "pass"), select=["AL103"],
@@ -927,7 +927,7 @@ class TestGradientVerdicts:
         something)."""
         r = lint(src, select=["AL105", "AL106"])
         assert r.status == "ok", r.error
-        assert r.graph.facts.get("estimate") is not None, r.notes
+        assert r.analysis.gradient is not None, r.notes
         return r
 
     def test_deep_sigmoid_mlp_vanishes(self, lint):

@@ -18,7 +18,7 @@ def line_of(source: str, needle: str, nth: int = 0) -> int:
 
 
 def weight_nodes(result):
-    return [n for n in result.graph.nodes if n.is_weight_layer]
+    return [n for n in result.analysis.graph.nodes if n.is_weight_layer]
 
 
 # ------------------------------------------------------------------------------ fx vs exec
@@ -162,7 +162,7 @@ def test_saturating_functional_calls_count_like_modules(variant, lint):
     # ~3.1 decades) is left out
     result = lint(src, select=["AL101"])
     assert result.status == "ok", result.error
-    acts = [n for n in result.graph.nodes if n.kind == "activation"]
+    acts = [n for n in result.analysis.graph.nodes if n.kind == "activation"]
     assert [n.op for n in acts] == [op] * 6
     assert codes(result) == ["AL101"]
     f = result.findings[0]
@@ -190,9 +190,9 @@ def test_relu_functional_calls_count_like_modules(variant, lint):
     call, act_module = RELU_VARIANTS[variant]
     result = lint(functional_source(call, act_module))
     assert result.status == "ok", result.error
-    assert [n.op for n in result.graph.nodes if n.kind == "activation"] == ["relu"] * 6
+    assert [n.op for n in result.analysis.graph.nodes if n.kind == "activation"] == ["relu"] * 6
     # every layer is judged against He init (sigma_w^2 = 2), as with nn.ReLU
-    layers, _ = result.graph.facts["init"]
+    layers = result.analysis.facts.init.layers
     assert [(li.node.module_path, li.next_activation, li.target_sigma_w2) for li in layers] == \
         [(f"fcs.{i}", "relu", 2.0) for i in range(6)]
     reference = lint(functional_source("self.acts[i](fc(x))", "nn.ReLU()"))
@@ -205,7 +205,7 @@ def test_same_stack_without_activation_uses_linear_target(lint):
     # control for the test above: with no activation in between the target is LeCun (1)
     result = lint(functional_source("fc(x)"))
     assert result.status == "ok", result.error
-    layers, _ = result.graph.facts["init"]
+    layers = result.analysis.facts.init.layers
     assert [li.target_sigma_w2 for li in layers] == [1.0] * 6
 
 
@@ -278,7 +278,7 @@ def test_custom_blocks_are_traced_through_with_paths_and_sites(tracer, lint):
     assert result.status == "ok", result.error
     assert result.tracer == tracer
     # no custom block appears as an opaque node
-    assert not any(n.op in ("Block", "Inner") for n in result.graph.nodes)
+    assert not any(n.op in ("Block", "Inner") for n in result.analysis.graph.nodes)
     layers = [(n.module_path, n.site.line) for n in weight_nodes(result)]
     proj, out = line_of(src, "self.proj = nn.Linear"), line_of(src, "self.out = nn.Linear")
     assert layers == [
@@ -287,7 +287,7 @@ def test_custom_blocks_are_traced_through_with_paths_and_sites(tracer, lint):
         ("blocks.2.inner.proj", proj), ("blocks.2.out", out),
         ("head", line_of(src, "self.head = nn.Linear")),
     ]
-    acts = [(n.op, n.scope, n.site.line) for n in result.graph.nodes if n.kind == "activation"]
+    acts = [(n.op, n.scope, n.site.line) for n in result.analysis.graph.nodes if n.kind == "activation"]
     tanh, sig = line_of(src, "torch.tanh(self.proj(x))"), line_of(src, ".sigmoid()")
     assert acts == [
         ("tanh", "blocks.0.inner", tanh), ("sigmoid", "blocks.0", sig),

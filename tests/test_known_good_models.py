@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from archlint.engine import Settings, lint_model
-from archlint.graph.sites import recording_module_sites
-from archlint.inputs import parse_input
+from archlint.loading.sites import recording_module_sites
+from archlint.loading.inputs import parse_input
 from archlint.rules import ALL_RULES
 
 pytestmark = pytest.mark.optional

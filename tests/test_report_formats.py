@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from archlint.cli import main
 from archlint.config import Config
-from archlint.engine import TargetResult
-from archlint.findings import Finding
+from archlint.results import TargetResult
+from archlint.results import Finding
 from archlint.report.github import escape_data, escape_property, render_github
 from archlint.report.model import Report
 from archlint.report.sarif import sarif_log

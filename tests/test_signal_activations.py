@@ -1,4 +1,4 @@
-"""Tests for ``archlint.signal.activations``: Monte-Carlo checks against torch for every op,
+"""Tests for ``archlint.meanfield.activations``: Monte-Carlo checks against torch for every op,
 high-precision reference values, edge cases and the vanilla-RNN fixed point."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archlint.signal.activations import (
+from archlint.meanfield.activations import (
     SUPPORTED_OPS,
     ActMoments,
     activation_moments,

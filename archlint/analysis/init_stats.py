@@ -197,7 +197,13 @@ def _chains(graph: Graph) -> dict[Node, Node]:
     return {n: find(n) for n in parent}
 
 
-def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
+@dataclass
+class InitFacts:
+    layers: list[LayerInit]
+    norms: list[NormInit]
+
+
+def analyse_init(graph: Graph) -> InitFacts:
     chain_of = _chains(graph)
     sizes: dict[Node, int] = {}
     for root in chain_of.values():
@@ -248,4 +254,4 @@ def analyse_init(graph: Graph) -> tuple[list[LayerInit], list[NormInit]]:
         zero = bool((gamma.detach() == 0).all())
         norms.append(NormInit(node=node, zero_scale=zero,
                               identity_at_init_ok=_feeds_join_or_output(node, graph)))
-    return layers, norms
+    return InitFacts(layers, norms)

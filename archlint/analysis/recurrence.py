@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
-from ..signal.activations import rnn_step_gain
+from ..meanfield.activations import rnn_step_gain
 
 
 @dataclass

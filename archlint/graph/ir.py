@@ -13,8 +13,8 @@ operation on tensors: a leaf module call (``nn.Linear``), a functional call (``t
   the line in ``forward`` for a functional call;
 - ``shape``/``dtype`` of its (first) tensor output, when known.
 
-Analyses store their results in ``node.facts`` (a dict) or in ``graph.facts``; they are computed
-once and every rule reads them.
+Analyses (:mod:`archlint.analysis`, :mod:`archlint.estimate`) compute their facts once from the
+graph; every rule reads them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
+
+from ..results import Site
 
 
 class Kind:
@@ -60,18 +62,6 @@ SATURATING_OPS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Site:
-    """A source position: 1-based line and column."""
-
-    path: str
-    line: int
-    column: int = 1
-
-    def __str__(self) -> str:  # pragma: no cover - cosmetic
-        return f"{self.path}:{self.line}:{self.column}"
-
-
 @dataclass(eq=False)
 class Node:
     name: str
@@ -96,8 +86,8 @@ class Node:
     #: For PARAM nodes: the parameter/buffer tensor itself and its qualified name.
     tensor: Optional[torch.Tensor] = None
     target: Optional[str] = None
-    #: Analysis results keyed by analysis name.
-    facts: dict[str, Any] = field(default_factory=dict)
+    #: False for values that are not tensors (sizes, Python numbers); dropped from the graph.
+    is_tensor: bool = True
 
     @property
     def location_module(self) -> str:
@@ -156,7 +146,8 @@ class Graph:
     output: Optional[Node] = None
     #: Why an earlier tracer failed, if any ("fx: ...").
     fallback_reasons: list[str] = field(default_factory=list)
-    facts: dict[str, Any] = field(default_factory=dict)
+    #: The example input the graph was traced with (an InputSpec), None if there was none.
+    input_spec: Any = None
 
     def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)

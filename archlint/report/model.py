@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import __version__
-from ..findings import SEVERITIES, SEVERITY_RANK, Finding
-
-if TYPE_CHECKING:  # the engine imports torch; the report and its formats do not need it
-    from ..engine import TargetResult
+from ..results import SEVERITIES, SEVERITY_RANK, Finding, TargetResult
 
 
 @dataclass

@@ -12,42 +12,16 @@ import io
 import math
 from pathlib import Path
 
-from ..engine import TargetResult
-
-SATURATING = {"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid"}
-
+from ..results import LayerInfo, TargetResult
 
 class PlotError(RuntimeError):
     pass
 
 
-def collect_plot_data(result: TargetResult) -> None:
-    """Post-analysis step: keep what the plot needs (layer order and markers) before the graph
-    is freed."""
-    graph = result.graph
-    if graph is None:
-        return
-    order: dict[str, int] = {}
-    kinds: dict[str, str] = {}
-    for k, n in enumerate(graph.nodes):
-        if n.is_weight_layer and n.module_path is not None:
-            order.setdefault(n.module_path, k)
-    init = graph.facts.get("init")
-    if init:
-        for li in init[0]:
-            path = li.node.module_path
-            if li.next_activation in SATURATING:
-                kinds[path] = "saturating"
-            elif li.next_activation == "norm":
-                kinds[path] = "norm"
-    result.__dict__["plot_data"] = (order, kinds)
-
-
-def _series(result: TargetResult):
-    order, kinds = result.__dict__.get("plot_data", ({}, {}))
+def _series(result: TargetResult) -> list[LayerInfo]:
     layers = [layer for layer in result.layers if layer.grad_rms]
-    layers.sort(key=lambda layer: order.get(layer.module, 10 ** 9))
-    return layers, kinds
+    layers.sort(key=lambda layer: layer.position if layer.position is not None else 10 ** 9)
+    return layers
 
 
 def render_plot(results: list[TargetResult], path: str, max_decades: float = 3.0) -> None:
@@ -64,7 +38,7 @@ def render_plot(results: list[TargetResult], path: str, max_decades: float = 3.0
         raise PlotError("nothing to plot: no target has a gradient estimate")
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
     for ax, result in zip(axes[:, 0], panels):
-        layers, kinds = _series(result)
+        layers = _series(result)
         xs = list(range(len(layers)))
         pred = [max(layer.grad_rms or 0.0, 1e-30) for layer in layers]
         ax.plot(xs, pred, "-o", color="#1f77b4", markersize=3, label="predicted")
@@ -74,7 +48,7 @@ def render_plot(results: list[TargetResult], path: str, max_decades: float = 3.0
             ax.plot([m[0] for m in meas], [m[1] for m in meas], "x", color="black",
                     label="measured")
         for x, layer in zip(xs, layers):
-            kind = kinds.get(layer.module)
+            kind = layer.followed_by
             if kind == "saturating":
                 ax.axvspan(x - 0.4, x + 0.4, color="#d62728", alpha=0.15, lw=0)
             elif kind == "norm":

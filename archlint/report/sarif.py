@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
 from .. import __version__
-from ..findings import Finding
+from ..results import Finding
 from .model import Report
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -98,7 +98,7 @@ def _artifact(path: str, root: Path) -> dict[str, Any]:
 
 
 def _target_file(target: str) -> Optional[str]:
-    from ..targets import split_spec
+    from ..loading.targets import split_spec
 
     left, _ = split_spec(target)
     return left if left.endswith(".py") else None

@@ -13,21 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Optional
 
-from ..analysis.structure import Structure
-from ..findings import Finding
+from ..analysis import GraphFacts
+from ..estimate import GradientFacts
+from ..results import Finding
 from ..graph.ir import Graph, Node, Site
-from ..targets import display_path
+from ..loading.targets import display_path
 
 
 @dataclass
 class RuleContext:
     graph: Graph
-    structure: Structure
+    facts: GraphFacts
+    #: The gradient estimate and its verdicts; None without an example input or tensor output.
+    gradient: Optional[GradientFacts]
     options: dict[str, Any]
     severity: str
     target: str = ""
-    #: Facts from optional analyses (the gradient estimate) keyed by name.
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Rule:

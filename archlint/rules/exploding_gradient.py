@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..findings import Finding
+from ..results import Finding
 from .base import Rule, RuleContext
 from .vanishing_gradient import flow_message
 
@@ -108,7 +108,7 @@ class Model(nn.Module):
 """
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
-        flow = ctx.graph.facts.get("gradient_flow_exploding")
+        flow = ctx.gradient.exploding if ctx.gradient is not None else None
         limit = float(ctx.options["max-decades"])
         if flow is None or flow.decades <= limit:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..analysis.structure import INF, walk_run
-from ..findings import Finding
+from ..results import Finding
 from ..graph.ir import Kind
 from .base import Rule, RuleContext, describe_ops, span
 
@@ -76,7 +76,7 @@ class Model(nn.Module):
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
         limit = int(ctx.options["max-depth"])
-        s = ctx.structure
+        s = ctx.facts.structure
         covered = set()
         for node in ctx.graph.nodes:
             if not s.counts_as_layer(node) or node in covered:

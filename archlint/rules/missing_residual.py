@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from ..analysis.structure import INF, walk_run
-from ..findings import Finding
+from ..results import Finding
 from .base import Rule, RuleContext, span
 
 
@@ -92,7 +92,7 @@ class Model(nn.Module):
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
         limit = int(ctx.options["max-depth"])
-        s = ctx.structure
+        s = ctx.facts.structure
         worst, depth = None, 0
         for node in ctx.graph.nodes:
             if not s.counts_as_layer(node):

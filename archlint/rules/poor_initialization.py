@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from ..analysis.init_stats import LayerInit
-from ..findings import Finding
+from ..results import Finding
 from ..graph.ir import Kind
 from .base import Rule, RuleContext
 
@@ -95,7 +95,7 @@ class Model(nn.Module):
 """
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
-        layers, norms = ctx.graph.facts["init"]
+        layers, norms = ctx.facts.init.layers, ctx.facts.init.norms
         hard = float(ctx.options["max-factor"])
         for li in layers:
             yield from self._check_layer(ctx, li, hard)

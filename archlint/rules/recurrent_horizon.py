@@ -6,7 +6,7 @@ import math
 from typing import Iterator
 
 from ..analysis.recurrence import RecurrentUse
-from ..findings import Finding
+from ..results import Finding
 from .base import Rule, RuleContext
 
 
@@ -90,7 +90,7 @@ INPUT = {"shape": [4, 100, 16]}
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
         floor = float(ctx.options["min-gain"])
-        uses: list[RecurrentUse] = ctx.graph.facts.get("recurrence", [])
+        uses: list[RecurrentUse] = ctx.facts.recurrence
         for use in uses:
             if use.steps is None or use.step_gain is None or use.step_gain <= 0:
                 continue

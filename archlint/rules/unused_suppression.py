@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Iterator
 
-from ..findings import Finding
+from ..results import Finding
 from ..suppressions import Malformed, UnusedSuppression as Unused
-from ..targets import display_path
+from ..loading.targets import display_path
 from .base import Rule, RuleContext
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph
-from ..inputs import InputSpec, TensorSpec, forward_parameters, spec_for_layer, spec_for_weight
+from ..loading.inputs import InputSpec, TensorSpec, forward_parameters, spec_for_layer, spec_for_weight
 from .builder import TraceError, fetch_attr
 from .exec_tracer import exec_trace
 from .fx_tracer import fx_trace, symbolic_graph
@@ -25,7 +25,7 @@ __all__ = ["TraceError", "trace_model", "infer_input"]
 def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
     """Trace ``model``; ``spec`` may be None, in which case it is inferred where possible.
 
-    The spec actually used (or None) is stored in ``graph.facts["input_spec"]``.
+    The spec actually used (or None) is stored in ``graph.input_spec``.
     """
     fx_error: Optional[str] = None
     fxg: Optional[torch.fx.Graph] = None
@@ -39,7 +39,7 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
         try:
             inputs = spec.bind(model, device="meta") if spec is not None else None
             graph = fx_trace(model, inputs, fxg)
-            graph.facts["input_spec"] = spec
+            graph.input_spec = spec
             return graph
         except TraceError as exc:
             fx_error = str(exc)
@@ -52,7 +52,7 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
     except TraceError as exc:
         raise TraceError(f"torch.fx: {fx_error}; execution trace: {exc}") from exc
     graph.fallback_reasons.append(f"fx: {fx_error}")
-    graph.facts["input_spec"] = spec
+    graph.input_spec = spec
     return graph
 
 

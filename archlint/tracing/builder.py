@@ -9,7 +9,7 @@ from torch import nn
 
 from ..graph.classify import carries_gradient, classify_call, classify_module
 from ..graph.ir import Kind, Node, Site
-from ..graph.sites import module_site
+from ..loading.sites import module_site
 
 
 class TraceError(Exception):
@@ -137,7 +137,7 @@ def param_owner(qualname: str) -> Optional[str]:
 
 def finalize(nodes: list[Node]) -> list[Node]:
     """Link users, drop non-tensor nodes from the data graph, fix gradient inputs by dtype."""
-    keep = [n for n in nodes if n.facts.pop("_tensor", True)]
+    keep = [n for n in nodes if n.is_tensor]
     kept = set(map(id, keep))
     for n in keep:
         if any(id(i) not in kept for i in n.inputs):

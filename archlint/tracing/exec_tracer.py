@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
-from ..graph.sites import user_site
+from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
                       param_owner, select_output, shape_of, TraceError)
 

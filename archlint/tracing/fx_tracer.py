@@ -10,7 +10,7 @@ from torch import nn
 
 from ..graph.classify import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
-from ..graph.sites import user_site
+from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,
                       module_node, param_owner, select_output, shape_of, TraceError)
 from .shapes import propagate_values
@@ -94,7 +94,7 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
             value = values[fxn]
             node.shape, node.dtype = shape_of(value)
             if fxn.op != "output" and not is_tensor_value(value):
-                node.facts["_tensor"] = False
+                node.is_tensor = False
         env[fxn] = node
         nodes.append(node)
         if fxn.op == "output":

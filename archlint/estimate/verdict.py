@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..analysis import GraphFacts
 from ..graph.ir import Graph, Kind, Node
 
 
@@ -40,14 +41,14 @@ def _first_use(graph: Graph) -> dict[str, tuple[int, Node]]:
     return first
 
 
-def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = False
-                          ) -> Optional[GradientFlow]:
+def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
+                          skip_scale_invariant: bool = False) -> Optional[GradientFlow]:
     """The first/last comparison; ``skip_scale_invariant`` leaves out layers followed by
     normalisation (used for the exploding verdict, see :func:`_scale_invariant`)."""
     first = _first_use(graph)
     rms = dict(estimate.grad_rms)
-    structure = graph.facts.get("structure")
-    if not _has_identity_init(graph) and structure is not None:
+    structure = facts.structure
+    if not _has_identity_init(facts):
         # nothing is zeroed on purpose: a layer on the gradient path left without gradient
         # underflowed (hundreds of decades down) -- vanishing, not design
         for mod, (_, node) in first.items():
@@ -60,10 +61,9 @@ def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = F
     usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
     # Output heads are compared with nothing: their scale is a design choice (a small or
     # zero-initialised head shrinks every gradient below it alike, which is not depth at work).
-    if structure is not None:
-        body = [u for u in usable if structure.layers_to_output.get(u[2], 0) > 0]
-        if len(body) >= 2:
-            usable = body
+    body = [u for u in usable if structure.layers_to_output.get(u[2], 0) > 0]
+    if len(body) >= 2:
+        usable = body
     if len(usable) < 2:
         return None
     n = max(1, math.ceil(0.1 * len(usable)))
@@ -80,13 +80,10 @@ def analyse_gradient_flow(graph: Graph, estimate, skip_scale_invariant: bool = F
 _UNDERFLOW = 1e-300
 
 
-def _has_identity_init(graph: Graph) -> bool:
+def _has_identity_init(facts: GraphFacts) -> bool:
     """Does the model zero a weight or a normalisation scale on purpose somewhere?"""
-    init = graph.facts.get("init")
-    if not init:
-        return True  # cannot tell: keep zeros as zeros
-    layers, norms = init
-    return any(li.all_zero for li in layers) or any(ni.zero_scale for ni in norms)
+    return any(li.all_zero for li in facts.init.layers) or \
+        any(ni.zero_scale for ni in facts.init.norms)
 
 
 _HOMOGENEOUS = {"relu", "leaky_relu", "prelu"}  # phi(c x) = c phi(x) for c > 0

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .ir import Site
+from ..results import Site
 
 SITE_ATTR = "_archlint_site"
 

@@ -23,12 +23,12 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from .graph.sites import SITE_ATTR, recording_module_sites
+from .sites import SITE_ATTR, recording_module_sites
 from .inputs import InputSpec
 from .targets import Target, display_path, might_define_models
 
 
-_ARCHLINT_DIR = str(Path(__file__).resolve().parent)
+_ARCHLINT_DIR = str(Path(__file__).resolve().parent.parent)
 
 
 class LoadError(Exception):

@@ -25,8 +25,8 @@ from typing import Iterator, Optional
 import torch
 from torch import nn
 
-from .graph.ir import Site
-from .graph.sites import SITE_ATTR
+from ..results import Site
+from .sites import SITE_ATTR
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 

@@ -30,7 +30,7 @@ class RecurrentSim:
 
 
 def _sig_of(t: torch.Tensor, unit_dim: int = -1):
-    from .estimate import Sig
+    from .propagate import Sig
 
     t = t.detach().float()
     q = float(t.pow(2).mean())

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
-from .activations import SUPPORTED_OPS, activation_moments
+from ..meanfield.activations import SUPPORTED_OPS, activation_moments
 
 _EPS = 1e-30
 _RANDOM = {"rand", "randn", "rand_like", "randn_like", "normal", "uniform", "bernoulli"}

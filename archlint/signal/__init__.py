@@ -1,1 +1,0 @@
-"""Signal-propagation primitives (mean-field moment maps) used by archlint's estimator."""
