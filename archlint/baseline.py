@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from .results import Finding
-from .loading.targets import split_spec
+from .paths import split_spec
 
 if TYPE_CHECKING:
     from .results import TargetResult

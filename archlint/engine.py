@@ -14,7 +14,8 @@ from torch import nn
 from .analysis import GraphFacts, analyse_graph
 from .estimate import GradientFacts, estimate_gradients
 from .results import Finding, LayerInfo, TargetResult
-from .graph.ir import SATURATING_OPS, Graph
+from .graph.ir import Graph
+from .ops import op_info
 from .loading.sites import module_site
 from .loading.inputs import InputSpec
 from .rules import Rule, RuleContext
@@ -157,7 +158,8 @@ def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:
     for li in analysis.facts.init.layers:
         if li.node.module_path is None:
             continue
-        if li.next_activation in SATURATING_OPS:
+        row = op_info(li.next_activation)
+        if row is not None and row.saturating:
             followed[li.node.module_path] = "saturating"
         elif li.next_activation == "norm":
             followed[li.node.module_path] = "norm"

@@ -77,7 +77,7 @@ def test_weight_statistics_cache_survives_id_reuse():
     # CPython reuses the id of a dead tensor; the cache must not hand its stats to a new one
     import torch
 
-    from archlint.estimate import propagate as E
+    from archlint.meanfield import signal as E
 
     old = torch.randn(4, 4)
     new = torch.randn(2, 8) * 3

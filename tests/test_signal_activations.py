@@ -1,4 +1,4 @@
-"""Tests for ``archlint.meanfield.activations``: Monte-Carlo checks against torch for every op,
+"""Tests for the activation moment laws (``archlint.ops.activations``): Monte-Carlo checks against torch for every op,
 high-precision reference values, edge cases and the vanilla-RNN fixed point."""
 
 from __future__ import annotations
@@ -10,13 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from archlint.meanfield.activations import (
-    SUPPORTED_OPS,
-    ActMoments,
-    activation_moments,
-    rnn_step_gain,
-    stationary_rnn_variance,
-)
+from archlint.ops.activations import SUPPORTED_OPS, ActMoments, activation_moments
+from archlint.ops.recurrent import rnn_step_gain, stationary_rnn_variance
 
 # Torch implementation of every op, with the parameters passed to activation_moments.
 _TORCH_OPS = {

@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
-
-#: Activations whose variance-preserving init is He's (sigma_w^2 = 2): the rectifier family.
-RECTIFIERS = {"relu", "relu6", "elu", "celu", "gelu", "silu", "mish", "hardswish", "softplus",
-              "rrelu", "prelu", "leaky_relu", "threshold"}
+from ..ops import op_info
+from ..ops.linear import weight_fans
 
 #: Ops a value passes through without changing which activation consumes it.
 _PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
@@ -60,51 +58,6 @@ class NormInit:
     node: Node
     zero_scale: bool
     identity_at_init_ok: bool
-
-
-def matmul_weight_in_dim(node: Node) -> int:
-    """Which axis of the parameter a functional matmul sums over: ``x @ W`` sums W's rows
-    (axis 0), ``W @ x`` and ``x @ W.t()`` its columns (axis 1, nn.Linear's layout)."""
-    weight = node.attrs.get("weight_param")
-    operand = next((k for k, i in enumerate(node.inputs) if i is weight), None)
-    if operand is None:  # the weight reaches the op through a transpose/view node
-        operand = next((k for k, i in enumerate(node.inputs) if i.kind == Kind.RESHAPE
-                        and weight in i.inputs), 1)
-    data = [k for k, i in enumerate(node.inputs) if k != operand and i.kind != Kind.PARAM]
-    after_data = bool(data) and operand > data[0]
-    in_dim = 0 if after_data else 1
-    if node.attrs.get("weight_transposed"):
-        in_dim = 1 - in_dim
-    return in_dim
-
-
-def _weight_fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
-    m = node.module
-    if node.kind == Kind.LINEAR and w.dim() == 2:
-        fn = node.attrs.get("function")
-        if node.module is None and fn in ("matmul", "mm", "addmm", "bmm", "baddbmm"):
-            return int(w.shape[matmul_weight_in_dim(node)])
-        return int(w.shape[1])
-    if node.kind == Kind.CONV and w.dim() >= 3:
-        k = math.prod(int(s) for s in w.shape[2:])
-        if node.op == "conv_transpose":
-            stride = getattr(m, "stride", None) or (1,)
-            return max(1, int(w.shape[0]) * k // max(1, math.prod(stride)))
-        return int(w.shape[1]) * k
-    return None
-
-
-def _weight_fans(node: Node, w: torch.Tensor) -> tuple[Optional[int], Optional[int]]:
-    """(fan_in, fan_out): how many inputs feed one output, and outputs one input feeds."""
-    fan_in = _weight_fan_in(node, w)
-    if fan_in is None or w.dim() < 2:
-        return fan_in, None
-    if node.kind == Kind.LINEAR:
-        return fan_in, int(w.numel() // fan_in)
-    if node.kind == Kind.CONV and node.op != "conv_transpose":
-        k = math.prod(int(s) for s in w.shape[2:])
-        return fan_in, int(w.shape[0]) * k
-    return fan_in, None
 
 
 def _consumer(node: Node) -> tuple[str, list[Node]]:
@@ -156,7 +109,8 @@ def _feeds_join_or_output(node: Node, graph: Graph) -> bool:
 
 
 def _target_sigma_w2(op: str, consumer: list[Node]) -> float:
-    if op in RECTIFIERS:
+    row = op_info(op)
+    if row is not None and row.rectifier:
         if op in ("leaky_relu", "prelu", "rrelu") and consumer:
             a = consumer[0].attrs.get("negative_slope", consumer[0].attrs.get("weight", 0.01))
             try:
@@ -228,7 +182,7 @@ def analyse_init(graph: Graph) -> InitFacts:
         rows = wd.reshape(wd.shape[0], -1)
         symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
                      and torch.equal(rows[0], rows[1]) and bool((rows == rows[0:1]).all()))
-        fan_in, fan_out = _weight_fans(node, wd)
+        fan_in, fan_out = weight_fans(node, wd)
         sigma_w2 = fan_in * mean_sq if fan_in else None
         sigma_w2_out = fan_out * mean_sq if fan_out else None
         op, consumer = _consumer(node)

@@ -2,10 +2,11 @@
 
 The gain is measured by running the recurrent layer alone, with its real weights, on random
 inputs over up to 64 steps and comparing the gradient that reaches the first input with the one
-at the last: that is exact for structured recurrent weights too (identity/orthogonal init,
-IRNN), where the mean-field formula below -- kept as the fallback -- assumes random ones.
+at the last (:func:`archlint.ops.recurrent.simulated_step_gain`): that is exact for structured
+recurrent weights too (identity/orthogonal init, IRNN), where the mean-field formula below --
+kept as the fallback -- assumes random ones.
 
-Mean field (SIGNAL.md; Chen, Pennington & Schoenholz 2018): with ``sigma_hh^2 = H * E[W_hh^2]``,
+Mean field (Chen, Pennington & Schoenholz 2018): with ``sigma_hh^2 = H * E[W_hh^2]``,
 the hidden pre-activation variance settles at the fixed point
 ``q = sigma_hh^2 E[phi(z)^2] + sigma_ih^2 q_x + sigma_b^2`` and the squared gradient norm is
 multiplied by ``chi = sigma_hh^2 E[phi'(z)^2]`` per step; its RMS gain is ``sqrt(chi)``.
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
-from ..meanfield.activations import rnn_step_gain
+from ..ops.recurrent import rnn_step_gain, simulated_step_gain
 
 
 @dataclass
@@ -45,50 +46,6 @@ def step_gain(nonlinearity: str, w_hh: torch.Tensor, w_ih: torch.Tensor,
     input_var = w_ih.shape[1] * _mean_sq(w_ih) * input_second_moment
     chi = rnn_step_gain(nonlinearity, sigma_hh2, input_var, _mean_sq(b_ih) + _mean_sq(b_hh))
     return math.sqrt(max(chi, 0.0))
-
-
-_PROBE_STEPS = 64
-_PROBE_BATCH = 16
-
-
-def simulated_step_gain(m: nn.Module, steps: int) -> float:
-    """RMS gradient gain per step, from a local BPTT run of ``m`` alone (eval mode, no dropout).
-
-    The loss reads only the last step's output; the gain is the geometric mean ratio of the
-    input gradients at the first and last steps."""
-    T = max(2, min(int(steps), _PROBE_STEPS))
-    gen = torch.Generator().manual_seed(0)
-    training = m.training
-    try:
-        m.eval()
-        with torch.enable_grad():
-            if isinstance(m, nn.RNNBase):
-                shape = (_PROBE_BATCH, T, m.input_size) if m.batch_first else \
-                    (T, _PROBE_BATCH, m.input_size)
-                x = torch.randn(shape, generator=gen).requires_grad_(True)
-                out, _ = m(x)
-                last = out[:, -1] if m.batch_first else out[-1]
-            else:
-                x = torch.randn(T, _PROBE_BATCH, m.input_size, generator=gen).requires_grad_(True)
-                h = None
-                for t in range(T):
-                    h = m(x[t], h)
-                last = h
-            r = torch.randn(last.shape, generator=gen)
-            (gx,) = torch.autograd.grad((last * r).sum(), x)
-    finally:
-        m.train(training)
-    if isinstance(m, nn.RNNBase) and m.batch_first:
-        gx = gx.transpose(0, 1)
-    norms = gx.detach().double().pow(2).mean(dim=(1, 2)).sqrt()
-    end = float(norms[-1])
-    if end <= 0 or not math.isfinite(end):
-        raise ValueError("no gradient at the last step")
-    nonzero = [t for t in range(T - 1) if float(norms[t]) > 0 and math.isfinite(float(norms[t]))]
-    if not nonzero:
-        return 0.0
-    t0 = nonzero[0]
-    return (float(norms[t0]) / end) ** (1.0 / (T - 1 - t0))
 
 
 def _layer_weights(m: nn.Module, layer: int) -> tuple:

@@ -86,7 +86,6 @@ def _has_identity_init(facts: GraphFacts) -> bool:
         any(ni.zero_scale for ni in facts.init.norms)
 
 
-_HOMOGENEOUS = {"relu", "leaky_relu", "prelu"}  # phi(c x) = c phi(x) for c > 0
 _SCALE_PASSTHROUGH = {Kind.RESHAPE, Kind.CONCAT, Kind.POOL, Kind.DROPOUT}
 
 
@@ -111,7 +110,7 @@ def _scale_invariant(graph: Graph) -> set[str]:
             if u.kind == Kind.NORM:
                 continue
             if u.kind in _SCALE_PASSTHROUGH or (u.kind == Kind.ACTIVATION and
-                                                u.op in _HOMOGENEOUS):
+                                                u.info is not None and u.info.homogeneous):
                 if normalised(u, depth + 1):
                     continue
             ok = False

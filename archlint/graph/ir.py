@@ -56,12 +56,6 @@ class Kind:
 #: Node kinds that own weights the gradient has to cross (the "weight layers" of depth counts).
 WEIGHT_KINDS = frozenset({Kind.LINEAR, Kind.CONV, Kind.EMBEDDING, Kind.ATTENTION, Kind.RECURRENT})
 
-#: Activation ops whose derivative goes to zero for large inputs (and is < 1 everywhere).
-SATURATING_OPS = frozenset(
-    {"sigmoid", "tanh", "hardtanh", "hardsigmoid", "softsign", "logsigmoid"}
-)
-
-
 @dataclass(eq=False)
 class Node:
     name: str
@@ -88,6 +82,8 @@ class Node:
     target: Optional[str] = None
     #: False for values that are not tensors (sizes, Python numbers); dropped from the graph.
     is_tensor: bool = True
+    #: The op's row in archlint's op table (archlint.ops.Op), None for an op it does not know.
+    info: Any = field(default=None, repr=False)
 
     @property
     def location_module(self) -> str:
@@ -105,7 +101,8 @@ class Node:
 
     @property
     def is_saturating(self) -> bool:
-        return self.kind == Kind.ACTIVATION and self.op in SATURATING_OPS
+        """A sigmoid-like activation: derivative < 1 everywhere, going to zero far out."""
+        return self.info is not None and self.info.saturating
 
     def grad_parents(self) -> list["Node"]:
         """Inputs through which gradient flows back from this node."""

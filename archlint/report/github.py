@@ -38,7 +38,7 @@ def command(level: str, message: str, file: Optional[str] = None, line: Optional
 
 
 def _target_file(target: str) -> Optional[str]:
-    from ..loading.targets import split_spec
+    from ..paths import split_spec
 
     left, _ = split_spec(target)
     return left if left.endswith(".py") else None

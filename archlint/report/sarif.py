@@ -98,7 +98,7 @@ def _artifact(path: str, root: Path) -> dict[str, Any]:
 
 
 def _target_file(target: str) -> Optional[str]:
-    from ..loading.targets import split_spec
+    from ..paths import split_spec
 
     left, _ = split_spec(target)
     return left if left.endswith(".py") else None

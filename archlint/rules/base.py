@@ -17,7 +17,7 @@ from ..analysis import GraphFacts
 from ..estimate import GradientFacts
 from ..results import Finding
 from ..graph.ir import Graph, Node, Site
-from ..loading.targets import display_path
+from ..paths import display_path
 
 
 @dataclass

@@ -119,10 +119,9 @@ class Model(nn.Module):
 
 def _min_attenuation(chain) -> str:
     """The bound the activations' peak derivatives put on the gradient across the chain."""
-    peak = {"sigmoid": 0.25, "hardsigmoid": 1 / 6}
     product = 1.0
     for n in chain:
-        product *= peak.get(n.op, 1.0)
+        product *= n.info.peak_derivative or 1.0
     if product >= 1.0:
         return "; the gradient shrinks wherever units saturate"
     return f"; their derivatives alone scale the gradient by at most {product:.1e}"

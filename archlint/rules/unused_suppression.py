@@ -6,7 +6,7 @@ from typing import ClassVar, Iterator
 
 from ..results import Finding
 from ..suppressions import Malformed, UnusedSuppression as Unused
-from ..loading.targets import display_path
+from ..paths import display_path
 from .base import Rule, RuleContext
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import torch.fx
 from torch import nn
 
-from ..graph.classify import canonical_name, is_leaf_module
+from ..ops import canonical_name, is_leaf_module
 from ..graph.ir import Graph
 from ..loading.inputs import InputSpec, TensorSpec, forward_parameters, spec_for_layer, spec_for_weight
 from .builder import TraceError, fetch_attr

@@ -7,9 +7,10 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from ..graph.classify import carries_gradient, classify_call, classify_module
 from ..graph.ir import Kind, Node, Site
+from ..ops import carries_gradient, classify_call, classify_module
 from ..loading.sites import module_site
+from ..ops.shape import TensorShape
 
 
 class TraceError(Exception):
@@ -60,16 +61,16 @@ def select_output(value: Any) -> Optional[torch.Tensor]:
 
 
 def module_node(name: str, module: nn.Module, path: str, inputs: list[Node]) -> Node:
-    kind, op, attrs = classify_module(module)
+    kind, op, attrs, row = classify_module(module)
     return Node(name=name, kind=kind, op=op, inputs=inputs, module_path=path, module=module,
-                attrs=attrs, site=module_site(module))
+                attrs=attrs, site=module_site(module), info=row)
 
 
 def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
               args: Any = None, kwargs: Any = None) -> Node:
     weight, transposed = _parameter_operand(inputs)
-    kind, op = classify_call(fname, param_operand=weight is not None)
-    node = Node(name=name, kind=kind, op=op, inputs=inputs, site=site,
+    kind, op, row = classify_call(fname, param_operand=weight is not None)
+    node = Node(name=name, kind=kind, op=op, inputs=inputs, site=site, info=row,
                 attrs={"args": args if args is not None else (), "kwargs": kwargs or {},
                        "function": fname})
     if weight is not None and kind == Kind.LINEAR:
@@ -169,8 +170,6 @@ def _is_discrete(dtype: Optional[torch.dtype]) -> bool:
 
 
 def _shaped(value: Any) -> bool:
-    from .shape_rules import TensorShape
-
     return isinstance(value, (torch.Tensor, TensorShape))
 
 

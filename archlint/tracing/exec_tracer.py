@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..graph.classify import canonical_name, is_leaf_module
+from ..ops import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,

@@ -8,7 +8,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from ..graph.classify import canonical_name, is_leaf_module
+from ..ops import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,

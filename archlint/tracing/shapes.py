@@ -1,21 +1,22 @@
 """Shape propagation over an fx graph, never touching the model's real activations.
 
-Each node's output shape comes from :mod:`.shape_rules`; an op without a rule runs alone on meta
-tensors (leaf modules through ``torch.func.functional_call`` with meta copies of their
+Each node's output shape comes from its op's shape rule (:mod:`archlint.ops`); an op without a
+rule runs alone on meta tensors (leaf modules through ``torch.func.functional_call`` with meta copies of their
 parameters, so the user's model is never modified). Python values (sizes, ints) are evaluated.
 """
 
 from __future__ import annotations
 
 import operator
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.fx
 from torch import nn
 
+from ..ops import canonical_name, function_op, module_op
+from ..ops.shape import NoRule, TensorShape
 from .builder import TraceError, fetch_attr
-from .shape_rules import NoRule, TensorShape, function_shape, module_shape, python_value
 
 
 def to_shape(value: Any) -> Any:
@@ -118,3 +119,41 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
         return function_shape(target, args, kwargs)
     except (NoRule, KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration):
         return _run_on_meta(node, model, args, kwargs)
+
+
+def function_shape(target: Any, args: Any, kwargs: dict) -> Any:
+    """The value of a function / method call on shapes, by its op's shape rule."""
+    name = canonical_name(target)
+    row = function_op(name)
+    if row is None or row.shape is None:
+        raise NoRule(name)
+    return row.shape(name, args, kwargs)
+
+
+def module_shape(mod: nn.Module, args: Any, kwargs: dict) -> Any:
+    """The value of a layer call on shapes, by its op's shape rule."""
+    row = module_op(mod)
+    if row is None or row.module_shape is None:
+        raise NoRule(type(mod).__name__)
+    return row.module_shape(mod, args, kwargs)
+
+
+def python_value(target: Callable, args: Sequence[Any], kwargs: dict) -> Any:
+    """Ops on plain Python values (sizes, ints) are simply evaluated."""
+    if target is getattr and isinstance(args[0], TensorShape):
+        attr = args[1]
+        if attr == "shape":
+            return torch.Size(args[0].shape)
+        if attr == "dtype":
+            return args[0].dtype
+        if attr == "ndim":
+            return args[0].dim()
+        if attr == "device":
+            return torch.device("cpu")
+        if attr in ("T", "mT"):
+            s = args[0].shape
+            return args[0].with_shape(s[::-1] if attr == "T" else s[:-2] + s[-2:][::-1])
+        raise NoRule(f"attribute {attr}")
+    if target is operator.getitem and isinstance(args[0], (tuple, list, torch.Size)):
+        return args[0][args[1]]
+    return target(*args, **kwargs)

@@ -1,0 +1,141 @@
+"""What an op's estimate rule works with.
+
+A rule (``Op.estimate``) is called once per node in forward order with the propagation state
+(:class:`Propagation`: the statistics of the node's inputs, where to record weight gradients)
+and sets the node's output statistics together with its backward rule -- a :class:`Backward`
+object, so that, as in ``torch.autograd.Function``, what the forward computes and what the
+backward needs sit side by side in the op's family module. The backward pass then calls each
+node's rule once, in reverse order, with the gradient statistics that reached the node:
+
+- ``go``: the per-element second moment of the gradient, ``E[(dL/dh)^2]``;
+- ``gso``: its part shared by all positions of a sample (what global pooling broadcasts back);
+- ``gsco``: the shared part whose sum over the batch is zero (after batch norm's backward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol
+
+from ..graph.ir import Node
+from ..meanfield.signal import Sig
+
+
+class Propagation(Protocol):
+    """The state an estimate rule reads and writes (implemented by archlint.estimate)."""
+
+    g2: dict[Node, float]
+    gs: dict[Node, float]
+    gsc: dict[Node, float]
+    decades: dict[Node, float]
+    #: Batch-norm nodes: their backward removes the batch-common part of the gradient.
+    centring: set[Node]
+
+    def s_in(self, node: Node, i: int = 0) -> Sig: ...
+
+    def value(self, node: Node) -> Any: ...
+
+    def numel(self, node: Node) -> int: ...
+
+    def out(self, node: Node, sig: Any, backward: Optional["Backward"] = None) -> None: ...
+
+    def note_unknown(self, node: Node) -> None: ...
+
+    def add_weight_grad(self, module: Optional[str], mean_sq: float, count: int,
+                        node: Node) -> None: ...
+
+    def record(self, node: Node, mean_sq: float) -> None: ...
+
+
+class Backward:
+    """How a node passes the gradient statistics that reached it on to its inputs."""
+
+    #: Rules fed per output item (tuple-valued nodes) run even when ``go`` is zero.
+    per_item = False
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Gains(Backward):
+    """Per-input multipliers of the per-element gradient second moment.
+
+    ``entries``: ``(input index, gain)``, the shared parts following the same gain; or
+    ``(input index, gain, gain of the shared part, gain of gs)`` when the shared part is passed
+    on differently (attention). ``shared``: explicit rules for the position-shared part,
+    ``(input index, a, b)``: ``gs_in += a * gso + b * go``.
+    """
+
+    entries: list[tuple]
+    shared: Optional[list[tuple[int, float, float]]] = None
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        if go <= 0.0:
+            return
+        g2, gs, gsc = prop.g2, prop.gs, prop.gsc
+        allowed = set(node.grad_parents())
+        rules = self.shared
+        coh = min(gso + gsco, go)
+        for entry in self.entries:
+            idx, gain = entry[0], entry[1]
+            if idx >= len(node.inputs):
+                continue
+            parent = node.inputs[idx]
+            if parent not in allowed:
+                continue
+            if len(entry) == 4:
+                g2[parent] = g2.get(parent, 0.0) + gain * (go - coh) + entry[2] * coh
+                gs[parent] = gs.get(parent, 0.0) + entry[3] * gso
+                gsc[parent] = gsc.get(parent, 0.0) + entry[3] * gsco
+                continue
+            g2[parent] = g2.get(parent, 0.0) + go * gain
+            if rules is None:
+                gs[parent] = gs.get(parent, 0.0) + gso * gain
+                gsc[parent] = gsc.get(parent, 0.0) + gsco * gain
+            if gain > 0:
+                prop.decades[node] = 0.5 * math.log10(gain)
+        for idx, a, b in rules or ():
+            if idx < len(node.inputs) and node.inputs[idx] in allowed:
+                parent = node.inputs[idx]
+                gs[parent] = gs.get(parent, 0.0) + a * gso + b * go
+                gsc[parent] = gsc.get(parent, 0.0) + a * gsco
+
+
+def passthrough(prop: Propagation, node: Node, unknown: bool = False) -> None:
+    """The value passes unchanged (a selection or broadcast: each input element's gradient is
+    the sum over its copies). ``unknown``: an op without a formula, reported by name."""
+    if unknown:
+        prop.note_unknown(node)
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    ratio = n / max(x.numel, 1)
+    prop.out(node, Sig(x.q, x.m, x.s, n).with_w(x.w_),
+             Gains([(0, ratio)] if node.inputs else []))
+
+
+def unknown(prop: Propagation, node: Node) -> None:
+    """The rule of an op the estimate has no formula for."""
+    passthrough(prop, node, unknown=True)
+
+
+def kw(node: Node, name: str, pos: int, default: Any) -> Any:
+    """A constant argument of a call, by keyword or position (nodes are not constants)."""
+    kwargs = node.attrs.get("kwargs") or {}
+    if isinstance(kwargs, dict) and name in kwargs:
+        v = kwargs[name]
+        return v if not isinstance(v, Node) else default
+    args = node.attrs.get("args") or ()
+    if isinstance(args, (list, tuple)) and len(args) > pos:
+        v = args[pos]
+        return v if not isinstance(v, Node) else default
+    return default
+
+
+def scalars(node: Node) -> list[float]:
+    """The plain numbers among a call's positional arguments."""
+    return [a for a in (node.attrs.get("args") or ())
+            if isinstance(a, (int, float)) and not isinstance(a, bool)]

@@ -1,0 +1,112 @@
+"""Other elementwise arithmetic (neg, sqrt, rsqrt, pow, clamp, sin/cos...), comparisons and
+logic, random tensors, factories and shape-only queries that carry no gradient."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from ..graph.ir import Kind, Node
+from ..meanfield.signal import EPS, Sig
+from .base import Gains, Propagation, unknown
+from .joins import binary_shape
+from .shape import bool_same_shape, same_module_shape, same_shape
+from .shape_ops import dtype_shape
+from .table import Op, family, register
+
+
+def estimate_neg(prop: Propagation, node: Node) -> None:
+    x = prop.s_in(node)
+    prop.out(node, Sig(x.q, -x.m, x.s, prop.numel(node)), Gains([(0, 1.0)]))
+
+
+def estimate_keep_scale(prop: Propagation, node: Node) -> None:
+    """clamp, abs, local response norm: the input's scale (clamp_min halves the gradient)."""
+    x = prop.s_in(node)
+    prop.out(node, Sig(x.q, x.m, x.s, prop.numel(node)),
+             Gains([(0, 1.0 if node.op != "clamp_min" else 0.5)]))
+
+
+def estimate_zero(prop: Propagation, node: Node) -> None:
+    """Tensors made inside forward from constants: no signal."""
+    prop.out(node, Sig(0.0, 0.0, 0.0, prop.numel(node)))
+
+
+def estimate_periodic(prop: Propagation, node: Node) -> None:
+    """sin/cos of a phase spread over many periods (rotary position tables)."""
+    prop.out(node, Sig(0.5, 0.0, 0.5, prop.numel(node)).with_w(0.5), Gains([(0, 0.5)]))
+
+
+def estimate_power(prop: Propagation, node: Node) -> None:
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    op = node.op
+    if op in ("pow", "square"):
+        args = node.attrs.get("args") or ()
+        p = 2.0 if op == "square" else next((float(a) for a in args[1:] if isinstance(
+            a, (int, float)) and not isinstance(a, bool)), 2.0)
+        if abs(p - 2.0) < 1e-9:
+            prop.out(node, Sig(3 * x.q * x.q, x.q, x.q * x.q, n), Gains([(0, 4 * x.q)]))
+            return
+        unknown(prop, node)
+        return
+    base = max(x.m if x.m > 0 else x.q, EPS)
+    if op == "rsqrt":
+        prop.out(node, Sig(1.0 / base, 1.0 / math.sqrt(base), 1.0 / base, n),
+                 Gains([(0, 0.25 / base ** 3)]))
+        return
+    prop.out(node, Sig(base, math.sqrt(base), base, n), Gains([(0, 0.25 / base)]))  # sqrt
+
+
+_RANDOM_SECOND_MOMENT = {"rand": 1 / 3, "rand_like": 1 / 3}
+
+
+def estimate_random(prop: Propagation, node: Node) -> None:
+    """Random tensors drawn inside forward (noise, masks): their known moments."""
+    if node.grad_inputs != []:
+        unknown(prop, node)
+        return
+    q = _RANDOM_SECOND_MOMENT.get(node.op, 1.0)
+    mean = 0.5 if node.op.startswith("rand") and "n" not in node.op else 0.0
+    prop.out(node, Sig(q, mean, mean * mean, prop.numel(node)))
+
+
+register(
+    Op(name="neg", functions=("neg",), shape=same_shape, estimate=estimate_neg),
+    Op(name="clamp", functions=("clamp", "clip"), shape=same_shape, estimate=estimate_keep_scale),
+    *family(Kind.OTHER, ("clamp_min", "abs"), shape=same_shape, estimate=estimate_keep_scale),
+    Op(name="local_response_norm", modules=(nn.LocalResponseNorm,),
+       functions=("local_response_norm",), module_shape=same_module_shape,
+       estimate=estimate_keep_scale),
+    *family(Kind.OTHER, ("sqrt", "rsqrt", "square"), shape=same_shape, estimate=estimate_power),
+    Op(name="pow", functions=("pow",), shape=binary_shape, estimate=estimate_power),
+    *family(Kind.OTHER, ("sin", "cos"), shape=same_shape, estimate=estimate_periodic),
+    # elementwise maps without a formula: passed through and reported
+    *family(Kind.OTHER, ("exp", "log", "erf", "reciprocal", "log1p", "expm1", "clamp_max",
+                         "nan_to_num", "requires_grad", "fill", "zero", "softmax2d",
+                         "sort_values"), shape=same_shape),
+    *family(Kind.OTHER, ("maximum", "minimum", "atan2", "fmod", "lerp", "addcmul", "addcdiv",
+                         "hypot", "and", "or", "xor"), shape=binary_shape),
+    *family(Kind.OTHER, ("normal", "uniform"), shape=same_shape, estimate=estimate_random),
+    *family(Kind.OTHER, ("bernoulli",), estimate=estimate_random),
+    # no gradient: random draws, factories, comparisons, rounding, casts to integers
+    *family(Kind.OTHER, ("rand_like", "randn_like"), grad=False, shape=same_shape,
+            estimate=estimate_random),
+    *family(Kind.OTHER, ("rand", "randn"), grad=False, estimate=estimate_random),
+    *family(Kind.OTHER, ("tensor", "arange"), grad=False, estimate=estimate_zero),
+    *family(Kind.OTHER, ("zeros_like", "ones_like", "empty_like", "full_like", "detach", "sign",
+                         "floor", "ceil", "round", "trunc", "bitwise_not"), grad=False,
+            shape=same_shape),
+    *family(Kind.OTHER, ("isnan", "isinf", "logical_not"), grad=False, shape=bool_same_shape),
+    *family(Kind.OTHER, ("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
+                         "bitwise_and", "bitwise_or", "mod", "remainder"), grad=False,
+            shape=binary_shape),
+    *family(Kind.OTHER, ("long", "int", "bool"), grad=False, shape=dtype_shape),
+    *family(Kind.OTHER, ("argsort", "new_zeros", "new_ones", "new_empty", "new_full",
+                         "new_tensor", "zeros", "ones", "empty", "full", "randint",
+                         "randint_like", "as_tensor", "triu_indices", "tril_indices", "nonzero",
+                         "topk_indices", "is_floating_point", "is_contiguous", "get_device",
+                         "item", "tolist", "stride", "lshift", "rshift", "invert", "isfinite"),
+            grad=False),
+)

@@ -1,0 +1,139 @@
+"""Joins of tensors: sums (residual connections), products (gates, scales), concatenation.
+
+A sum adds the second moments of independent inputs (their means meet in cross terms) and
+passes the gradient to every input unchanged; a product multiplies second moments and hands
+each input the gradient times the other's second moment; concatenation averages moments by size
+and slices the gradient back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..graph.ir import Kind, Node
+from ..meanfield.signal import EPS, Sig
+from .base import Gains, Propagation, kw, scalars, unknown
+from .shape import NoRule, TensorShape, broadcast, norm_dim, promote
+from .table import Op, family, register
+
+#: Binary elementwise ops whose output is boolean.
+BOOL_OUT = frozenset({"eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
+                      "logical_not", "isnan", "isinf", "and", "or", "xor"})
+
+
+def binary_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    """Broadcasting elementwise ops of two or more operands (tensors or numbers)."""
+    tensors = [a for a in args if isinstance(a, TensorShape)]
+    if not tensors:
+        raise NoRule("no tensors")
+    shape = broadcast(*[t.shape for t in tensors])
+    import torch
+
+    dtype = torch.bool if name in BOOL_OUT else promote(list(args))
+    if name == "where" and len(args) == 3:
+        dtype = promote([a for a in args[1:]])
+    return TensorShape(shape, dtype)
+
+
+def _cat_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    seq = [t for t in args[0] if isinstance(t, TensorShape) and t.shape != (0,)]
+    d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    d = norm_dim(d, seq[0].dim())
+    s = list(seq[0].shape)
+    s[d] = sum(t.shape[d] for t in seq)
+    return TensorShape(tuple(s), promote(seq))
+
+
+def _stack_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    seq = list(args[0])
+    d = norm_dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), seq[0].dim() + 1)
+    s = seq[0].shape
+    return seq[0].with_shape(s[:d] + (len(seq),) + s[d:])
+
+
+def estimate_add(prop: Propagation, node: Node) -> None:
+    sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
+    sign = -1.0 if node.op == "sub" else 1.0
+    alpha = kw(node, "alpha", 2, 1.0)
+    alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
+    numbers = scalars(node)
+    c = sum(numbers) if numbers and len(sigs) == 1 else 0.0
+    if not sigs:
+        unknown(prop, node)
+        return
+    weights = [1.0] + [sign * alpha] * (len(sigs) - 1)
+    q = sum(w * w * s.q for w, s in zip(weights, sigs))
+    mm = sum(w * s.m for w, s in zip(weights, sigs)) + c
+    s_ = sum(w * w * s.s for w, s in zip(weights, sigs))
+    w_ = sum(w * w * s.w for w, s in zip(weights, sigs))
+    # cross terms between inputs through their means only
+    for i in range(len(sigs)):
+        for j in range(i + 1, len(sigs)):
+            cross = 2 * weights[i] * weights[j] * sigs[i].m * sigs[j].m
+            q += cross
+            s_ += cross
+            w_ += cross
+    if c:
+        q += c * c + 2 * c * sigs[0].m
+        s_ += c * c + 2 * c * sigs[0].m
+    n = prop.numel(node)
+    has_w = any(sg.w_ is not None for sg in sigs)
+    prop.out(node, Sig(max(q, 0.0), mm, max(s_, 0.0), n).with_w(w_ if has_w else None),
+             Gains([(i, w * w * n / max(s.numel, 1)) for i, (w, s) in
+                    enumerate(zip(weights, sigs))]))
+
+
+def estimate_mul(prop: Propagation, node: Node) -> None:
+    sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
+    args = node.attrs.get("args") or ()
+    c = 1.0
+    for a in scalars(node):
+        c = c * a if node.op == "mul" or a is args[0] else c / a if a else c
+    n = prop.numel(node)
+    if len(sigs) == 1:
+        x = sigs[0]
+        prop.out(node, Sig(x.q * c * c, x.m * c, x.s * c * c, n).with_w(
+            x.w_ * c * c if x.w_ is not None else None),
+            Gains([(0, c * c * n / max(x.numel, 1))]))
+        return
+    if not sigs:
+        unknown(prop, node)
+        return
+    a, b = sigs[0], sigs[1]
+    if node.op == "div":
+        inv_q = 1.0 / max(b.q, EPS)
+        b = Sig(inv_q, 1.0 / b.m if abs(b.m) > 1e-12 else 0.0, inv_q, b.numel)
+    q = a.q * b.q * c * c
+    prop.out(node, Sig(q, a.m * b.m * c, a.s * b.s * c * c, n).with_w(
+        a.w * b.w * c * c if (a.w_ is not None or b.w_ is not None) else None),
+        Gains([(0, b.q * c * c * n / max(a.numel, 1)), (1, a.q * c * c * n / max(b.numel, 1))]))
+
+
+def estimate_concat(prop: Propagation, node: Node) -> None:
+    sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
+    tot = sum(s.numel for s in sigs) or 1
+    q = sum(s.q * s.numel for s in sigs) / tot
+    m = sum(s.m * s.numel for s in sigs) / tot
+    s_ = sum(s.s * s.numel for s in sigs) / tot
+    w_ = sum(s.w * s.numel for s in sigs) / tot
+    prop.out(node, Sig(q, m, s_, prop.numel(node)).with_w(
+        w_ if any(sg.w_ is not None for sg in sigs) else None),
+        Gains([(i, 1.0) for i in range(len(sigs))]))
+
+
+register(
+    Op(name="add", kind=Kind.ADD, functions=("add", "sub", "subtract", "rsub"),
+       shape=binary_shape, estimate=estimate_add),
+    Op(name="mul", kind=Kind.MUL, functions=("mul", "multiply"), shape=binary_shape,
+       estimate=estimate_mul),
+    Op(name="div", kind=Kind.MUL, functions=("div", "truediv", "divide"), shape=binary_shape,
+       estimate=estimate_mul),
+    Op(name="floordiv", kind=Kind.MUL, functions=("floordiv",), shape=binary_shape,
+       estimate=estimate_mul),
+    Op(name="cat", kind=Kind.CONCAT, functions=("cat", "concat", "concatenate"),
+       shape=_cat_shape, estimate=estimate_concat),
+    Op(name="stack", kind=Kind.CONCAT, functions=("stack",), shape=_stack_shape,
+       estimate=estimate_concat),
+    *family(Kind.CONCAT, ("hstack", "vstack", "dstack", "column_stack"),
+            estimate=estimate_concat),
+)

@@ -1,0 +1,396 @@
+"""Weight layers: linear (and ``x @ W`` on a parameter), bilinear, convolutions, embeddings; and
+products of two activations (matmul).
+
+A weight layer's gradient is the sum over rows (samples x positions) of outer products of its
+output gradient and its input, so its RMS is ``sqrt(rows * E[g_out^2] * E[x^2])`` plus the parts
+the rows share (:func:`~archlint.meanfield.signal.coherent_pairing`). Backward, the input
+gradient is the output gradient times the column norms of the weight (fan-out x E[W^2]).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..graph.ir import Kind, Node
+from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forward, linear_stats,
+                                mean_sq, numel)
+from .base import Backward, Gains, Propagation, kw, unknown
+from .shape import NoRule, TensorShape, broadcast, conv_shape, promote, same_module_shape
+from .table import Op, family, register
+
+_MATMUL_FUNCTIONS = ("matmul", "mm", "addmm", "bmm", "baddbmm")
+
+
+def matmul_weight_in_dim(node: Node) -> int:
+    """Which axis of the parameter a functional matmul sums over: ``x @ W`` sums W's rows
+    (axis 0), ``W @ x`` and ``x @ W.t()`` its columns (axis 1, nn.Linear's layout)."""
+    weight = node.attrs.get("weight_param")
+    operand = next((k for k, i in enumerate(node.inputs) if i is weight), None)
+    if operand is None:  # the weight reaches the op through a transpose/view node
+        operand = next((k for k, i in enumerate(node.inputs) if i.kind == Kind.RESHAPE
+                        and weight in i.inputs), 1)
+    data = [k for k, i in enumerate(node.inputs) if k != operand and i.kind != Kind.PARAM]
+    after_data = bool(data) and operand > data[0]
+    in_dim = 0 if after_data else 1
+    if node.attrs.get("weight_transposed"):
+        in_dim = 1 - in_dim
+    return in_dim
+
+
+def fan_in(node: Node, w: torch.Tensor) -> Optional[int]:
+    """How many inputs feed one output of a weight layer."""
+    m = node.module
+    if node.kind == Kind.LINEAR and w.dim() == 2:
+        fn = node.attrs.get("function")
+        if node.module is None and fn in _MATMUL_FUNCTIONS:
+            return int(w.shape[matmul_weight_in_dim(node)])
+        return int(w.shape[1])
+    if node.kind == Kind.CONV and w.dim() >= 3:
+        k = math.prod(int(s) for s in w.shape[2:])
+        if node.op == "conv_transpose":
+            stride = getattr(m, "stride", None) or (1,)
+            return max(1, int(w.shape[0]) * k // max(1, math.prod(stride)))
+        return int(w.shape[1]) * k
+    return None
+
+
+def weight_fans(node: Node, w: torch.Tensor) -> tuple[Optional[int], Optional[int]]:
+    """(fan_in, fan_out): how many inputs feed one output, and outputs one input feeds."""
+    fi = fan_in(node, w)
+    if fi is None or w.dim() < 2:
+        return fi, None
+    if node.kind == Kind.LINEAR:
+        return fi, int(w.numel() // fi)
+    if node.kind == Kind.CONV and node.op != "conv_transpose":
+        k = math.prod(int(s) for s in w.shape[2:])
+        return fi, int(w.shape[0]) * k
+    return fi, None
+
+
+# ------------------------------------------------------------------------------- backward rules
+
+@dataclass
+class WeightBackward(Backward):
+    """Linear (``conv=False``) or convolution: records the weight gradient and passes the
+    gradient to the data input."""
+
+    x_idx: int
+    gain: float
+    rows: int
+    x: Sig
+    stats: Optional[LinearStats] = None  # linear: the layer's statistics
+    shared_gain: Optional[float] = None  # conv: the gain of a position-constant gradient
+    conv: bool = False
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        if go <= 0.0:
+            return
+        coh = gso + gsco
+        if coh > go:
+            gso, gsco, coh = gso * go / coh, gsco * go / coh, go
+        # positions per sample whose gradients may be coherent (e.g. after global pooling)
+        batch = node.shape[0] if node.shape else 1
+        per_sample = max(self.rows / max(batch, 1), 1.0)
+        prop.record(node, self.rows * coherent_pairing(go, gso, gsco, self.x, per_sample))
+        if self.x_idx >= len(node.inputs):
+            return
+        parent = node.inputs[self.x_idx]
+        if parent not in set(node.grad_parents()):
+            return
+        if not self.conv:
+            st = self.stats
+            ratio = self.gain * (prop.numel(node) / max(st.out, 1)) / max(
+                prop.numel(parent) / max(st.fan_in, 1), 1)
+            per_in, a = ratio * go, ratio
+        else:
+            cs2 = self.shared_gain if self.shared_gain is not None else self.gain
+            per_in = self.gain * (go - coh) + cs2 * coh
+            a = cs2
+        prop.g2[parent] = prop.g2.get(parent, 0.0) + per_in
+        prop.gs[parent] = prop.gs.get(parent, 0.0) + a * gso
+        prop.gsc[parent] = prop.gsc.get(parent, 0.0) + a * gsco
+        if per_in > 0 and go > 0:
+            prop.decades[node] = 0.5 * math.log10(per_in / go)
+
+
+@dataclass
+class EmbeddingBackward(Backward):
+    """A lookup table: the gradient of each looked-up row; nothing flows to the ids."""
+
+    lookups: int
+    rows: int
+    factor: float
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        if go <= 0.0:
+            return
+        prop.record(node, self.lookups * go * self.factor / max(self.rows, 1))
+
+
+# ------------------------------------------------------------------------------- forward rules
+
+def _data_input(node: Node) -> int:
+    for k, i in enumerate(node.inputs):
+        if i.kind not in (Kind.PARAM,):
+            return k
+    return 0
+
+
+def _linear_params(node: Node):
+    m = node.module
+    if m is not None and isinstance(getattr(m, "weight", None), torch.Tensor):
+        if isinstance(m, nn.Bilinear):
+            w = m.weight.detach().reshape(m.weight.shape[0], -1)
+            return w, m.bias, 1
+        return m.weight, getattr(m, "bias", None), 1
+    params = [i for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None]
+    wp = node.attrs.get("weight_param")
+    if isinstance(wp, Node) and wp.tensor is not None and wp not in params:
+        params.append(wp)
+    w = next((p.tensor for p in params if p.tensor.dim() == 2), None)
+    b = next((p.tensor for p in params if p.tensor.dim() == 1), None)
+    if w is None:
+        return None, None, 1
+    if node.attrs.get("function") in _MATMUL_FUNCTIONS:
+        return w, b, matmul_weight_in_dim(node)
+    return w, b, 1
+
+
+def estimate_linear(prop: Propagation, node: Node) -> None:
+    x_idx = _data_input(node)
+    x = prop.s_in(node, x_idx)
+    w, b, in_dim = _linear_params(node)
+    if w is None:
+        unknown(prop, node)
+        return
+    st = linear_stats(w, b, in_dim=in_dim)
+    rows = max(prop.numel(node) // max(st.out, 1), 1)
+    prop.out(node, linear_forward(x, st, prop.numel(node)),
+             WeightBackward(x_idx=x_idx, gain=st.col2, rows=rows, x=x, stats=st))
+
+
+def _kernel_colsum_sq(w: torch.Tensor) -> float:
+    """Mean over input channels of sum_o (sum_k W[o, c, k])^2: the backward response of a
+    convolution to a gradient that is constant over positions."""
+    wd = w.detach()
+    if numel(wd.shape[2:]) == 1:  # 1x1 kernels: the plain column norm
+        return float(torch.linalg.vector_norm(wd.float())) ** 2 / max(wd.shape[1], 1)
+    ksum = wd.float().sum(dim=tuple(range(2, wd.dim())))  # [out, in/g]
+    return float(torch.linalg.vector_norm(ksum)) ** 2 / max(ksum.shape[1], 1)
+
+
+def _groups(m: Optional[nn.Module], node: Node) -> int:
+    if m is not None:
+        return int(getattr(m, "groups", 1))
+    g = kw(node, "groups", 6, 1)
+    return int(g) if isinstance(g, int) else 1
+
+
+def estimate_conv(prop: Propagation, node: Node) -> None:
+    x_idx = _data_input(node)
+    x = prop.s_in(node, x_idx)
+    m = node.module
+    if m is not None:
+        w, b = m.weight, m.bias
+        stride = m.stride
+    else:
+        params = [i.tensor for i in node.inputs if i.kind == Kind.PARAM and
+                  i.tensor is not None]
+        w = next((p for p in params if p.dim() >= 3), None)
+        b = next((p for p in params if p.dim() == 1), None)
+        stride = kw(node, "stride", 3, 1)
+    if w is None:
+        unknown(prop, node)
+        return
+    nd = w.dim() - 2
+    stride = stride if isinstance(stride, (tuple, list)) else (stride,) * nd
+    if node.op == "conv_transpose":
+        # weight [in, out/g, *k]: each output sums in*k/stride inputs
+        wt = w.detach().transpose(0, 1)
+        st = linear_stats(wt, b, transposed=True)
+        a_scale = 1.0 / max(numel(stride), 1)
+        st = LinearStats(a=st.a * a_scale, bm=st.bm * a_scale * a_scale, col2=st.a,
+                         b2=st.b2, bmean=st.bmean, brow=st.brow * a_scale,
+                         rowsum_mean=st.rowsum_mean * a_scale, fan_in=st.fan_in, out=st.out)
+        back_gain = float(w.detach().float().pow(2).sum() / w.shape[0])
+        # each weight entry pairs an input position with one output: rows = input positions
+        rows = max(x.numel // max(w.shape[0], 1), 1)
+        prop.out(node, linear_forward(x, st, prop.numel(node)),
+                 WeightBackward(x_idx=x_idx, gain=back_gain, rows=rows, x=x, conv=True))
+        return
+    st = linear_stats(w, b)
+    out = linear_forward(x, st, prop.numel(node))
+    out_ch = w.shape[0]
+    rows = max(prop.numel(node) // max(out_ch, 1), 1)  # batch x output positions
+    k = numel(w.shape[2:])
+    groups = max(_groups(m, node), 1)
+    in_positions = max(x.numel // max(w.shape[1] * groups, 1), 1)
+    # each input element feeds the out/groups channels of its group at k offsets
+    gain = st.col2 * k / groups * rows / in_positions
+    cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
+    spatial = node.input_shapes[x_idx][2:] if node.input_shapes and \
+        node.input_shapes[x_idx] else ()
+    interior = 1.0
+    for size, kk in zip(spatial, w.shape[2:]):
+        interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
+    cs2 *= interior
+    prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
+                                       shared_gain=cs2, conv=True))
+
+
+def estimate_embedding(prop: Propagation, node: Node) -> None:
+    m = node.module
+    w = getattr(m, "weight", None) if m is not None else next(
+        (i.tensor for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None
+         and i.tensor.dim() == 2), None)
+    if w is None:
+        unknown(prop, node)
+        return
+    wd = w.detach().float()
+    q = mean_sq(wd)
+    col_mean = wd.mean(0)
+    s = float(col_mean.pow(2).mean())
+    n = prop.numel(node)
+    dim = wd.shape[1]
+    if node.op == "embedding_bag":
+        ids = node.input_shapes[0] if node.input_shapes else None
+        bag = ids[-1] if ids and len(ids) > 1 else 1
+        mode = getattr(m, "mode", "mean")
+        factor = 1.0 / bag if mode == "mean" else (1.0 if mode == "sum" else 1.0)
+        qo = s + (q - s) / bag if mode == "mean" else (bag * q + bag * (bag - 1) * s)
+        lookups = numel(ids) if ids else n // dim
+        prop.out(node, Sig(qo, float(col_mean.mean()) * (1 if mode == "mean" else bag), s, n),
+                 EmbeddingBackward(lookups, wd.shape[0], factor ** 2))
+        return
+    pad = getattr(m, "padding_idx", None) if m is not None else None
+    lookups = max(n // max(dim, 1), 1)
+    rows = wd.shape[0] - (1 if pad is not None else 0)
+    prop.out(node, Sig(q, float(col_mean.mean()), s, n),
+             EmbeddingBackward(lookups, max(rows, 1), 1.0))
+
+
+def estimate_matmul(prop: Propagation, node: Node) -> None:
+    """The product of two activations (attention scores, ``attn @ v``)."""
+    if len(node.inputs) < 2:
+        unknown(prop, node)
+        return
+    a, b = prop.s_in(node, 0), prop.s_in(node, 1)
+    sa = node.input_shapes[0] if node.input_shapes else None
+    sb = node.input_shapes[1] if len(node.input_shapes) > 1 else None
+    if not sa or not sb or node.op not in ("matmul", "mm", "bmm"):
+        unknown(prop, node)
+        return
+    n_in = sa[-1]
+    M = sa[-2] if len(sa) >= 2 else 1
+    P = sb[-1] if len(sb) >= 2 else 1
+    q = n_in * (a.q * b.q) + n_in * (n_in - 1) * a.m * a.m * b.m * b.m
+    n = prop.numel(node)
+    out_batch = n / max(M * P, 1)
+    a_batch = a.numel / max(M * n_in, 1)
+    b_batch = b.numel / max(n_in * P, 1)
+    prop.out(node, Sig(q, n_in * a.m * b.m, n_in * a.s * b.s, n),
+             Gains([(0, P * b.q * out_batch / max(a_batch, 1e-12)),
+                    (1, M * a.q * out_batch / max(b_batch, 1e-12))]))
+
+
+# ------------------------------------------------------------------------------- shapes
+
+def _linear_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    x = args[0] if args else None
+    if name != "linear" or not isinstance(x, TensorShape):
+        raise NoRule(name)
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    return TensorShape(x.shape[:-1] + ((w.shape[0],) if w.dim() == 2 else ()), promote([x, w]))
+
+
+def _matmul_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    a, b = (args[0] if args else None), (args[1] if len(args) > 1 else None)
+    if not isinstance(a, TensorShape) or not isinstance(b, TensorShape):
+        raise NoRule(name)
+    sa, sb = list(a.shape), list(b.shape)
+    if len(sa) == 1 and len(sb) == 1:
+        return a.with_shape(())
+    if len(sa) == 1:
+        return a.with_shape(tuple(sb[:-2]) + (sb[-1],))
+    if len(sb) == 1:
+        return a.with_shape(tuple(sa[:-1]))
+    batch = broadcast(sa[:-2], sb[:-2])
+    return TensorShape(batch + (sa[-2], sb[-1]), promote([a, b]))
+
+
+def _conv_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    x = args[0] if args else None
+    if name not in ("conv1d", "conv2d", "conv3d") or not isinstance(x, TensorShape):
+        raise NoRule(name)
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+
+    def get(i: int, key: str, default: Any) -> Any:
+        return args[i] if len(args) > i else kwargs.get(key, default)
+
+    return conv_shape(x, w.shape[0], w.shape[2:], get(3, "stride", 1), get(4, "padding", 0),
+                      get(5, "dilation", 1), int(name[-2]))
+
+
+def _embedding_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
+    x = args[0] if args else None
+    if name != "embedding" or not isinstance(x, TensorShape):
+        raise NoRule(name)
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    return TensorShape(x.shape + (w.shape[1],), w.dtype)
+
+
+def _linear_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
+    x = same_module_shape(mod, args, kwargs)
+    return x.with_shape(x.shape[:-1] + (mod.out_features,))
+
+
+def _conv_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
+    x = same_module_shape(mod, args, kwargs)
+    transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+    return conv_shape(x, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
+                      mod.dilation, len(mod.kernel_size), transposed=transposed,
+                      output_padding=mod.output_padding if transposed else 0)
+
+
+def _embedding_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
+    x = same_module_shape(mod, args, kwargs)
+    if isinstance(mod, nn.EmbeddingBag):
+        return TensorShape((x.shape[0] if x.dim() == 2 else 1, mod.embedding_dim),
+                           mod.weight.dtype)
+    return TensorShape(x.shape + (mod.embedding_dim,), mod.weight.dtype)
+
+
+register(
+    Op(name="linear", kind=Kind.LINEAR, modules=(nn.Linear,),
+       functions=("linear", "addmm", "bilinear"), shape=_linear_shape,
+       module_shape=_linear_module_shape, estimate=estimate_linear),
+    Op(name="bilinear", kind=Kind.LINEAR, modules=(nn.Bilinear,),
+       module_shape=_linear_module_shape, estimate=estimate_linear),
+    Op(name="conv", kind=Kind.CONV, modules=(nn.modules.conv._ConvNd,),
+       functions=("conv1d", "conv2d", "conv3d", "convolution"), shape=_conv_shape,
+       module_shape=_conv_module_shape, estimate=estimate_conv),
+    Op(name="conv_transpose", kind=Kind.CONV, modules=(nn.modules.conv._ConvTransposeNd,),
+       functions=("conv_transpose1d", "conv_transpose2d", "conv_transpose3d"),
+       module_shape=_conv_module_shape, estimate=estimate_conv),
+    Op(name="embedding", kind=Kind.EMBEDDING, modules=(nn.Embedding,),
+       functions=("embedding",), shape=_embedding_shape, module_shape=_embedding_module_shape,
+       estimate=estimate_embedding),
+    Op(name="embedding_bag", kind=Kind.EMBEDDING, modules=(nn.EmbeddingBag,),
+       functions=("embedding_bag",), module_shape=_embedding_module_shape,
+       estimate=estimate_embedding),
+    *family(Kind.MATMUL, ("matmul", "mm", "bmm"), shape=_matmul_shape,
+            estimate=estimate_matmul),
+    *family(Kind.MATMUL, ("einsum", "baddbmm", "addbmm", "tensordot", "inner"),
+            estimate=estimate_matmul),
+)
+
+#: Products that are a linear layer when one operand is a parameter (``x @ self.W``).
+MATMUL_LIKE = frozenset({"matmul", "mm", "bmm", "einsum", "baddbmm", "addbmm", "tensordot",
+                         "inner"})

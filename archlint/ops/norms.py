@@ -1,0 +1,132 @@
+"""Normalisation layers: batch, layer, group, instance and RMS norm, F.normalize.
+
+Forward, a normalised tensor has second moment ``gamma^2 + beta^2`` whatever came in; backward
+the gradient is divided by the variance the layer removed (the batch-centred variance for batch
+norm in train mode, the per-sample variance for the others), times ``1 - 2/n`` for the group of
+``n`` elements normalised together.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..graph.ir import Kind, Node
+from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
+from .base import Gains, Propagation, kw
+from .shape import same_module_shape, same_shape
+from .table import Op, register
+
+
+def norm_affine(node: Node) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The scale (gamma) and shift (beta) of a normalisation node, if it has them."""
+    m = node.module
+    if m is not None:
+        return getattr(m, "weight", None), getattr(m, "bias", None)
+    params = [i.tensor for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None]
+    params = [p for p in params if p.dim() == 1 and p.dtype.is_floating_point]
+    # F.batch_norm(x, running_mean, running_var, weight, bias): the last two 1-D params
+    if node.op == "batch_norm" and len(params) >= 4:
+        return params[2], params[3]
+    return (params[0] if params else None), (params[1] if len(params) > 1 else None)
+
+
+def _group_size(node: Node, shape: tuple) -> int:
+    m = node.module
+    if isinstance(m, nn.LayerNorm):
+        return numel(m.normalized_shape)
+    if isinstance(m, nn.GroupNorm) and shape:
+        return max(numel(shape[1:]) // max(m.num_groups, 1), 1)
+    if node.op == "instance_norm" and len(shape) > 2:
+        return numel(shape[2:])
+    return shape[-1] if shape else 1
+
+
+def _affine_moments(node: Node) -> tuple[Optional[torch.Tensor], float, float, float, float]:
+    gamma, beta = norm_affine(node)
+    g2 = mean_sq(gamma) if gamma is not None else 1.0
+    eps = float(getattr(node.module, "eps", None) or kw(node, "eps", 4, 1e-5) or 1e-5)
+    return gamma, g2, mean_sq(beta), mean(beta), eps
+
+
+def estimate_batch_norm(prop: Propagation, node: Node) -> None:
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    _, g2, b2, bmean, eps = _affine_moments(node)
+    shape = node.shape or ()
+    training = node.module is None and kw(node, "training", 5, False) or (
+        node.module is not None)
+    C = shape[1] if len(shape) > 1 else 1
+    M = max(n // max(C, 1), 1)
+    if training:
+        prop.centring.add(node)
+        var = max(x.q - x.s, 0.0)
+        within = max(x.w - x.s, 0.0) / var if var > 0 else 0.0
+        prop.out(node, Sig(g2 + b2, bmean, b2, n).with_w(g2 * within + b2),
+                 Gains([(0, g2 / (var + eps) * max(1 - 2.0 / M, 0.0))]))
+        return
+    rv = getattr(node.module, "running_var", None)
+    rvar = mean(rv) if rv is not None else 1.0
+    prop.out(node, Sig(g2 * x.q / (rvar + eps) + b2, bmean, g2 * x.s / (rvar + eps) + b2, n),
+             Gains([(0, g2 / (rvar + eps))]))
+
+
+def estimate_layer_norm(prop: Propagation, node: Node) -> None:
+    """Layer, group and instance norm: per-sample statistics over a group of elements."""
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    _, g2, b2, bmean, eps = _affine_moments(node)
+    op = node.op
+    shape = node.shape or ()
+    group = _group_size(node, shape)
+    var = max(x.q - x.m * x.m, 0.0)
+    if op == "instance_norm" or op == "group_norm":
+        var = max(x.q - x.s, 0.0) if op == "instance_norm" else var
+    frac = (max(x.s - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
+    wfrac = (max(x.w - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
+    gain = g2 / (var + eps) * max(1 - 2.0 / max(group, 1), 0.0)
+    shared = None
+    if op != "layer_norm":
+        # per-sample statistics over a group of channels and all positions: the backward
+        # removes the group average of what each channel's gradient shares across positions
+        per_group = numel(shape[1:2]) / max(getattr(node.module, "num_groups", 1)
+                                            if op == "group_norm" else numel(shape[1:2]), 1)
+        keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
+        shared = [(0, gain * keep, 0.0)]
+    prop.out(node, Sig(g2 + b2, bmean, g2 * frac + b2, n).with_w(g2 * wfrac + b2),
+             Gains([(0, gain)], shared=shared))
+
+
+def estimate_rms_norm(prop: Propagation, node: Node) -> None:
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    gamma, g2, _, _, eps = _affine_moments(node)
+    shape = node.shape or ()
+    group = shape[-1] if shape else 1
+    frac = x.s / x.q if x.q > 0 else 0.0
+    if node.op == "normalize":
+        prop.out(node, Sig(1.0 / max(group, 1), 0.0, 0.0, n),
+                 Gains([(0, 1.0 / max(x.q * group, EPS))]))
+        return
+    prop.out(node, Sig(g2, x.m / math.sqrt(x.q + eps) * (mean(gamma) if gamma is not None
+                                                         else 1.0),
+                       g2 * frac, n).with_w(g2 * x.w / x.q if x.q > 0 else None),
+             Gains([(0, g2 / (x.q + eps) * max(1 - 1.0 / max(group, 1), 0.0))]))
+
+
+def _norm(name: str, modules: tuple, estimate) -> Op:
+    return Op(name=name, kind=Kind.NORM, modules=modules, functions=(name,), shape=same_shape,
+              module_shape=same_module_shape, estimate=estimate)
+
+
+register(
+    _norm("batch_norm", (nn.modules.batchnorm._BatchNorm,), estimate_batch_norm),
+    _norm("layer_norm", (nn.LayerNorm,), estimate_layer_norm),
+    _norm("group_norm", (nn.GroupNorm,), estimate_layer_norm),
+    _norm("instance_norm", (nn.modules.instancenorm._InstanceNorm,), estimate_layer_norm),
+    _norm("rms_norm", (nn.RMSNorm,) if hasattr(nn, "RMSNorm") else (), estimate_rms_norm),
+    _norm("normalize", (), estimate_rms_norm),
+)
