@@ -1,6 +1,6 @@
 """The pipeline for one model: trace -> analyse (once) -> run the selected rules -> results.
 
-target -> model -> graph -> facts -> findings -> report (ARCHITECTURE.md). Nothing here prints.
+target -> model -> graph -> facts -> findings -> report (docs/design.md). Nothing here prints.
 """
 
 from __future__ import annotations

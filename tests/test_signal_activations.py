@@ -290,4 +290,4 @@ def test_rnn_step_gain_matches_simulation(nonlinearity: str) -> None:
     )
     assert measured == pytest.approx(predicted, rel=0.05)
     if nonlinearity == "tanh":
-        assert predicted == pytest.approx(0.209, abs=1e-3)  # SIGNAL.md's value
+        assert predicted == pytest.approx(0.209, abs=1e-3)  # chi = (1/3) E[tanh'(z)^2] at default init
