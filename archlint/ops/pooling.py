@@ -45,12 +45,16 @@ def estimate_pool(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     n = prop.numel(node)
     K = max(x.numel / max(n, 1), 1.0)
-    kernel = _pool_kernel(node, K)
+    # an adaptive pool's argument is its output size: each output reads K inputs
+    kernel = K if node.op.startswith("adaptive") else _pool_kernel(node, K)
     if "avg" in node.op or node.op == "lp_pool":
         q = x.w + (x.q - x.w) / kernel
         # each input element feeds (kernel / K) outputs, weight 1/kernel each
-        prop.out(node, Sig(q, x.m, x.s, n).with_w(x.w_),
-                 Gains([(0, (kernel / K) / (kernel * kernel))]))
+        gain = (kernel / K) / (kernel * kernel)
+        # a global average hands every position of a sample the same gradient
+        spatial = (node.shape or ())[2:]
+        shared = [(0, gain, gain)] if spatial and all(d == 1 for d in spatial) else None
+        prop.out(node, Sig(q, x.m, x.s, n).with_w(x.w_), Gains([(0, gain)], shared=shared))
         return
     k = int(round(kernel))
     q = max_second_moment(x, k)
