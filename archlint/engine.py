@@ -79,8 +79,11 @@ def analyse(graph: Graph) -> Analysis:
     unknown = analysis.gradient.estimate.unknown_ops
     if unknown:
         ops = ", ".join(f"{op} (x{n})" if n > 1 else op for op, n in sorted(unknown.items()))
+        behind = len(analysis.gradient.estimate.uncertain)
         analysis.notes.append(f"gradient estimate: ops without a formula, passed through "
-                              f"unchanged: {ops}")
+                              f"unchanged: {ops}" + (
+                                  f"; {behind} layer{'s' if behind != 1 else ''} whose gradient "
+                                  "crosses them left out of AL105/AL106" if behind else ""))
     return analysis
 
 

@@ -83,3 +83,81 @@ class SmallCNN(nn.Module):
 def test_functional_global_pool_on_a_healthy_cnn():
     torch.manual_seed(0)
     _check(SmallCNN(), (8, 3, 32, 32), worst=0.3, spread=0.3, verdict=None)
+
+
+class TopKMoE(nn.Module):
+    """Top-2 mixture of experts: router, topk, softmax over the top logits, boolean-mask
+    dispatch, index_add_ back into the token stream."""
+
+    def __init__(self, d: int = 32, experts: int = 4, k: int = 2):
+        super().__init__()
+        self.router = nn.Linear(d, experts, bias=False)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(),
+                                                   nn.Linear(2 * d, d)) for _ in range(experts))
+        self.k = k
+
+    def forward(self, x):
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        weights, chosen = torch.topk(self.router(x), self.k, dim=-1)
+        weights = F.softmax(weights, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = chosen == e
+            rows = mask.any(-1).nonzero(as_tuple=True)[0]
+            if rows.numel():
+                gate = (weights * mask).sum(-1)[rows]
+                out.index_add_(0, rows, expert(x[rows]) * gate[:, None])
+        return out.reshape(shape)
+
+
+class MoELM(nn.Module):
+    def __init__(self, vocab: int = 200, d: int = 32, layers: int = 3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(layers))
+        self.moes = nn.ModuleList(TopKMoE(d) for _ in range(layers))
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for norm, moe in zip(self.norms, self.moes):
+            x = x + moe(norm(x))
+        return self.head(x)
+
+
+def test_top_k_mixture_of_experts():
+    torch.manual_seed(0)
+    model = MoELM()
+    spec = {"shape": [4, 16], "dtype": "int64", "high": 200}
+    target = archlint.lint(model, example_input=spec).targets[0]
+    data = target.to_dict()
+    assert not [n for n in data["notes"] if "without a formula" in n], data["notes"]
+    pred = {layer["module"]: layer["grad_rms"] for layer in data["layers"]}
+    ids = torch.randint(0, 200, (4, 16), generator=torch.Generator().manual_seed(5))
+    meas = measure_grad_rms(model, (ids,), seed=3).rms
+    acc = compare(pred, meas)
+    assert not acc.zero_mismatch, acc.zero_mismatch  # router and experts get gradient
+    assert acc.worst_error <= 0.5, acc.worst
+    assert not {f["code"] for f in data["findings"]} & {"AL105", "AL106"}
+
+
+class Unmodelled(nn.Module):
+    """A deep sigmoid stack whose gradient reaches the body only through an op the estimate has
+    no formula for: no verdict on those layers, and a note that says why."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(*[m for _ in range(10) for m in (nn.Linear(32, 32),
+                                                                  nn.Sigmoid())])
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(torch.special.i0e(self.body(x)))
+
+
+def test_verdict_withheld_behind_an_op_without_a_formula():
+    target = archlint.lint(Unmodelled(), example_input={"shape": [8, 32]}).targets[0]
+    notes = " ".join(target.notes)
+    assert "i0e" in notes and "left out of AL105/AL106" in notes, notes
+    assert "AL105" not in {f.code for f in target.findings}

@@ -15,7 +15,7 @@ An op the estimate has no formula for is passed through unchanged *and reported 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ..graph.ir import Graph, Kind, Node
@@ -34,6 +34,9 @@ class Estimate:
     unknown_ops: dict[str, int]
     #: Forward-order position of each layer's first use (for "earliest"/"last" layers).
     order: dict[str, int]
+    #: Layers whose gradient mostly crossed an op without a formula (or that only such an op
+    #: could have given one): their estimate says nothing, no verdict reads them.
+    uncertain: set[str] = field(default_factory=set)
 
 
 class Propagation:
@@ -53,6 +56,11 @@ class Propagation:
         self.decades: dict[Node, float] = {}
         self.centring: set[Node] = set()
         self.unknown: dict[str, int] = {}
+        self.unknown_nodes: set[Node] = set()
+        #: Part of each node's g2 that crossed an op without a formula.
+        self.unknown_g2: dict[Node, float] = {}
+        #: Nodes an op without a formula may have owed gradient to.
+        self.behind_unknown: set[Node] = set()
         self.weight_sq: dict[str, float] = {}  # module -> sum over uses of E[grad^2]*numel
         self.weight_numel: dict[str, int] = {}
         self.order: dict[str, int] = {}
@@ -83,6 +91,7 @@ class Propagation:
         if not self._carries_signal(node):
             return  # index arithmetic, position tables, masks: nothing to propagate
         self.unknown[node.op] = self.unknown.get(node.op, 0) + 1
+        self.unknown_nodes.add(node)
 
     def _carries_signal(self, node: Node) -> bool:
         """Does the value depend on the model's inputs or trainable parameters?"""
@@ -93,6 +102,9 @@ class Propagation:
             out = True
         elif node.kind == Kind.PARAM:
             out = node.tensor is not None and node.tensor.requires_grad
+        elif node.module is not None and any(p.requires_grad for p in
+                                             node.module.parameters(recurse=False)):
+            out = True  # a layer's own weights (an embedding's output depends on them)
         else:
             out = any(self._carries_signal(i) for i in node.grad_parents())
         self._signal[node] = out
@@ -130,7 +142,18 @@ class Propagation:
             n = self.weight_numel.get(mod, 1)
             grad_rms[mod] = math.sqrt(max(total, 0.0) / max(n, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
-                        unknown_ops=self.unknown, order=self.order)
+                        unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain())
+
+    def _uncertain(self) -> set[str]:
+        out = set()
+        for n in self.graph.nodes:
+            if not n.is_weight_layer or n.module_path is None:
+                continue
+            g = self.g2.get(n, 0.0)
+            if (g > 0 and self.unknown_g2.get(n, 0.0) > 0.5 * g) or \
+                    (g <= 0 and n in self.behind_unknown):
+                out.add(n.module_path)
+        return out
 
     def forward(self, node: Node) -> None:
         k = node.kind
@@ -169,16 +192,26 @@ class Propagation:
         self.g2 = {n: 0.0 for n in self.graph.nodes}
         self.g2[out] = 1.0 / max(self.numel(out), 1)
         for node in reversed(self.graph.nodes):
+            go = self.g2.get(node, 0.0)
+            unknown = node in self.unknown_nodes
+            if unknown or (go <= 0.0 and node in self.behind_unknown):
+                self.behind_unknown.update(node.grad_parents())
             rule = self.backward_of.get(node)
             if rule is None:
                 continue
-            go = self.g2.get(node, 0.0)
             gso, gsco = self.gs.get(node, 0.0), self.gsc.get(node, 0.0)
             if node in self.centring:  # batch norm removes the batch-common part
                 gso, gsco = 0.0, gso + gsco
             if go <= 0.0 and not rule.per_item:
                 continue
+            before = {p: self.g2.get(p, 0.0) for p in node.inputs}
             rule.apply(self, node, go, gso, gsco, self.items.get(node, {}))
+            share = 1.0 if unknown else (self.unknown_g2.get(node, 0.0) / go if go > 0 else 0.0)
+            if share > 0.0:
+                for p, b in before.items():
+                    added = self.g2.get(p, 0.0) - b
+                    if added > 0.0:
+                        self.unknown_g2[p] = self.unknown_g2.get(p, 0.0) + added * share
 
 
 def estimate_graph(graph: Graph) -> Estimate:

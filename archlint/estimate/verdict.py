@@ -6,7 +6,8 @@ layers (10% of them at each end, at least one; embeddings excluded, since their 
 lookups make their gradient small by construction; output heads, since their scale is a
 design choice; and, for the exploding verdict only, layers followed by normalisation, whose
 too-large gradient corrects itself in the first steps) are compared by the geometric mean of their
-predicted gradient RMS. Layers predicted to get exactly zero gradient (identity-at-init residual
+predicted gradient RMS. Layers whose gradient mostly crossed an op the estimate has no formula
+for are left out (their figure says nothing). Layers predicted to get exactly zero gradient (identity-at-init residual
 branches, a zero-initialised head, and everything a zero layer cuts off) are left out: that is
 by design. Attribution follows the dominant gradient path from the earliest layer to the output
 and sums each node's share of the decades, grouped by layer type and module prefix.
@@ -56,7 +57,8 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
                 rms[mod] = _UNDERFLOW
     invariant = _scale_invariant(graph) if skip_scale_invariant else set()
     usable = [(k, mod, node) for mod, (k, node) in first.items()
-              if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant]
+              if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant
+              and mod not in estimate.uncertain]
     zero = sorted(mod for _, mod, _ in usable if rms[mod] <= 0.0)
     usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
     # Output heads are compared with nothing: their scale is a design choice (a small or

@@ -35,6 +35,13 @@ def binary_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
     return TensorShape(shape, dtype)
 
 
+def _first_tensor(name: str, args: Any) -> TensorShape:
+    x = args[0] if args else None
+    if not isinstance(x, TensorShape):
+        raise NoRule(name)
+    return x
+
+
 def _cat_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
     seq = [t for t in args[0] if isinstance(t, TensorShape) and t.shape != (0,)]
     d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -121,7 +128,43 @@ def estimate_concat(prop: Propagation, node: Node) -> None:
         Gains([(i, 1.0) for i in range(len(sigs))]))
 
 
+_ACCUMULATE = {"index_add", "scatter_add"}
+
+
+def estimate_scatter(prop: Propagation, node: Node) -> None:
+    """A base tensor with a source scattered into it (``index_add_``, ``scatter_add``,
+    ``index_copy``, ``masked_scatter``, ``index_put``): the mixture-of-experts dispatch back into
+    the token stream. Accumulating ops add the source to the base (``alpha`` scales it); copies
+    replace the positions they write. Each source element's gradient is the output gradient at
+    the position it was written to."""
+    floats = [k for k, i in enumerate(node.inputs)
+              if i.dtype is None or i.dtype.is_floating_point]
+    if len(floats) < 2:
+        unknown(prop, node)
+        return
+    b_idx, s_idx = floats[0], floats[-1]
+    base, src = prop.s_in(node, b_idx), prop.s_in(node, s_idx)
+    n = prop.numel(node)
+    frac = min(src.numel / max(n, 1), float("inf"))
+    accumulate = node.op in _ACCUMULATE or bool(kw(node, "accumulate", 3, False))
+    alpha = kw(node, "alpha", 4, 1.0) if node.op == "index_add" else 1.0
+    alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
+    if accumulate:
+        keep = 1.0
+    else:
+        frac = min(frac, 1.0)
+        keep = 1.0 - frac
+    q = keep * base.q + frac * alpha * alpha * src.q + 2 * keep * base.m * frac * alpha * src.m
+    m = keep * base.m + frac * alpha * src.m
+    s_ = keep * base.s + frac * alpha * alpha * src.s
+    prop.out(node, Sig(max(q, 0.0), m, max(min(s_, q), 0.0), n),
+             Gains([(b_idx, keep if not accumulate else 1.0), (s_idx, alpha * alpha)]))
+
+
 register(
+    *family(Kind.OTHER, ("index_add", "scatter_add", "index_copy", "masked_scatter",
+                         "index_put", "scatter"), shape=lambda name, args, kwargs:
+            _first_tensor(name, args), estimate=estimate_scatter),
     Op(name="add", kind=Kind.ADD, functions=("add", "sub", "subtract", "rsub"),
        shape=binary_shape, estimate=estimate_add),
     Op(name="mul", kind=Kind.MUL, functions=("mul", "multiply"), shape=binary_shape,

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Kind, Node
-from ..meanfield.signal import Sig, max_moments, max_second_moment
+from ..meanfield.signal import Sig, max_moments, max_second_moment, top_moments
 from .base import Gains, Propagation, kw, unknown
 from .shape import (NoRule, TensorShape, adaptive_shape, broadcast, pool_shape, reduce_shape,
                     same_module_shape, same_shape)
@@ -60,6 +60,29 @@ def estimate_pool(prop: Propagation, node: Node) -> None:
     q = max_second_moment(x, k)
     m_out = x.m + math.sqrt(max(x.q - x.s, 0.0)) * max_moments(k)[0]
     prop.out(node, Sig(q, m_out, max(x.s, m_out * m_out), n), Gains([(0, n / max(x.numel, 1))]))
+
+
+def estimate_topk(prop: Propagation, node: Node) -> None:
+    """``torch.topk``: the k largest values along a dim (and their indices). The values are
+    order statistics of the input; the gradient goes back to the k selected elements."""
+    x = prop.s_in(node)
+    shape = node.input_shapes[0] if node.input_shapes else None
+    dim = kw(node, "dim", 2, -1)
+    k = kw(node, "k", 1, None)
+    if not shape or not isinstance(k, int) or not isinstance(dim, int):
+        unknown(prop, node)
+        return
+    n_along = shape[dim]
+    largest = bool(kw(node, "largest", 3, True))
+    first, second = top_moments(n_along, k)
+    sd = math.sqrt(max(x.q - x.s, 0.0))
+    shift = max(x.s - x.m * x.m, 0.0)
+    mean_out = x.m + (sd * first if largest else -sd * first)
+    q = x.m * x.m + 2 * x.m * sd * (first if largest else -first) + sd * sd * second + shift
+    out_numel = x.numel * k // max(n_along, 1)
+    values = Sig(max(q, 0.0), mean_out, max(x.s, mean_out * mean_out), out_numel)
+    prop.out(node, [values, Sig(1.0, 1.0, 1.0, out_numel)],
+             Gains([(0, out_numel / max(x.numel, 1))]))
 
 
 def _reduces_positions(node: Node) -> bool:
@@ -212,5 +235,6 @@ register(
     *family(Kind.REDUCE, ("max", "min"), shape=_max_shape, estimate=estimate_reduce),
     *family(Kind.REDUCE, ("cumsum",), shape=same_shape, estimate=estimate_reduce),
     *family(Kind.OTHER, ("any", "all"), grad=False, shape=_reduction_shape),
+    *family(Kind.OTHER, ("topk",), estimate=estimate_topk),
     *family(Kind.OTHER, ("argmax", "argmin"), grad=False, shape=_argmax_shape),
 )
