@@ -161,3 +161,46 @@ def test_verdict_withheld_behind_an_op_without_a_formula():
     notes = " ".join(target.notes)
     assert "i0e" in notes and "left out of AL105/AL106" in notes, notes
     assert "AL105" not in {f.code for f in target.findings}
+
+
+class OnePlusWeightRMSNorm(nn.Module):
+    """An RMS norm that computes its scale in forward: ``x * (1 + weight)``, weight zero-init."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        x32 = x.float()
+        out = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * (1.0 + self.weight.float())).type_as(x)
+
+
+class OnePlusWeightLM(nn.Module):
+    def __init__(self, vocab: int = 300, d: int = 48, layers: int = 4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.norms = nn.ModuleList(OnePlusWeightRMSNorm(d) for _ in range(layers))
+        self.ups = nn.ModuleList(nn.Linear(d, 4 * d) for _ in range(layers))
+        self.downs = nn.ModuleList(nn.Linear(4 * d, d) for _ in range(layers))
+        self.final = OnePlusWeightRMSNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        for norm, up, down in zip(self.norms, self.ups, self.downs):
+            x = x + down(F.gelu(up(norm(x))))
+        return self.head(self.final(x))
+
+
+def test_norm_that_computes_its_scale_in_forward():
+    torch.manual_seed(0)
+    model = OnePlusWeightLM()
+    spec = {"shape": [2, 16], "dtype": "int64", "high": 300}
+    target = archlint.lint(model, example_input=spec).targets[0]
+    assert not target.findings, [f.message for f in target.findings]  # no "zero scale" AL104
+    pred = {layer.module: layer.grad_rms for layer in target.layers}
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
+    acc = compare(pred, measure_grad_rms(model, (ids,), seed=3).rms)
+    assert not acc.zero_mismatch and acc.worst_error <= 0.2, (acc.zero_mismatch, acc.worst)

@@ -19,6 +19,7 @@ from torch import nn
 from ..graph.ir import Graph, Kind, Node
 from ..ops import op_info
 from ..ops.linear import weight_fans
+from ..ops.norms import measured_affine
 
 #: Ops a value passes through without changing which activation consumes it.
 _PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
@@ -205,7 +206,8 @@ def analyse_init(graph: Graph) -> InitFacts:
                           and i.tensor is not None and i.tensor.dim() == 1), None)
         if not isinstance(gamma, torch.Tensor):
             continue
-        zero = bool((gamma.detach() == 0).all())
+        measured = measured_affine(node)
+        zero = measured.g2 == 0.0 if measured is not None else bool((gamma.detach() == 0).all())
         norms.append(NormInit(node=node, zero_scale=zero,
                               identity_at_init_ok=_feeds_join_or_output(node, graph)))
     return InitFacts(layers, norms)

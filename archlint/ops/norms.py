@@ -9,7 +9,9 @@ norm in train mode, the per-sample variance for the others), times ``1 - 2/n`` f
 from __future__ import annotations
 
 import math
-from typing import Optional
+import weakref
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
 from .base import Gains, Propagation, kw
 from .shape import same_module_shape, same_shape
-from .table import Op, register
+from .table import Op, module_op, register
 
 
 def norm_affine(node: Node) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -45,11 +47,61 @@ def _group_size(node: Node, shape: tuple) -> int:
     return shape[-1] if shape else 1
 
 
-def _affine_moments(node: Node) -> tuple[Optional[torch.Tensor], float, float, float, float]:
+@dataclass(frozen=True)
+class Affine:
+    """What a normalisation layer applies after normalising: mean gamma, mean gamma^2, mean
+    beta^2, mean beta."""
+
+    gmean: float
+    g2: float
+    b2: float
+    bmean: float
+
+
+_measured: dict[int, tuple[Any, tuple, Optional[Affine]]] = {}
+
+
+def measured_affine(node: Node) -> Optional[Affine]:
+    """The affine part of a normalisation layer of the user's own (recognised by its class
+    name), measured by running it alone: its parameters need not be gamma and beta as such
+    (``x * (1 + weight)`` with a zero weight is a scale of one). For N(0, 1) inputs ``x`` and
+    ``-x`` the normalised values flip sign, so half the difference of the outputs is the scaled
+    part and half the sum the shift."""
+    m = node.module
+    if m is None or module_op(m) is not None or not node.input_shapes or \
+            not node.input_shapes[0]:
+        return None
+    versions = tuple(p._version for p in m.parameters())
+    hit = _measured.get(id(m))
+    if hit is not None and hit[0]() is m and hit[1] == versions:
+        return hit[2]
+    shape = list(node.input_shapes[0])
+    shape[0] = min(shape[0], 2)
+    dtype = next((p.dtype for p in m.parameters() if p.is_floating_point()), torch.float32)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    try:
+        with torch.no_grad():
+            plus, minus = m(x), m(-x)
+        scaled, shift = (plus - minus).float() / 2, (plus + minus).float() / 2
+        xf = x.float()
+        found: Optional[Affine] = Affine(
+            gmean=float((scaled * xf).mean() / max(float(xf.pow(2).mean()), 1e-12)),
+            g2=float(scaled.pow(2).mean()), b2=float(shift.pow(2).mean()),
+            bmean=float(shift.mean()))
+    except Exception:  # a layer that does not run alone: read its parameters instead
+        found = None
+    _measured[id(m)] = (weakref.ref(m), versions, found)
+    return found
+
+
+def _affine_moments(node: Node) -> tuple[float, float, float, float, float]:
+    eps = float(getattr(node.module, "eps", None) or kw(node, "eps", 4, 1e-5) or 1e-5)
+    found = measured_affine(node)
+    if found is not None:
+        return found.gmean, found.g2, found.b2, found.bmean, eps
     gamma, beta = norm_affine(node)
     g2 = mean_sq(gamma) if gamma is not None else 1.0
-    eps = float(getattr(node.module, "eps", None) or kw(node, "eps", 4, 1e-5) or 1e-5)
-    return gamma, g2, mean_sq(beta), mean(beta), eps
+    return (mean(gamma) if gamma is not None else 1.0), g2, mean_sq(beta), mean(beta), eps
 
 
 def estimate_batch_norm(prop: Propagation, node: Node) -> None:
@@ -103,7 +155,7 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
 def estimate_rms_norm(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     n = prop.numel(node)
-    gamma, g2, _, _, eps = _affine_moments(node)
+    gmean, g2, _, _, eps = _affine_moments(node)
     shape = node.shape or ()
     group = shape[-1] if shape else 1
     frac = x.s / x.q if x.q > 0 else 0.0
@@ -111,9 +163,7 @@ def estimate_rms_norm(prop: Propagation, node: Node) -> None:
         prop.out(node, Sig(1.0 / max(group, 1), 0.0, 0.0, n),
                  Gains([(0, 1.0 / max(x.q * group, EPS))]))
         return
-    prop.out(node, Sig(g2, x.m / math.sqrt(x.q + eps) * (mean(gamma) if gamma is not None
-                                                         else 1.0),
-                       g2 * frac, n).with_w(g2 * x.w / x.q if x.q > 0 else None),
+    prop.out(node, Sig(g2, x.m / math.sqrt(x.q + eps) * gmean, g2 * frac, n).with_w(g2 * x.w / x.q if x.q > 0 else None),
              Gains([(0, g2 / (x.q + eps) * max(1 - 1.0 / max(group, 1), 0.0))]))
 
 
