@@ -1,6 +1,7 @@
 """Fuzz archlint with random valid model files; count failures per property, save reproducers.
 
     python benchmarks/fuzz.py --examples 500                # random models (tests/fuzz)
+    python benchmarks/fuzz.py                               # 200 models (what ./dev bench runs)
     python benchmarks/fuzz.py --examples 200 --chains 100   # plus metamorphic AL101 chains
     python benchmarks/fuzz.py --exclude jit_function,jit_module   # leave feature families out
     python benchmarks/fuzz.py --shrink no_internal_error    # find one failure and shrink it
@@ -224,7 +225,8 @@ def shrink(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--examples", type=int, default=500, help="random models to try")
+    ap.add_argument("--examples", type=int, default=200,
+                    help="random models to try (default 200, about 2-3 min; 500 for a real run)")
     ap.add_argument("--chains", type=int, default=0,
                     help="metamorphic AL101 chain draws (each gives one model per variant)")
     ap.add_argument("--chain-jit-tail", action="store_true",

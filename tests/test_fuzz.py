@@ -12,6 +12,8 @@ A larger run: ``python benchmarks/fuzz.py --examples 500 --chains 100``.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,8 +40,12 @@ XFAIL = settings(max_examples=6, deadline=None, derandomize=True, database=None,
                  suppress_health_check=_HEALTH, phases=[Phase.explicit, Phase.generate])
 
 
+_BASE = Path(tempfile.mkdtemp(prefix="archlint-fuzz-"))
+atexit.register(shutil.rmtree, _BASE, True)
+
+
 def _folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="archlint-fuzz-"))
+    return Path(tempfile.mkdtemp(dir=_BASE))
 
 
 def _explain(case, fails) -> str:

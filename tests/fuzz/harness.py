@@ -154,8 +154,9 @@ def validate_case(case: ModelCase, path: Path) -> Truth:
             continue
         layers.append(mname)
         for p in params:
+            # (a real RMS below 1e-10 is rounding noise, not a gradient)
             if p.grad is not None and bool(torch.isfinite(p.grad).all()) and \
-                    float(p.grad.abs().max()) > 0:
+                    float(p.grad.pow(2).mean().sqrt()) > 1e-10:
                 trained[mname] = float(p.grad.pow(2).mean().sqrt())
     return Truth(layers, trained)
 
