@@ -421,10 +421,7 @@ CASES = [
     Case("verbose_text_shows_tracer_notes", R("mixed/fx_fallback.py", "--isolated", "-v"), 0,
          (Out(r"note: fx: shape propagation failed"),)),
     Case("prelu_does_not_break_fx", R("mixed/prelu.py", *J), 0,
-         (Target("prelu.py:WithPReLU", tracer="fx"),),
-         xfail="issue 8: graph/classify.py _activation_attrs reads float(module.weight...) "
-               "for PReLU from is_leaf_module while fx traces (weight is a Proxy then): "
-               "TypeError, every model with a PReLU falls back to the execution tracer"),
+         (Target("prelu.py:WithPReLU", tracer="fx"),)),
     Case("layernorm_over_chw_gets_a_gradient_estimate", R("mixed/layernorm_chw.py", *J), 0,
          (Target("layernorm_chw.py:ConvLayerNorm", grad_rms_for_every_layer=True),),
          xfail="issue 8: LayerNorm([C, H, W]) has a 3-dim weight, so engine.weight_layers_of "
