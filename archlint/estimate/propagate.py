@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
 from ..meanfield.signal import Sig, mean, mean_sq, numel
 from ..ops import op_info
@@ -62,7 +63,9 @@ class Propagation:
         #: Nodes an op without a formula may have owed gradient to.
         self.behind_unknown: set[Node] = set()
         self.weight_sq: dict[str, float] = {}  # module -> sum over uses of E[grad^2]*numel
-        self.weight_numel: dict[str, int] = {}
+        #: module -> {parameter key: number of entries}: a parameter used several times
+        #: (shared layers, time steps) counts once.
+        self.weight_numel: dict[str, dict[Any, int]] = {}
         self.order: dict[str, int] = {}
         self._signal: dict[Node, bool] = {}
         self._index = {n: k for k, n in enumerate(graph.nodes)}
@@ -88,8 +91,10 @@ class Propagation:
             self.backward_of[node] = backward
 
     def note_unknown(self, node: Node) -> None:
-        if not self._carries_signal(node):
-            return  # index arithmetic, position tables, masks: nothing to propagate
+        if not self._carries_signal(node) or node.attrs.get(PARAM_ONLY):
+            # index arithmetic, position tables, masks: nothing to propagate; a weight computed
+            # from parameters is recomputed for real by the layer that reads it
+            return
         self.unknown[node.op] = self.unknown.get(node.op, 0) + 1
         self.unknown_nodes.add(node)
 
@@ -111,11 +116,13 @@ class Propagation:
         return out
 
     def add_weight_grad(self, module: Optional[str], mean_sq_: float, count: int,
-                        node: Node) -> None:
+                        node: Node, key: Any = "layer") -> None:
+        """Add one use's weight gradient (per-entry mean square over ``count`` entries of the
+        parameter ``key`` of ``module``)."""
         if module is None:
             return
         self.weight_sq[module] = self.weight_sq.get(module, 0.0) + mean_sq_ * count
-        self.weight_numel.setdefault(module, count)
+        self.weight_numel.setdefault(module, {}).setdefault(key, count)
         self.order.setdefault(module, self._index.get(node, 0))
 
     def record(self, node: Node, mean_sq_: float) -> None:
@@ -125,6 +132,15 @@ class Propagation:
         w = node.weight()
         self.add_weight_grad(node.module_path, mean_sq_, w.numel() if w is not None else 1,
                              node)
+
+    def _record_raw_parameters(self) -> None:
+        """Parameters used directly as values (position embeddings, class tokens, a matrix
+        added or multiplied in): their gradient is what reached their node."""
+        for n in self.graph.nodes:
+            t = n.tensor
+            if n.kind == Kind.PARAM and t is not None and t.dim() >= 2 and t.requires_grad \
+                    and self.g2.get(n, 0.0) > 0.0:
+                self.add_weight_grad(n.module_path, self.g2[n], t.numel(), n, key=id(t))
 
     # ----------------------------------------------------------------------- the passes
     def run(self) -> Estimate:
@@ -137,9 +153,10 @@ class Propagation:
                                                                           self.numel(node))
                 self.backward_of[node] = Gains([(i, 1.0) for i in range(len(node.inputs))])
         self.backward()
+        self._record_raw_parameters()
         grad_rms = {}
         for mod, total in self.weight_sq.items():
-            n = self.weight_numel.get(mod, 1)
+            n = sum(self.weight_numel.get(mod, {}).values()) or 1
             grad_rms[mod] = math.sqrt(max(total, 0.0) / max(n, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
                         unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain())

@@ -121,6 +121,9 @@ class Node:
         wp = self.attrs.get("weight_param")
         if isinstance(wp, Node) and wp.tensor is not None:
             return wp.tensor
+        computed = self.attrs.get("derived_weight")  # computed from parameters in forward
+        if isinstance(computed, torch.Tensor):
+            return computed.detach()
         for p in self.inputs:
             if p.kind == Kind.PARAM and p.tensor is not None and p.tensor.dim() >= 2:
                 return p.tensor

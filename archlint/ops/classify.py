@@ -64,12 +64,22 @@ def is_leaf_module(module: nn.Module) -> bool:
     if isinstance(module, _COMPOSITE_LEAVES):
         return True
     if module_op(module) is not None:
-        return True
+        # a subclass that overrides forward (weight standardisation, LoRA...) does something
+        # else than the layer it derives from: follow its forward
+        return not _overrides_forward(module)
     if _named_custom(module) is not None:
         return True
     mod = type(module).__module__
     builtin = mod.startswith("torch.nn.") or mod.startswith("torch.ao.nn.")
     return builtin and not any(True for _ in module.children())
+
+
+def _overrides_forward(module: nn.Module) -> bool:
+    """Does a subclass of a torch.nn layer, written outside torch, replace its forward?"""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch."):
+            return type(module).forward is not cls.forward
+    return False
 
 
 def classify_module(module: nn.Module) -> tuple[str, str, dict, Optional[Op]]:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from ..graph.derived import is_param_only, source_params
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forward, linear_stats,
                                 mean_sq, numel)
@@ -86,6 +87,8 @@ class WeightBackward(Backward):
     stats: Optional[LinearStats] = None  # linear: the layer's statistics
     shared_gain: Optional[float] = None  # conv: the gain of a position-constant gradient
     conv: bool = False
+    #: A weight computed in forward from parameters (with autograd back to them).
+    derived: Optional[torch.Tensor] = None
 
     def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
               items: dict[int, float]) -> None:
@@ -97,7 +100,11 @@ class WeightBackward(Backward):
         # positions per sample whose gradients may be coherent (e.g. after global pooling)
         batch = node.shape[0] if node.shape else 1
         per_sample = max(self.rows / max(batch, 1), 1.0)
-        prop.record(node, self.rows * coherent_pairing(go, gso, gsco, self.x, per_sample))
+        mean_sq_ = self.rows * coherent_pairing(go, gso, gsco, self.x, per_sample)
+        if self.derived is not None:
+            _record_sources(prop, node, self.derived, mean_sq_)
+        else:
+            prop.record(node, mean_sq_)
         if self.x_idx >= len(node.inputs):
             return
         parent = node.inputs[self.x_idx]
@@ -134,11 +141,32 @@ class EmbeddingBackward(Backward):
         prop.record(node, self.lookups * go * self.factor / max(self.rows, 1))
 
 
+def _record_sources(prop: Propagation, node: Node, weight: torch.Tensor, mean_sq_: float) -> None:
+    """Carry the gradient predicted for a computed weight back to the parameters it is computed
+    from: a random gradient of that scale, back-propagated through the computation."""
+    params = [p for p in source_params(node) if p.tensor is not None and p.tensor.requires_grad]
+    if not params:
+        return
+    gen = torch.Generator().manual_seed(0)
+    grad = torch.randn(weight.shape, generator=gen).to(weight.dtype) * math.sqrt(max(mean_sq_, 0))
+    grads = torch.autograd.grad(weight, [p.tensor for p in params], grad, retain_graph=True,
+                                allow_unused=True)
+    totals: dict[str, list[float]] = {}
+    for p, g in zip(params, grads):
+        if p.tensor.dim() < 2 or p.module_path is None:
+            continue
+        entry = totals.setdefault(p.module_path, [0.0, 0])
+        entry[0] += float(g.detach().double().pow(2).sum()) if g is not None else 0.0
+        entry[1] += p.tensor.numel()
+    for module, (total, count) in totals.items():
+        prop.add_weight_grad(module, total / max(count, 1), count, node, key=("derived", module))
+
+
 # ------------------------------------------------------------------------------- forward rules
 
 def _data_input(node: Node) -> int:
     for k, i in enumerate(node.inputs):
-        if i.kind not in (Kind.PARAM,):
+        if i.kind != Kind.PARAM and not is_param_only(i):
             return k
     return 0
 
@@ -156,6 +184,8 @@ def _linear_params(node: Node):
         params.append(wp)
     w = next((p.tensor for p in params if p.tensor.dim() == 2), None)
     b = next((p.tensor for p in params if p.tensor.dim() == 1), None)
+    if w is None and node.attrs.get("derived_weight") is not None:
+        w = node.attrs["derived_weight"].detach()
     if w is None:
         return None, None, 1
     if node.attrs.get("function") in _MATMUL_FUNCTIONS:
@@ -173,7 +203,8 @@ def estimate_linear(prop: Propagation, node: Node) -> None:
     st = linear_stats(w, b, in_dim=in_dim)
     rows = max(prop.numel(node) // max(st.out, 1), 1)
     prop.out(node, linear_forward(x, st, prop.numel(node)),
-             WeightBackward(x_idx=x_idx, gain=st.col2, rows=rows, x=x, stats=st))
+             WeightBackward(x_idx=x_idx, gain=st.col2, rows=rows, x=x, stats=st,
+                            derived=node.attrs.get("derived_weight")))
 
 
 def _kernel_colsum_sq(w: torch.Tensor) -> float:
@@ -206,6 +237,8 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         w = next((p for p in params if p.dim() >= 3), None)
         b = next((p for p in params if p.dim() == 1), None)
         stride = kw(node, "stride", 3, 1)
+        if w is None and node.attrs.get("derived_weight") is not None:
+            w = node.attrs["derived_weight"].detach()
     if w is None:
         unknown(prop, node)
         return
@@ -242,7 +275,8 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
     cs2 *= interior
     prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
-                                       shared_gain=cs2, conv=True))
+                                       shared_gain=cs2, conv=True,
+                                       derived=node.attrs.get("derived_weight")))
 
 
 def estimate_embedding(prop: Propagation, node: Node) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import nn
 
+from ..graph.derived import PARAM_ONLY, REPLAY, derived_weight, param_only_call
 from ..graph.ir import Kind, Node, Site
 from ..ops import carries_gradient, classify_call, classify_module
 from ..loading.sites import module_site
@@ -67,24 +68,48 @@ def module_node(name: str, module: nn.Module, path: str, inputs: list[Node]) -> 
 
 
 def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
-              args: Any = None, kwargs: Any = None) -> Node:
+              args: Any = None, kwargs: Any = None, call: Optional[Callable] = None,
+              recipe: Optional[tuple] = None) -> Node:
+    """A node for a function / method call. ``call`` and ``recipe`` (its arguments with Node
+    placeholders; default ``args``/``kwargs``) let a value computed from parameters alone be
+    recomputed later (archlint.graph.derived)."""
     weight, transposed = _parameter_operand(inputs)
     kind, op, row = classify_call(fname, param_operand=weight is not None)
     node = Node(name=name, kind=kind, op=op, inputs=inputs, site=site, info=row,
                 attrs={"args": args if args is not None else (), "kwargs": kwargs or {},
                        "function": fname})
-    if weight is not None and kind == Kind.LINEAR:
+    if weight is None and kind in (Kind.LINEAR, Kind.CONV):
+        weight = _computed_weight(inputs)
+    if weight is not None and kind in (Kind.LINEAR, Kind.CONV):
         node.attrs["weight_param"] = weight
         node.attrs["weight_transposed"] = transposed
     if not carries_gradient(fname):
         node.grad_inputs = []
+    if call is not None and param_only_call(inputs):
+        node.attrs[PARAM_ONLY] = True
+        node.attrs[REPLAY] = (call, *(recipe or (node.attrs["args"], node.attrs["kwargs"])))
     # Functional weight layers belong to the module that owns their parameter.
-    owners = [i.module_path for i in inputs if i.kind == Kind.PARAM and i.module_path is not None]
-    if weight is not None and weight.module_path is not None:
-        owners.insert(0, weight.module_path)
+    owners = [_owner(i) for i in inputs if _owner(i) is not None]
+    if weight is not None and _owner(weight) is not None:
+        owners.insert(0, _owner(weight))
     if kind in (Kind.LINEAR, Kind.CONV, Kind.EMBEDDING, Kind.NORM) and owners:
         node.module_path = owners[0]
+    if node.attrs.get(PARAM_ONLY) and owners:
+        node.attrs["param_owner"] = owners[0]
     return node
+
+
+def _owner(node: Node) -> Optional[str]:
+    """The module owning a parameter, or the parameters a parameter-only value is made of."""
+    if node.kind == Kind.PARAM:
+        return node.module_path
+    return node.attrs.get("param_owner")
+
+
+def _computed_weight(inputs: list[Node]) -> Optional[Node]:
+    """A weight computed in forward from parameters (weight standardisation, weight norm...)."""
+    candidates = [i for i in inputs if i.attrs.get(PARAM_ONLY) and i.shape and len(i.shape) >= 2]
+    return max(candidates, key=lambda i: len(i.shape), default=None)
 
 
 _TRANSPOSES = {"t", "transpose", "permute", "swapaxes", "movedim"}
@@ -94,10 +119,15 @@ _VIEWS = {"view", "reshape", "contiguous", "to", "float", "type_as", "clone", "h
 
 def _parameter_operand(inputs: list[Node]) -> tuple[Optional[Node], bool]:
     """A parameter used as a matrix operand, directly or through ``.t()``/``.T``/views:
-    ``x @ W``, ``x @ W.t()``, ``x @ self.wte.weight.T`` (a tied head)."""
+    ``x @ W``, ``x @ W.t()``, ``x @ self.wte.weight.T`` (a tied head), or a matrix computed
+    from parameters alone (``x @ (self.W * self.mask)``)."""
     for i in inputs:
         if i.kind == Kind.PARAM and i.tensor is not None and i.tensor.dim() >= 2:
             return i, False
+    if len(inputs) == 2 and not all(i.attrs.get(PARAM_ONLY) for i in inputs):
+        computed = _computed_weight(inputs)
+        if computed is not None and len(computed.shape) == 2:
+            return computed, False
     for i in inputs:
         transposed, cur = False, i
         while cur.kind == Kind.RESHAPE and cur.op in (_TRANSPOSES | _VIEWS) and cur.inputs:
@@ -162,6 +192,9 @@ def finalize(nodes: list[Node]) -> list[Node]:
         for i in n.inputs:
             if n not in i.users:
                 i.users.append(n)
+        if n.kind in (Kind.LINEAR, Kind.CONV) and isinstance(n.attrs.get("weight_param"), Node) \
+                and n.attrs["weight_param"].kind != Kind.PARAM:
+            derived_weight(n)
     return keep
 
 

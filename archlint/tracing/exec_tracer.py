@@ -18,6 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..ops import canonical_name, is_leaf_module
+from ..graph.derived import PARAM_ONLY, REPLAY
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
@@ -96,6 +97,16 @@ class _Recorder:
                 seen.append(n)
         return seen
 
+    def template(self, value: Any) -> Any:
+        """``value`` with every tensor replaced by the node that produced it."""
+        if isinstance(value, torch.Tensor):
+            return self.node_for(value)
+        if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
+            return type(value)(self.template(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.template(v) for k, v in value.items()}
+        return value
+
     def bind_outputs(self, node: Node, out: Any) -> None:
         tensors = flatten_tensors(out)
         node.shape, node.dtype = shape_of(out)
@@ -107,6 +118,9 @@ class _Recorder:
                          inputs=[node], attrs={"index": idx}, module_path=node.module_path,
                          site=node.site)
             child.shape, child.dtype = shape_of(t)
+            if node.attrs.get(PARAM_ONLY):
+                child.attrs[PARAM_ONLY] = True
+                child.attrs[REPLAY] = (_item, (node, idx), {})
             self.nodes.append(child)
             self.env.set(t, child)
 
@@ -119,7 +133,8 @@ class _Recorder:
         if fname in _IGNORED or not flatten_tensors(out):
             return
         inputs = self.tensor_inputs(args, kwargs)
-        node = call_node(self.fresh(fname), fname, inputs, user_site(), args, kwargs)
+        node = call_node(self.fresh(fname), fname, inputs, user_site(), args, kwargs, call=func,
+                         recipe=(self.template(args), self.template(kwargs)))
         node.scope = self.scopes[-1]
         node.input_shapes = [i.shape for i in inputs]
         self.nodes.append(node)
@@ -148,6 +163,10 @@ class _Recorder:
     def exit_scope(self, module: nn.Module, args: Any, out: Any) -> None:
         if len(self.scopes) > 1:
             self.scopes.pop()
+
+
+def _item(value: Any, index: int) -> torch.Tensor:
+    return flatten_tensors(value)[index]
 
 
 class _Mode(TorchFunctionMode):

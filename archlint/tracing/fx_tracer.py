@@ -82,8 +82,9 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
             if fname == "getattr" and len(fxn.args) > 1 and fxn.args[1] in ("T", "mT", "H",
                                                                             "mH"):
                 fname = "t"
+            call = fxn.target if fxn.op == "call_function" else _method(str(fxn.target))
             node = call_node(fxn.name, fname, tensor_inputs, fxn.meta.get("archlint_site"),
-                             ref(fxn.args), ref(fxn.kwargs))
+                             ref(fxn.args), ref(fxn.kwargs), call=call)
             stack = fxn.meta.get("nn_module_stack")
             node.scope = list(stack.values())[-1][0] if stack else ""
         elif fxn.op == "output":
@@ -107,6 +108,12 @@ def fx_trace(model: nn.Module, inputs: Optional[Mapping[str, Any]],
                   input_nodes=[n for n in nodes if n.kind == Kind.INPUT])
     graph.output = _probe_output_node(fxg, env, values, output)
     return graph
+
+
+def _method(name: str):
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self, name)(*args, **kwargs)
+    return call
 
 
 def _constant_or_node(n: torch.fx.Node, env: dict, values: Optional[dict]) -> Any:

@@ -1,0 +1,102 @@
+"""Weights computed in ``forward`` from parameters: weight standardisation (NF-ResNets, BiT),
+weight normalisation, spectral normalisation, masked or scaled weights.
+
+A layer that overrides ``forward`` to transform its weight before ``F.conv2d`` / ``F.linear``
+is traced through; the transformed weight is then a node computed from parameters alone (no
+input reaches it). Both tracers keep, on such *parameter-only* nodes, the callable and the
+arguments that produced them, so the weight can be recomputed from the real parameters -- with
+autograd, so that the gradient predicted for the transformed weight can be carried back to the
+parameters that are actually trained (:func:`derived_weight`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from .ir import Kind, Node
+
+#: Node attribute holding ``(callable, args, kwargs)`` with Node placeholders for tensors.
+REPLAY = "replay"
+#: Node attribute: the node's value is computed from parameters only.
+PARAM_ONLY = "param_only"
+
+
+def is_param_only(node: Node) -> bool:
+    return node.kind == Kind.PARAM or bool(node.attrs.get(PARAM_ONLY))
+
+
+def param_only_call(inputs: list[Node]) -> bool:
+    """Would a call on these inputs be computed from parameters alone?"""
+    return bool(inputs) and all(
+        (i.kind == Kind.PARAM and i.tensor is not None) or i.attrs.get(PARAM_ONLY)
+        for i in inputs)
+
+
+def _substitute(value: Any, memo: dict) -> Any:
+    if isinstance(value, Node):
+        return _replay(value, memo)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_substitute(v, memo) for v in value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, memo) for k, v in value.items()}
+    return value
+
+
+def _replay(node: Node, memo: dict) -> Any:
+    if node in memo:
+        return memo[node]
+    if node.kind == Kind.PARAM:
+        value = node.tensor
+    else:
+        recipe = node.attrs.get(REPLAY)
+        if recipe is None:
+            raise ValueError(f"{node.name} cannot be recomputed")
+        fn, args, kwargs = recipe
+        value = fn(*_substitute(args, memo), **_substitute(kwargs, memo))
+    memo[node] = value
+    return value
+
+
+def derived_weight(node: Node) -> Optional[torch.Tensor]:
+    """The weight a functional weight layer reads when it is computed from parameters, with
+    autograd back to them (computed once); None when the weight is a parameter itself or cannot
+    be recomputed."""
+    if "derived_weight" in node.attrs:
+        return node.attrs["derived_weight"]
+    source = node.attrs.get("weight_param")
+    if not isinstance(source, Node):
+        source = next((i for i in node.inputs if i.attrs.get(PARAM_ONLY) and i.shape
+                       and len(i.shape) >= 2), None)
+    weight = None
+    if isinstance(source, Node) and source.kind != Kind.PARAM and source.attrs.get(PARAM_ONLY):
+        try:
+            with torch.enable_grad():
+                value = _replay(source, {})
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                    value.device.type != "meta":
+                weight = value
+        except Exception:  # an odd recipe: the layer is then read as unknown
+            weight = None
+    node.attrs["derived_weight"] = weight
+    node.attrs["weight_source"] = source if weight is not None else None
+    return weight
+
+
+def source_params(node: Node) -> list[Node]:
+    """The parameter nodes a derived weight is computed from."""
+    source = node.attrs.get("weight_source")
+    out: list[Node] = []
+    stack = [source] if isinstance(source, Node) else []
+    seen: set[int] = set()
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.kind == Kind.PARAM:
+            out.append(n)
+        else:
+            stack.extend(n.inputs)
+    return out
