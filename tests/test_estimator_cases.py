@@ -204,3 +204,38 @@ def test_norm_that_computes_its_scale_in_forward():
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(5))
     acc = compare(pred, measure_grad_rms(model, (ids,), seed=3).rms)
     assert not acc.zero_mismatch and acc.worst_error <= 0.2, (acc.zero_mismatch, acc.worst)
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """Weight standardisation as in NF-ResNets: the layer overrides forward and convolves with
+    (w - mean) / (std * sqrt(fan_in))."""
+
+    def forward(self, x):
+        w = self.weight
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        w = (w - mean) / torch.sqrt(var * w[0].numel() + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class NormFreeNet(nn.Module):
+    def __init__(self, width: int = 32, depth: int = 12):
+        super().__init__()
+        self.stem = ScaledStdConv2d(3, width, 3, padding=1)
+        self.body = nn.ModuleList(ScaledStdConv2d(width, width, 3, padding=1)
+                                  for _ in range(depth))
+        self.head = nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x)) * 1.7
+        for conv in self.body:
+            x = x + 0.2 * F.relu(conv(x)) * 1.7
+        return self.head(x.mean((2, 3)))
+
+
+def test_weight_standardised_layers_are_followed():
+    torch.manual_seed(0)
+    model = NormFreeNet()
+    target = archlint.lint(model, example_input={"shape": [8, 3, 32, 32]}).targets[0]
+    assert not target.findings, [f.message for f in target.findings]  # no AL104/AL105
+    _check(model, (8, 3, 32, 32), worst=0.3, spread=0.3, verdict=None)

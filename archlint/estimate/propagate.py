@@ -56,6 +56,7 @@ class Propagation:
         self.items: dict[Node, dict[int, float]] = {}
         self.decades: dict[Node, float] = {}
         self.centring: set[Node] = set()
+        self.stein: dict[Node, float] = {}
         self.unknown: dict[str, int] = {}
         self.unknown_nodes: set[Node] = set()
         #: Part of each node's g2 that crossed an op without a formula.

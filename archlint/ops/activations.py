@@ -11,6 +11,7 @@ GELU, SiLU, Mish, softplus...) by quadrature (:mod:`archlint.meanfield`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -143,6 +144,50 @@ def derivative_coherence(op: str, x: Sig, params: dict) -> float:
         return 0.0
 
 
+@lru_cache(maxsize=65536)
+def _curv_cached(op: str, q: float, m: float, s: float, params: tuple) -> float:
+    p = dict(params)
+    var = max(q - m * m, 0.0)
+    coh = min(max(s - m * m, 0.0), var)
+    inner = var - coh
+    sd = math.sqrt(coh)
+    h = 1e-2 * max(math.sqrt(inner), 1e-3)
+
+    def curvature(mu: float) -> float:
+        up = activation_moments(op, mu + h, inner, **p).mean_out
+        mid = activation_moments(op, mu, inner, **p).mean_out
+        down = activation_moments(op, mu - h, inner, **p).mean_out
+        return (up - 2 * mid + down) / (h * h)
+
+    if coh <= 1e-12 * max(var, 1e-30):
+        return curvature(m) ** 2
+    return float(sum(w * curvature(m + sd * z) ** 2 for z, w in zip(GH_Z, GH_W)))
+
+
+def mean_curvature_sq(op: str, x: Sig, params: dict) -> float:
+    """E[phi''(h)]^2 over the positions of one sample (averaged over what the sample shares):
+    how strongly phi'(h) correlates with the inputs that made h (Stein's lemma)."""
+    try:
+        return _curv_cached(op, rounded(x.q), rounded(x.m), rounded(x.w),
+                            tuple(sorted(params.items())))
+    except (ValueError, ZeroDivisionError, TypeError):
+        return 0.0
+
+
+@dataclass
+class ActivationBackward(Gains):
+    """The activation's gains, plus the curvature term for the layer that computed its input."""
+
+    curvature: float = 0.0
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        super().apply(prop, node, go, gso, gsco, items)
+        if go > 0.0 and self.curvature > 0.0 and node.inputs and gso + gsco > 0.0:
+            src = node.inputs[0]
+            prop.stein[src] = prop.stein.get(src, 0.0) + min(gso + gsco, go) * self.curvature
+
+
 def estimate_elementwise(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     op = node.op
@@ -152,7 +197,8 @@ def estimate_elementwise(prop: Propagation, node: Node) -> None:
     params = _act_params(node)
     out, chi = activation(op, x, params)
     prop.out(node, Sig(out.q, out.m, out.s, prop.numel(node)).with_w(out.w_),
-             Gains([(0, chi)], shared=[(0, derivative_coherence(op, x, params), 0.0)]))
+             ActivationBackward([(0, chi)], shared=[(0, derivative_coherence(op, x, params), 0.0)],
+                                curvature=mean_curvature_sq(op, x, params)))
 
 
 def estimate_softmax(prop: Propagation, node: Node) -> None:

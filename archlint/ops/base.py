@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
-from ..graph.ir import Node
+from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
 
 
@@ -31,6 +31,10 @@ class Propagation(Protocol):
     decades: dict[Node, float]
     #: Batch-norm nodes: their backward removes the batch-common part of the gradient.
     centring: set[Node]
+    #: Per pre-activation node: the position-shared gradient after the activation times the
+    #: squared mean curvature of the activation -- what makes a layer's weight gradient sum
+    #: coherently over positions (see archlint.ops.linear.WeightBackward).
+    stein: dict[Node, float]
 
     def s_in(self, node: Node, i: int = 0) -> Sig: ...
 
@@ -103,6 +107,22 @@ class Gains(Backward):
                 parent = node.inputs[idx]
                 gs[parent] = gs.get(parent, 0.0) + a * gso + b * go
                 gsc[parent] = gsc.get(parent, 0.0) + a * gsco
+        _pass_stein(prop, node)
+
+
+def _pass_stein(prop: Propagation, node: Node) -> None:
+    """Views and bias additions keep a pre-activation what it was: pass its curvature term on to
+    the layer that computed it."""
+    amount = prop.stein.get(node)
+    if not amount:
+        return
+    data = [i for i in node.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
+    if len(data) != 1:
+        return
+    if node.kind == Kind.ADD or (node.kind == Kind.RESHAPE and node.shape is not None and
+                                 data[0].shape is not None and
+                                 math.prod(node.shape) == math.prod(data[0].shape)):
+        prop.stein[data[0]] = prop.stein.get(data[0], 0.0) + amount
 
 
 def passthrough(prop: Propagation, node: Node, unknown: bool = False) -> None:

@@ -89,6 +89,8 @@ class WeightBackward(Backward):
     conv: bool = False
     #: A weight computed in forward from parameters (with autograd back to them).
     derived: Optional[torch.Tensor] = None
+    #: E[W^2]: the mean squared entry of the weight.
+    entry_sq: Optional[float] = None
 
     def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
               items: dict[int, float]) -> None:
@@ -101,10 +103,20 @@ class WeightBackward(Backward):
         batch = node.shape[0] if node.shape else 1
         per_sample = max(self.rows / max(batch, 1), 1.0)
         mean_sq_ = self.rows * coherent_pairing(go, gso, gsco, self.x, per_sample)
+        along = 0.0
+        stein = prop.stein.get(node, 0.0)
+        if stein > 0.0 and self.entry_sq is not None:
+            # phi'(h) correlates with the inputs that made h (Stein's lemma): under a gradient
+            # shared by a sample's positions, the weight gradient sums coherently over them --
+            # along each output unit's own weight vector
+            var_p = max(self.x.q - self.x.w, 0.0)
+            along = self.rows * per_sample * stein * self.entry_sq * var_p * var_p
         if self.derived is not None:
-            _record_sources(prop, node, self.derived, mean_sq_)
+            # the input's mean makes every entry of a row's gradient alike
+            flat = min(self.rows * self.x.m * self.x.m * (go + (per_sample - 1) * gso), mean_sq_)
+            _record_sources(prop, node, self.derived, mean_sq_ - flat, along, flat)
         else:
-            prop.record(node, mean_sq_)
+            prop.record(node, mean_sq_ + along)
         if self.x_idx >= len(node.inputs):
             return
         parent = node.inputs[self.x_idx]
@@ -141,14 +153,24 @@ class EmbeddingBackward(Backward):
         prop.record(node, self.lookups * go * self.factor / max(self.rows, 1))
 
 
-def _record_sources(prop: Propagation, node: Node, weight: torch.Tensor, mean_sq_: float) -> None:
+def _record_sources(prop: Propagation, node: Node, weight: torch.Tensor, mean_sq_: float,
+                    along: float = 0.0, flat: float = 0.0) -> None:
     """Carry the gradient predicted for a computed weight back to the parameters it is computed
-    from: a random gradient of that scale, back-propagated through the computation."""
+    from: a random gradient of that scale, plus a part along each output unit's weight vector
+    (``along``) and a part constant along each unit's fan-in (``flat``), back-propagated through
+    the computation (weight standardisation removes the last two, weight norm the first)."""
     params = [p for p in source_params(node) if p.tensor is not None and p.tensor.requires_grad]
     if not params:
         return
     gen = torch.Generator().manual_seed(0)
-    grad = torch.randn(weight.shape, generator=gen).to(weight.dtype) * math.sqrt(max(mean_sq_, 0))
+    w = weight.detach()
+    grad = torch.randn(w.shape, generator=gen).to(w.dtype) * math.sqrt(max(mean_sq_, 0))
+    per_unit = (w.shape[0],) + (1,) * (w.dim() - 1)
+    if along > 0.0 and w.dim() >= 2:
+        unit = torch.randn(per_unit, generator=gen).to(w.dtype)
+        grad = grad + unit * w * math.sqrt(along / max(float(w.pow(2).mean()), 1e-30))
+    if flat > 0.0 and w.dim() >= 2:
+        grad = grad + torch.randn(per_unit, generator=gen).to(w.dtype) * math.sqrt(flat)
     grads = torch.autograd.grad(weight, [p.tensor for p in params], grad, retain_graph=True,
                                 allow_unused=True)
     totals: dict[str, list[float]] = {}
@@ -204,7 +226,8 @@ def estimate_linear(prop: Propagation, node: Node) -> None:
     rows = max(prop.numel(node) // max(st.out, 1), 1)
     prop.out(node, linear_forward(x, st, prop.numel(node)),
              WeightBackward(x_idx=x_idx, gain=st.col2, rows=rows, x=x, stats=st,
-                            derived=node.attrs.get("derived_weight")))
+                            derived=node.attrs.get("derived_weight"),
+                            entry_sq=st.a / max(st.fan_in, 1)))
 
 
 def _kernel_colsum_sq(w: torch.Tensor) -> float:
@@ -276,7 +299,8 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
     cs2 *= interior
     prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
                                        shared_gain=cs2, conv=True,
-                                       derived=node.attrs.get("derived_weight")))
+                                       derived=node.attrs.get("derived_weight"),
+                                       entry_sq=st.a / max(st.fan_in, 1)))
 
 
 def estimate_embedding(prop: Propagation, node: Node) -> None:
