@@ -22,7 +22,8 @@ from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
 from ..meanfield.signal import Sig, mean, mean_sq, numel
 from ..ops import op_info
-from ..ops.base import Backward, Gains, passthrough
+from ..ops.base import Backward, Gains, unknown
+from ..ops.opaque import estimate_by_running
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Propagation:
         self.centring: set[Node] = set()
         self.stein: dict[Node, float] = {}
         self.unknown: dict[str, int] = {}
+        #: Ops without a formula that were estimated by running them alone.
+        self.ran: dict[str, int] = {}
         self.unknown_nodes: set[Node] = set()
         #: Part of each node's g2 that crossed an op without a formula.
         self.unknown_g2: dict[Node, float] = {}
@@ -199,9 +202,18 @@ class Propagation:
             return
         row = op_info(node.op)
         if row is None or row.kind != k or row.estimate is None:
-            passthrough(self, node, unknown=True)
+            unknown(self, node)
             return
         row.estimate(self, node)
+
+    def try_running(self, node: Node) -> bool:
+        """Estimate an op without a formula by running it alone (archlint.ops.opaque)."""
+        if not self._carries_signal(node) or node.attrs.get(PARAM_ONLY):
+            return False
+        if not estimate_by_running(self, node):
+            return False
+        self.ran[node.op] = self.ran.get(node.op, 0) + 1
+        return True
 
     def backward(self) -> None:
         out = self.graph.output

@@ -11,15 +11,15 @@ parameters that are actually trained (:func:`derived_weight`).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from .ir import Kind, Node
 
-#: Node attribute holding ``(callable, args, kwargs)`` with Node placeholders for tensors.
-REPLAY = "replay"
-#: Node attribute: the node's value is computed from parameters only.
+#: Node attribute: the node's value is computed from parameters only. Call nodes keep, in
+#: ``attrs["call"]``, the callable they ran and, in ``attrs["recipe"]`` (or ``args``/``kwargs``),
+#: its arguments with Node placeholders for tensors.
 PARAM_ONLY = "param_only"
 
 
@@ -50,13 +50,41 @@ def _replay(node: Node, memo: dict) -> Any:
     if node.kind == Kind.PARAM:
         value = node.tensor
     else:
-        recipe = node.attrs.get(REPLAY)
-        if recipe is None:
+        fn = node.attrs.get("call")
+        if fn is None:
             raise ValueError(f"{node.name} cannot be recomputed")
-        fn, args, kwargs = recipe
+        args, kwargs = node.attrs.get("recipe") or (node.attrs.get("args", ()),
+                                                    node.attrs.get("kwargs", {}))
         value = fn(*_substitute(args, memo), **_substitute(kwargs, memo))
     memo[node] = value
     return value
+
+
+def replay_value(node: Node) -> Any:
+    """Recompute a parameter-only value from the real parameters (with autograd)."""
+    with torch.enable_grad():
+        return _replay(node, {})
+
+
+def flatten_tensors(value: Any) -> list[torch.Tensor]:
+    """All tensors inside a (nested) tuple/list/dict/ModelOutput, in order."""
+    out: list[torch.Tensor] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+        elif isinstance(v, Mapping):
+            for x in v.values():
+                walk(x)
+        elif hasattr(v, "keys") and hasattr(v, "__getitem__"):
+            for k in v.keys():
+                walk(v[k])
+
+    walk(value)
+    return out
 
 
 def derived_weight(node: Node) -> Optional[torch.Tensor]:

@@ -11,15 +11,16 @@ gradient-estimate rules side by side:
 - :mod:`.shape_ops` -- views, indexing, splits, casts, padding, upsampling, dropout;
 - :mod:`.attention` -- multi-head and scaled-dot-product attention;
 - :mod:`.recurrent` -- RNN / LSTM / GRU (simulated);
-- :mod:`.elementwise` -- other arithmetic, comparisons, random tensors, factories.
+- :mod:`.elementwise` -- other arithmetic, comparisons, random tensors, factories;
+- :mod:`.opaque` -- what has no formula, estimated by running it alone.
 
 Importing this package fills the table.
 """
 
 from __future__ import annotations
 
-from . import (activations, attention, elementwise, joins, linear, norms, pooling,  # noqa: F401
-               recurrent, shape_ops)
+from . import (activations, attention, elementwise, joins, linear, norms, opaque,  # noqa: F401
+               pooling, recurrent, shape_ops)
 from .classify import carries_gradient, classify_call, classify_module, is_leaf_module
 from .table import OPS, Op, canonical_name, function_op, module_op, op_info
 

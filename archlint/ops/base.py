@@ -51,6 +51,8 @@ class Propagation(Protocol):
 
     def record(self, node: Node, mean_sq: float) -> None: ...
 
+    def try_running(self, node: Node) -> bool: ...
+
 
 class Backward:
     """How a node passes the gradient statistics that reached it on to its inputs."""
@@ -138,8 +140,10 @@ def passthrough(prop: Propagation, node: Node, unknown: bool = False) -> None:
 
 
 def unknown(prop: Propagation, node: Node) -> None:
-    """The rule of an op the estimate has no formula for."""
-    passthrough(prop, node, unknown=True)
+    """The rule of an op the estimate has no formula for: run it alone when that can be done
+    faithfully (archlint.ops.opaque), else pass the value through and report the op."""
+    if not prop.try_running(node):
+        passthrough(prop, node, unknown=True)
 
 
 def kw(node: Node, name: str, pos: int, default: Any) -> Any:

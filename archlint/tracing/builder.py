@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
-from ..graph.derived import PARAM_ONLY, REPLAY, derived_weight, param_only_call
+from ..graph.derived import PARAM_ONLY, derived_weight, param_only_call
 from ..graph.ir import Kind, Node, Site
 from ..ops import carries_gradient, classify_call, classify_module
 from ..loading.sites import module_site
@@ -85,9 +85,12 @@ def call_node(name: str, fname: str, inputs: list[Node], site: Optional[Site],
         node.attrs["weight_transposed"] = transposed
     if not carries_gradient(fname):
         node.grad_inputs = []
-    if call is not None and param_only_call(inputs):
-        node.attrs[PARAM_ONLY] = True
-        node.attrs[REPLAY] = (call, *(recipe or (node.attrs["args"], node.attrs["kwargs"])))
+    if call is not None:
+        node.attrs["call"] = call
+        if recipe is not None:
+            node.attrs["recipe"] = recipe
+        if param_only_call(inputs):
+            node.attrs[PARAM_ONLY] = True
     # Functional weight layers belong to the module that owns their parameter.
     owners = [_owner(i) for i in inputs if _owner(i) is not None]
     if weight is not None and _owner(weight) is not None:

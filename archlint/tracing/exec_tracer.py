@@ -18,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..ops import canonical_name, is_leaf_module
-from ..graph.derived import PARAM_ONLY, REPLAY
+from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
@@ -118,9 +118,10 @@ class _Recorder:
                          inputs=[node], attrs={"index": idx}, module_path=node.module_path,
                          site=node.site)
             child.shape, child.dtype = shape_of(t)
+            child.attrs["call"] = _item
+            child.attrs["recipe"] = ((node, idx), {})
             if node.attrs.get(PARAM_ONLY):
                 child.attrs[PARAM_ONLY] = True
-                child.attrs[REPLAY] = (_item, (node, idx), {})
             self.nodes.append(child)
             self.env.set(t, child)
 
@@ -149,9 +150,10 @@ class _Recorder:
         self.leaf_depth -= 1
         if self.leaf_depth != 0:
             return
-        mod, inputs, _, _ = self.pending.pop()
+        mod, inputs, args, kwargs = self.pending.pop()
         path = self.module_names.get(id(mod), "")
         node = module_node(self.fresh(path or type(mod).__name__), mod, path, inputs)
+        node.attrs["recipe"] = (self.template(args), self.template(kwargs))
         node.input_shapes = [i.shape for i in inputs]
         self.nodes.append(node)
         self.bind_outputs(node, out)
