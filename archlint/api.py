@@ -24,7 +24,8 @@ from .engine import Settings, lint_model
 from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, parse_input,
                      parse_tensor_spec)
 from .report.model import Report
-from .rules import known_selector, selected_rules
+from .rule_docs import rule_info
+from .rules import ALL_RULES, known_selector, selected_rules
 from .loading.static_sites import in_torch, recovered_sites
 from .suppressions import SuppressionIndex
 
@@ -67,7 +68,7 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     for layer in result.layers:
         if in_torch(layer.path):
             layer.path = layer.line = None
-    report = Report(fail_on=fail_on)
+    report = Report(fail_on=fail_on, rules=[rule_info(r) for r in ALL_RULES])
     if suppressions:
         result.findings, report.suppressed = SuppressionIndex().filter(result.findings)
     report.targets.append(result)

@@ -212,11 +212,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       extend_ignore=_split(extend_ignore) or [],
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
-                      report_unused_suppressions=unused_suppressions, baseline=baseline)
-    if measure:
-        from .measure_step import measure_target
-
-        opts.post_analyses.append(measure_target)
+                      report_unused_suppressions=unused_suppressions, baseline=baseline,
+                      measure=measure)
     try:
         report = run(config, opts)
     except UsageError as exc:

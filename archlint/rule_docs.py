@@ -12,6 +12,7 @@ import json
 import re
 from typing import Iterable, Optional
 
+from .results import RuleInfo
 from .rules.base import Rule
 
 REFERENCE_COMMAND = "archlint rules --format markdown > docs/rules.md"
@@ -67,6 +68,14 @@ def _first_sentence(text: str) -> str:
         elif ch == "." and not code and depth == 0 and (i + 1 == len(text) or text[i + 1] == " "):
             return text[:i + 1]
     return text
+
+
+def rule_info(rule: type[Rule]) -> RuleInfo:
+    """What the reports say about ``rule``."""
+    what = sections(rule).get("What it does", summary(rule))
+    return RuleInfo(code=rule.code, name=rule.name, severity=rule.severity, summary=summary(rule),
+                    description=" ".join(what.split()), documentation=rule.documentation(),
+                    options=dict(rule.options))
 
 
 def explain(rule: type[Rule]) -> str:

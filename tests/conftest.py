@@ -31,11 +31,12 @@ def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
 
 
 def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, options=None,
-                input=None):
-    """Build ``cls`` from ``source`` and lint it; returns the TargetResult."""
+                input=None, analysis: bool = False):
+    """Build ``cls`` from ``source`` and lint it; returns the TargetResult, or with
+    ``analysis=True`` the pair (TargetResult, the engine's Analysis: graph, facts, gradient)."""
     import torch
 
-    from archlint.engine import Settings, lint_model
+    from archlint.engine import Settings, lint_and_analyse
     from archlint.loading.inputs import parse_input
     from archlint.rules import selected_rules
 
@@ -48,7 +49,8 @@ def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, op
     raw = input if input is not None else getattr(module, "INPUT", None)
     spec = parse_input(raw, "test input") if raw is not None else None
     settings = Settings(rules=selected_rules(select, []), rule_options=options or {})
-    return lint_model(model, cls, spec, settings)
+    result, facts = lint_and_analyse(model, cls, spec, settings)
+    return (result, facts) if analysis else result
 
 
 def codes(result) -> list[str]:

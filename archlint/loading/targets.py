@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from ..results import split_spec
+
 if TYPE_CHECKING:  # importing torch is slow: keep it out of the path that finds nothing to lint
     from .inputs import InputSpec
 
@@ -82,15 +84,6 @@ def _python_files(directory: Path, excludes: list[str]) -> list[Path]:
             if f.endswith(".py") and not is_excluded(p, excludes):
                 found.append(p)
     return found
-
-
-def split_spec(spec: str) -> tuple[str, Optional[str]]:
-    """``"a/b.py:Net"`` -> (``"a/b.py"``, ``"Net"``); ``"pkg.mod:fn"`` -> (``"pkg.mod"``, ``"fn"``)."""
-    if ":" in spec:
-        left, _, right = spec.rpartition(":")
-        if left and right and not (len(left) == 1 and left.isalpha()):  # not a drive letter
-            return left, right
-    return spec, None
 
 
 def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
