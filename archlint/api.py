@@ -21,8 +21,8 @@ from torch import nn
 
 from .config import ConfigError, _Located, _validate_rules
 from .engine import Settings, lint_model
-from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, parse_input,
-                     parse_tensor_spec)
+from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, infer_input,
+                             parse_input, parse_tensor_spec)
 from .report.model import Report
 from .rule_docs import rule_info
 from .rules import ALL_RULES, known_selector, selected_rules
@@ -57,7 +57,7 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     rule_options = _rule_options(options)
     if not isinstance(model, nn.Module):
         model = _build(model)
-    spec = to_input_spec(example_input, model)
+    spec = to_input_spec(example_input, model) or infer_input(model)
     settings = Settings(rules=selected_rules(sel, ign), rule_options=rule_options)
     display = name or type(model).__name__
     with recovered_sites(model):

@@ -17,7 +17,7 @@ from .baseline import Baseline
 from .config import Config
 from .engine import Analysis, Settings, lint_and_analyse
 from .results import Finding, TargetResult, target_file
-from .loading.inputs import InputSpec
+from .loading.inputs import InputSpec, infer_input
 from .loading.build import LoadedModel, LoadFailure, load_target
 from .report.model import Report
 from .rule_docs import rule_info
@@ -228,7 +228,7 @@ def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverag
 
 def _lint_loaded(loaded: LoadedModel, config: Config, settings: Settings, opts: RunOptions
                  ) -> tuple[TargetResult, Optional[Analysis]]:
-    spec = loaded.input or config.input
+    spec = loaded.input or config.input or infer_input(loaded.model)
     result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, settings)
     if opts.measure and analysis is not None:
         _measure(loaded, analysis, result)

@@ -236,7 +236,7 @@ def test_no_input_found_and_a_rule_needs_one_says_so(lint):
 @pytest.mark.xfail(strict=True, reason="input inference walks through any op, so a boolean "
                    "mask argument borrows the float spec of the layer its *other* operand "
                    "feeds (here the RNN's [8, 32, 8] float32); a mask should get no spec "
-                   "(or a bool one) -- a heuristic/design question in tracing.infer_input")
+                   "(or a bool one) -- a heuristic/design question in loading.inputs.infer_input")
 def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
     src = """
     import torch.nn as nn

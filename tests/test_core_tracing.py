@@ -87,6 +87,7 @@ def test_exec_trace_restores_training_mode_and_buffers(tmp_path):
     import torch
 
     from archlint.engine import Settings, lint_model
+    from archlint.loading.inputs import infer_input
     from archlint.rules import selected_rules
     from conftest import load_source
 
@@ -109,7 +110,8 @@ def test_exec_trace_restores_training_mode_and_buffers(tmp_path):
     module, _ = load_source(tmp_path, src)
     model = module.Model().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = lint_model(model, "Model", None, Settings(rules=selected_rules(None, [])))
+    result = lint_model(model, "Model", infer_input(model),
+                        Settings(rules=selected_rules(None, [])))
     assert result.tracer == "exec"
     assert not model.training and not model.bn.training
     after = model.state_dict()
