@@ -21,7 +21,7 @@ from .loading.inputs import InputSpec, infer_input
 from .loading.build import LoadedModel, LoadFailure, load_target
 from .report.model import Report
 from .rule_docs import rule_info
-from .rules import ALL_RULES, RESERVED, selected_rules
+from .rules import code_prefixes, matches, selected_rules
 from .suppressions import SuppressionIndex
 from .loading.targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
 
@@ -55,7 +55,8 @@ class UsageError(ValueError):
 def settings_from(config: Config, opts: RunOptions) -> Settings:
     select = opts.select if opts.select is not None else config.select
     ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
-    return Settings(rules=selected_rules(select, ignore), rule_options=config.rules)
+    return Settings(rules=selected_rules(select, ignore, config.available_rules),
+                    rule_options=config.rules)
 
 
 def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
@@ -117,10 +118,11 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
 
 def run(config: Config, opts: RunOptions) -> Report:
     settings = settings_from(config, opts)
+    rules = config.available_rules
     report = Report(fail_on=opts.fail_on or config.fail_on,
-                    rules=[rule_info(r) for r in ALL_RULES])
+                    rules=[rule_info(r) for r in rules])
     targets = collect_targets(config, opts)
-    suppressions = SuppressionIndex() if opts.respect_suppressions else None
+    suppressions = SuppressionIndex(code_prefixes(rules)) if opts.respect_suppressions else None
     coverage = _Coverage()
     for target in targets:
         for loaded in load_target(target):
@@ -201,14 +203,15 @@ def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverag
     from .rules.unused_suppression import UnusedSuppression
 
     ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
-    if not selected_rules(["AL900"], ignore):
+    rules = config.available_rules
+    if not selected_rules([UnusedSuppression.code], ignore, rules):
         return
     severity = settings.severity_for(UnusedSuppression)
     if severity == "off":
         return
-    known = {r.code: r.code for r in ALL_RULES}
-    known.update({r.name: r.code for r in ALL_RULES})
-    unused, malformed = index.unused(coverage.judged(), known, reserved=RESERVED)
+    known = {r.code: r.code for r in rules}
+    known.update({r.name: r.code for r in rules})
+    unused, malformed = index.unused(coverage.judged(), known)
     rule = UnusedSuppression()
     found = [rule.unused(u, severity) for u in unused]
     found += [rule.malformed(m, severity) for m in malformed]
@@ -278,7 +281,6 @@ def _ignored(f: Finding, rel: str, config: Config) -> bool:
     for pattern, codes in config.per_file_ignores.items():
         if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel_root, pattern) or \
                 fnmatch.fnmatch(Path(rel).name, pattern):
-            if any(f.code.startswith(c.upper()) or c.upper() == "ALL" or c == f.name
-                   for c in codes):
+            if any(matches(f.code, f.name, c) for c in codes):
                 return True
     return False
