@@ -19,12 +19,14 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from .config import ConfigError, _Located, _validate_rules
+from .config import ConfigError, _Located, validate_rule_options
 from .engine import Settings, lint_model
-from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, parse_input,
-                     parse_tensor_spec)
+from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, infer_input,
+                             parse_input, parse_tensor_spec)
 from .report.model import Report
-from .rules import known_selector, selected_rules
+from .rule_docs import rule_info
+from .rules import (ALL_RULES, Rule, RuleError, check_rule, code_prefixes, describe,
+                    known_selector, plugin_rules, rule_set, selected_rules)
 from .loading.static_sites import in_torch, recovered_sites
 from .suppressions import SuppressionIndex
 
@@ -34,7 +36,8 @@ ExampleInput = Union[torch.Tensor, tuple, list, Mapping[str, Any], InputSpec, No
 def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: ExampleInput = None, *,
          select: Optional[Iterable[str] | str] = None, ignore: Optional[Iterable[str] | str] = None,
          options: Optional[Mapping[str, Mapping[str, Any]]] = None, name: Optional[str] = None,
-         fail_on: str = "warning", suppressions: bool = True) -> Report:
+         fail_on: str = "warning", suppressions: bool = True,
+         local_rules: Iterable[type[Rule]] = ()) -> Report:
     """Lint one model and return the report.
 
     ``model``: an ``nn.Module``, or a class / factory taking no arguments (archlint builds it and
@@ -49,15 +52,18 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     ``select`` / ``ignore``: rule codes, prefixes or names (as on the command line);
     ``options``: per-rule options as in the config's ``rules:`` table, e.g.
     ``{"AL101": {"max-chain": 6, "severity": "error"}}``. ``name`` labels the target in the
-    report (default: the class name). Raises ``ValueError`` on a bad argument; a model that
-    cannot be traced is a report whose target has ``status == "error"``.
+    report (default: the class name). ``local_rules``: your own rule classes, usable like the
+    built-in ones (as the config's ``local-rules`` makes them). Raises ``ValueError`` on a bad
+    argument; a model that cannot be traced is a report whose target has
+    ``status == "error"``.
     """
-    sel, ign = _codes(select, "select"), _codes(ignore, "ignore") or []
-    rule_options = _rule_options(options)
+    rules = _rules(local_rules)
+    sel, ign = _codes(select, "select", rules), _codes(ignore, "ignore", rules) or []
+    rule_options = _rule_options(options, rules)
     if not isinstance(model, nn.Module):
         model = _build(model)
-    spec = to_input_spec(example_input, model)
-    settings = Settings(rules=selected_rules(sel, ign), rule_options=rule_options)
+    spec = to_input_spec(example_input, model) or infer_input(model)
+    settings = Settings(rules=selected_rules(sel, ign, rules), rule_options=rule_options)
     display = name or type(model).__name__
     with recovered_sites(model):
         result = lint_model(model, display, spec, settings)
@@ -67,32 +73,48 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     for layer in result.layers:
         if in_torch(layer.path):
             layer.path = layer.line = None
-    report = Report(fail_on=fail_on)
+    report = Report(fail_on=fail_on, rules=[rule_info(r) for r in rules])
     if suppressions:
-        result.findings, report.suppressed = SuppressionIndex().filter(result.findings)
+        index = SuppressionIndex(code_prefixes(rules))
+        result.findings, report.suppressed = index.filter(result.findings)
     report.targets.append(result)
     return report
 
 
-def _codes(value: Optional[Iterable[str] | str], what: str) -> Optional[list[str]]:
+def _rules(local_rules: Iterable[type[Rule]]) -> list[type[Rule]]:
+    local = list(local_rules)
+    for rule in local:
+        if not (isinstance(rule, type) and issubclass(rule, Rule)):
+            raise ValueError(f"local_rules: {rule!r} is not a Rule subclass")
+        problem = check_rule(rule)
+        if problem is not None:
+            raise ValueError(f"local_rules: {describe(rule)}: {problem}")
+    try:
+        return rule_set(ALL_RULES, plugin_rules(), local)
+    except RuleError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _codes(value: Optional[Iterable[str] | str], what: str, rules: list[type[Rule]]
+           ) -> Optional[list[str]]:
     if value is None:
         return None
     items = [value] if isinstance(value, str) else list(value)
     out = [c.strip() for item in items for c in str(item).split(",") if c.strip()]
     for c in out:
-        if not known_selector(c):
+        if not known_selector(c, rules):
             raise ValueError(f"{what}: unknown rule {c!r} (see 'archlint rules')")
     return out
 
 
-def _rule_options(options: Optional[Mapping[str, Mapping[str, Any]]]
+def _rule_options(options: Optional[Mapping[str, Mapping[str, Any]]], rules: list[type[Rule]]
                   ) -> dict[str, dict[str, Any]]:
     if not options:
         return {}
     from pathlib import Path
 
     try:
-        return _validate_rules(dict(options), _Located(Path("options"), {}))
+        return validate_rule_options(dict(options), _Located(Path("options"), {}), rules)
     except ConfigError as exc:
         raise ValueError(str(exc).replace("options: rules.", "options: ", 1)) from None
 

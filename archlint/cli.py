@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, NoReturn, Optional
 
 import click
 
@@ -50,20 +50,19 @@ def _split(values: tuple[str, ...]) -> Optional[list[str]]:
     return out
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"archlint: error: {message}", err=True)
     sys.exit(2)
 
 
 def _load_config(path: Optional[str], isolated: bool) -> Config:
-    from .config import Config, find_config, load_config
+    """The config to use; raises ConfigError (a broken plugin included)."""
+    from .config import Config, checked_rules, find_config, load_config
 
-    if isolated:
-        return Config()
-    cfg_path = Path(path) if path else find_config()
-    if cfg_path is None:
-        return Config()
-    return load_config(cfg_path)
+    cfg_path = None if isolated else Path(path) if path else find_config()
+    config = Config() if cfg_path is None else load_config(cfg_path)
+    checked_rules(config)
+    return config
 
 
 def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
@@ -196,7 +195,7 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
         return
     sel, ign = _split(select), _split(ignore)
     for code in (sel or []) + (ign or []) + (_split(extend_ignore) or []):
-        if not known_selector(code):
+        if not known_selector(code, config.available_rules):
             _fail(f"unknown rule {code!r} (see 'archlint rules')")
     if update_baseline:
         target = Path(baseline_path) if baseline_path else config.baseline
@@ -212,11 +211,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       extend_ignore=_split(extend_ignore) or [],
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
-                      report_unused_suppressions=unused_suppressions, baseline=baseline)
-    if measure:
-        from .measure_step import measure_target
-
-        opts.post_analyses.append(measure_target)
+                      report_unused_suppressions=unused_suppressions, baseline=baseline,
+                      measure=measure)
     try:
         report = run(config, opts)
     except UsageError as exc:
@@ -256,35 +252,80 @@ def _update_baseline(report: Report, path: Path) -> None:
     sys.exit(2 if report.errors else 0)
 
 
+def _config_options(command):
+    """``--config`` / ``--isolated``: whose local rules a command sees."""
+    command = click.option("--isolated", is_flag=True,
+                           help="Ignore all configuration files (built-in rules only).")(command)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                        help="Config file whose local rules to include. Default: the nearest "
+                             "one.")(command)
+
+
+def _available_rules(config_path: Optional[str], isolated: bool) -> list:
+    """The built-in rules and the local rules of the config (exit 2 on a config error)."""
+    from .config import ConfigError
+
+    try:
+        return _load_config(config_path, isolated).available_rules
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @main.command("rules")
 @click.option("--format", "fmt", type=click.Choice(("text", "markdown", "json")), default="text",
               show_default=True,
               help="markdown: the rules reference (docs/rules.md is generated with it).")
-def rules_cmd(fmt: str) -> None:
-    """List every rule: code, name, default severity and summary."""
+@click.option("--check-examples", is_flag=True,
+              help="Lint every rule's bad example (must trigger it) and good example (must "
+                   "not); exit 1 if one fails.")
+@click.option("--select", multiple=True, help="Only these rule codes, prefixes or names.")
+@_config_options
+def rules_cmd(fmt: str, check_examples: bool, select: tuple[str, ...],
+              config_path: Optional[str], isolated: bool) -> None:
+    """List every rule (built-in and the config's local rules): code, name, default severity
+    and summary."""
     from .rule_docs import markdown_reference, rules_json, rules_table
-    from .rules import ALL_RULES, RESERVED
+    from .rules import known_selector, selected_rules
 
-    if fmt == "markdown":
-        click.echo(markdown_reference(ALL_RULES, RESERVED), nl=False)
+    rules = _available_rules(config_path, isolated)
+    sel = _split(select)
+    for code in sel or []:
+        if not known_selector(code, rules):
+            _fail(f"unknown rule {code!r} (see 'archlint rules')")
+    rules = selected_rules(sel, [], rules)
+    if check_examples:
+        _check_examples(rules)
+    elif fmt == "markdown":
+        click.echo(markdown_reference(rules), nl=False)
     elif fmt == "json":
-        click.echo(rules_json(ALL_RULES), nl=False)
+        click.echo(rules_json(rules), nl=False)
     else:
-        click.echo(rules_table(ALL_RULES), nl=False)
+        click.echo(rules_table(rules), nl=False)
+
+
+def _check_examples(rules: list) -> None:
+    from .testing import check_examples
+
+    failed = 0
+    for rule in rules:
+        for check in check_examples(rule, rules):
+            click.echo(str(check))
+            failed += not check.passed
+    n = 2 * len(rules)
+    click.echo(f"{n - failed} of {n} examples behave as documented.")
+    sys.exit(1 if failed else 0)
 
 
 @main.command("explain")
 @click.argument("code")
-def explain(code: str) -> None:
-    """Print a rule's documentation (by code or name)."""
+@_config_options
+def explain(code: str, config_path: Optional[str], isolated: bool) -> None:
+    """Print a rule's documentation (by code or name), local rules included."""
     from .rule_docs import explain as explain_text
-    from .rules import RESERVED, find_rule
+    from .rules import find_rule
 
-    rule = find_rule(code)
+    rule = find_rule(code, _available_rules(config_path, isolated))
     if rule is None:
-        if code.upper() in RESERVED:
-            _fail(f"{code.upper()} ({RESERVED[code.upper()]}) is reserved for the gradient "
-                  "estimator and not available in this version")
         _fail(f"unknown rule {code!r} (see 'archlint rules')")
         return
     click.echo(explain_text(rule), nl=False)

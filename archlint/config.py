@@ -9,16 +9,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import yaml
 
 from .results import SEVERITIES
 from .loading.inputs import InputError, InputSpec, parse_input
 
+if TYPE_CHECKING:
+    from .rules import Rule
+
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
 TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",
-            "per-file-ignores", "baseline", "report-unused-suppressions")
+            "per-file-ignores", "baseline", "report-unused-suppressions", "local-rules")
 TARGET_KEYS = ("target", "kwargs", "input")
 
 
@@ -48,11 +51,21 @@ class Config:
     #: Baseline file (relative paths are relative to the config's folder).
     baseline: Optional[Path] = None
     report_unused_suppressions: bool = False
+    #: The team's own rules, from the modules ``local-rules`` lists.
+    local_rules: list[type[Rule]] = field(default_factory=list)
 
     @property
     def root(self) -> Path:
         """Folder that relative paths in the config are relative to."""
         return self.path.parent if self.path is not None else Path.cwd()
+
+    @property
+    def available_rules(self) -> list[type[Rule]]:
+        """Every rule this configuration can use: the built-in ones, those of installed plugins
+        and its local rules. Raises :class:`~archlint.rules.RuleError` for a broken plugin."""
+        from .rules import ALL_RULES, plugin_rules, rule_set
+
+        return rule_set(ALL_RULES, plugin_rules(), self.local_rules)
 
 
 # ---------------------------------------------------------------------------- discovery
@@ -206,9 +219,12 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
     from .rules import find_rule, known_selector
 
     cfg = Config(path=path)
+    if "local-rules" in data:
+        cfg.local_rules = _load_local_rules(data["local-rules"], loc, cfg.root)
+    rules = checked_rules(cfg)
     for key in data:
         if key not in TOP_KEYS:
-            if isinstance(key, str) and find_rule(key) is not None:
+            if isinstance(key, str) and find_rule(key, rules) is not None:
                 raise ConfigError(f"{loc.where((key,))}: unknown key {key!r}; rule options go "
                                   f"under 'rules:' (rules: {{{key}: {{...}}}})")
             raise ConfigError(f"{loc.where((key,))}: unknown key {key!r} (allowed: "
@@ -217,7 +233,7 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
         if key in data:
             codes = _str_list(data[key], loc, (key,))
             for c in codes:
-                if not known_selector(c):
+                if not known_selector(c, rules):
                     raise ConfigError(f"{loc.where((key,))}: unknown rule {c!r}")
             if key == "select":
                 cfg.select = codes
@@ -237,7 +253,7 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
         except InputError as exc:
             raise ConfigError(str(exc)) from None
     if "rules" in data:
-        cfg.rules = _validate_rules(data["rules"], loc)
+        cfg.rules = validate_rule_options(data["rules"], loc, rules)
     if "per-file-ignores" in data:
         pfi = data["per-file-ignores"]
         if not isinstance(pfi, dict):
@@ -246,7 +262,7 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
         for pattern, codes in pfi.items():
             lst = _str_list(codes, loc, ("per-file-ignores", pattern))
             for c in lst:
-                if not known_selector(c):
+                if not known_selector(c, rules):
                     raise ConfigError(f"{loc.where(('per-file-ignores', pattern))}: unknown "
                                       f"rule {c!r}")
             cfg.per_file_ignores[str(pattern)] = lst
@@ -267,8 +283,11 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
     return cfg
 
 
-def _validate_rules(raw: Any, loc: _Located) -> dict[str, dict[str, Any]]:
-    from .rules import RESERVED, find_rule
+def validate_rule_options(raw: Any, loc: _Located, rules: list[type[Rule]]
+                          ) -> dict[str, dict[str, Any]]:
+    """The ``rules:`` table: rule code or name -> {severity, option: value}, checked against
+    each rule's declared options (their defaults give their types)."""
+    from .rules import find_rule
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{loc.where(('rules',))}: expected a mapping from rule code to "
@@ -276,13 +295,8 @@ def _validate_rules(raw: Any, loc: _Located) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for key, opts in raw.items():
         keys = ("rules", key)
-        rule = find_rule(str(key))
+        rule = find_rule(str(key), rules)
         if rule is None:
-            if str(key).upper() in RESERVED or str(key) in RESERVED.values():
-                code = str(key).upper() if str(key).upper() in RESERVED else \
-                    next(c for c, n in RESERVED.items() if n == key)
-                out[code] = dict(opts) if isinstance(opts, dict) else {}
-                continue
             raise ConfigError(f"{loc.where(keys)}: unknown rule {key!r}")
         if opts is None:
             opts = {}
@@ -306,6 +320,53 @@ def _validate_rules(raw: Any, loc: _Located) -> dict[str, dict[str, Any]]:
             clean[canon] = coerce_option(value, rule.options[canon], loc.where(okeys))
         out[rule.code] = {**out.get(rule.code, {}), **clean}
     return out
+
+
+def _load_local_rules(raw: Any, loc: _Located, root: Path) -> list[type[Rule]]:
+    """Import every module ``local-rules`` lists (paths relative to the config's folder) and
+    register the rules they define; every problem is a ConfigError naming the entry."""
+    from .loading.build import LoadError, import_file
+    from .loading.rule_modules import rule_module_files
+    from .rules import ALL_RULES, RuleError, check_rule, describe, plugin_rules, rule_set, \
+        rules_in_module
+
+    found: list[type[Rule]] = []
+    for i, entry in enumerate(_str_list(raw, loc, ("local-rules",))):
+        where = loc.where(("local-rules", i))
+        path = root / entry
+        if not path.exists():
+            raise ConfigError(f"{where}: {entry}: no such file or folder")
+        files = rule_module_files(path)
+        if not files:
+            raise ConfigError(f"{where}: {entry}: no Python file to import")
+        for file in files:
+            try:
+                module = import_file(file)
+            except LoadError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            rules = rules_in_module(module)
+            if not rules and path.is_file():
+                raise ConfigError(f"{where}: {entry} defines no Rule subclass with a code")
+            for rule in rules:
+                problem = check_rule(rule)
+                if problem is not None:
+                    raise ConfigError(f"{where}: {describe(rule)}: {problem}")
+            found.extend(r for r in rules if r not in found)
+    try:
+        rule_set(ALL_RULES, plugin_rules(), found)
+    except RuleError as exc:
+        raise ConfigError(f"{loc.where(('local-rules',))}: {exc}") from None
+    return found
+
+
+def checked_rules(config: Config) -> list[type[Rule]]:
+    """``config.available_rules``, a broken plugin reported as a ConfigError."""
+    from .rules import RuleError
+
+    try:
+        return config.available_rules
+    except RuleError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def coerce_option(value: Any, default: Any, where: str) -> Any:

@@ -1,6 +1,10 @@
-"""The pipeline for one model: trace -> analyse (once) -> run the selected rules -> results.
+"""The pipeline for one built model: trace -> analyse (once) -> run the selected rules.
 
-target -> model -> graph -> facts -> findings -> report (docs/design.md). Nothing here prints.
+The model and its example input come from the loading side; what comes out is a plain
+:class:`~archlint.results.TargetResult` (findings, layers, verdicts) that the reporters read.
+The live :class:`Analysis` (graph, facts, gradient estimate) is handed back separately to the
+callers that need it after the rules (``--measure``, tests); no result holds it. Nothing here
+prints.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from torch import nn
 
 from .analysis import GraphFacts, analyse_graph
 from .estimate import GradientFacts, estimate_gradients
-from .results import Finding, LayerInfo, TargetResult
+from .results import Finding, LayerInfo, TargetResult, Verdict
 from .graph.ir import Graph
 from .ops import op_info
 from .loading.sites import module_site
@@ -87,15 +91,32 @@ def analyse(graph: Graph) -> Analysis:
     return analysis
 
 
+def analyse_model(model: nn.Module, spec: Optional[InputSpec]) -> Analysis:
+    """Trace ``model`` and compute its facts and gradient estimate, without running any rule.
+
+    For tools and tests that read the facts themselves. Raises
+    :class:`~archlint.tracing.TraceError` when the model cannot be traced.
+    """
+    return analyse(trace_model(model, spec))
+
+
 def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
                settings: Settings) -> TargetResult:
-    """Analyse one built model. Tracing errors become an error result, never an exception."""
+    """Analyse one built model and run the rules. Errors become an error result, never an
+    exception."""
+    return lint_and_analyse(model, display, spec, settings)[0]
+
+
+def lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
+                     settings: Settings) -> tuple[TargetResult, Optional[Analysis]]:
+    """:func:`lint_model`, also returning the live analysis (None when the model could not be
+    traced or analysed) for the steps that run after the rules."""
     result = TargetResult(target=display)
     try:
         graph = trace_model(model, spec)
     except TraceError as exc:
         result.status, result.error = "error", f"cannot trace: {exc}"
-        return result
+        return result, None
     result.tracer = graph.tracer
     used_spec = graph.input_spec
     result.input = f"{used_spec.describe()} ({used_spec.origin})" if used_spec is not None \
@@ -109,8 +130,7 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
     except Exception as exc:  # an analysis bug must not lose the other targets
         result.status = "error"
         result.error = f"analysis failed: {type(exc).__name__}: {exc}"[:400]
-        return result
-    result.analysis = analysis
+        return result, None
     result.notes.extend(analysis.notes)
     _describe_layers(result.layers, analysis)
     gradient = analysis.gradient
@@ -122,15 +142,11 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
             # a layer the traced forward uses but no gradient reaches gets exactly zero
             layer.grad_rms = estimate.grad_rms.get(
                 layer.module, 0.0 if layer.module in used else None)
-        if gradient.vanishing is not None:
-            result.extra["gradient_decades"] = round(gradient.vanishing.decades, 3)
-        verdicts = {}
         for key, flow in (("vanishing", gradient.vanishing), ("exploding", gradient.exploding)):
             if flow is not None:
-                verdicts[key] = {"decades": round(flow.decades, 3),
-                                 "earliest": list(flow.earliest), "last": list(flow.last)}
-        if verdicts:
-            result.extra["gradient_flow"] = verdicts
+                result.gradient_flow[key] = Verdict(decades=flow.decades,
+                                                    earliest=list(flow.earliest),
+                                                    last=list(flow.last))
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
@@ -148,7 +164,7 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
         except Exception as exc:
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)
-    return result
+    return result, analysis
 
 
 def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:

@@ -33,6 +33,8 @@ from typing import Any, Union
 import torch
 from torch import Tensor, nn
 
+from . import probe
+
 __all__ = ["MeasureResult", "measure_grad_rms", "select_output"]
 
 Inputs = Union[Tensor, Sequence[Any], Mapping[str, Any]]
@@ -56,43 +58,16 @@ class MeasureResult:
 
 
 def select_output(output: Any) -> Tensor:
-    """The tensor the probe differentiates, from whatever ``forward`` returned.
-
-    * a tensor is used as is;
-    * a mapping or a Hugging Face ``ModelOutput`` (anything with ``keys()`` and item access):
-      its ``logits`` entry, else ``last_hidden_state``, else the first tensor value (searched
-      recursively);
-    * a tuple or list: its first tensor, searched recursively.
+    """The tensor the probe differentiates, from whatever ``forward`` returned: chosen by
+    :func:`archlint.probe.select_output`, exactly as the estimate chooses it.
 
     Raises:
         TypeError: if no tensor can be found.
     """
-    found = _find_output(output)
+    found = probe.select_output(output, torch.is_tensor)
     if found is None:
         raise TypeError(f"model output of type {type(output).__name__} contains no tensor")
     return found
-
-
-def _find_output(output: Any) -> Tensor | None:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping) or (hasattr(output, "keys") and hasattr(output, "__getitem__")):
-        keys = list(output.keys())
-        for preferred in ("logits", "last_hidden_state"):
-            if preferred in keys and isinstance(output[preferred], Tensor):
-                return output[preferred]
-        return _first_tensor(output[k] for k in keys)
-    if isinstance(output, (tuple, list)):
-        return _first_tensor(output)
-    return None
-
-
-def _first_tensor(items: Any) -> Tensor | None:
-    for item in items:
-        found = _find_output(item)
-        if found is not None:
-            return found
-    return None
 
 
 def _call(model: nn.Module, inputs: Inputs) -> Any:

@@ -1,34 +1,36 @@
-"""``--measure``: run the probe for real on each analysed target and compare with the estimate."""
+"""``--measure``: run the probe for real on an analysed target and compare with the estimate.
+
+A step after the rules: it gets the built model, the example input the estimate used and the
+predicted layers, and returns what it measured. The runner stores that in the target's result
+(``layers[*].measured_grad_rms`` and ``measurement``).
+"""
 
 from __future__ import annotations
 
-from .results import TargetResult
-from .measure import measure_grad_rms
+from dataclasses import dataclass
+from typing import Optional
+
+from torch import nn
+
 from .estimate.accuracy import compare
+from .loading.inputs import InputSpec
+from .measure import measure_grad_rms
+from .results import LayerInfo, Measurement
 
 
-def measure_target(result: TargetResult) -> None:
-    """Fill ``measured_grad_rms`` of every layer and the estimator's error for this target."""
-    if result.analysis is None:
-        return
-    graph = result.analysis.graph
-    spec = graph.input_spec
-    if spec is None:
-        result.notes.append("--measure skipped: no example input")
-        return
-    model = graph.model
-    inputs = spec.bind(model)
-    measured = measure_grad_rms(model, inputs).rms
-    for layer in result.layers:
-        layer.measured_grad_rms = measured.get(layer.module)
-    predicted = {layer.module: layer.grad_rms for layer in result.layers}
-    acc = compare(predicted, measured)
-    result.extra["estimate_error"] = {
-        "median_decades": None if acc.error is None else round(acc.error, 4),
-        "layers": acc.layers,
-        "zero_by_design_agree": acc.zero_agree,
-        "zero_by_design_disagree": acc.zero_disagree,
-    }
-    if acc.error is not None:
-        result.notes.append(f"estimate vs measured gradients: median error {acc.error:.3f} "
-                            f"decades over {acc.layers} layers")
+@dataclass
+class Measured:
+    #: Module name -> measured weight-gradient RMS (None: no parameter of it requires grad).
+    grad_rms: dict[str, Optional[float]]
+    measurement: Measurement
+
+
+def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo]) -> Measured:
+    """One real probe on ``model`` with ``spec``'s tensors, compared with ``layers``' predicted
+    ``grad_rms``."""
+    measured = measure_grad_rms(model, spec.bind(model)).rms
+    acc = compare({layer.module: layer.grad_rms for layer in layers}, measured)
+    return Measured(grad_rms=measured,
+                    measurement=Measurement(median_decades=acc.error, layers=acc.layers,
+                                            zero_by_design_agree=acc.zero_agree,
+                                            zero_by_design_disagree=acc.zero_disagree))

@@ -1,4 +1,5 @@
-"""What a run produces, as plain data: findings, layers and each target's result.
+"""What a run produces, as plain data: findings, layers, each target's result, and what the
+reports say about the rules.
 
 Independent of how the results are detected (no torch, no graph, no model) and of how they are
 printed: every reporter reads only this module.
@@ -9,8 +10,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from .paths import split_spec
+
 SEVERITIES = ("error", "warning", "info")
 SEVERITY_RANK = {"error": 3, "warning": 2, "info": 1}
+
+
+def target_file(target: str) -> Optional[str]:
+    """The ``.py`` file a target names (``models/net.py:Net`` -> ``models/net.py``); None for
+    ``package.module:callable`` targets and for model objects linted from Python."""
+    left, _ = split_spec(target)
+    return left if left.endswith(".py") else None
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,23 @@ class Finding:
         return (self.path or "", self.line or 0, self.column or 0, self.code, self.module or "")
 
 
+@dataclass(frozen=True)
+class RuleInfo:
+    """A rule as the reports describe it (SARIF's rule table), read off the rule class."""
+
+    code: str
+    name: str
+    severity: str
+    #: One sentence: the first of "What it does".
+    summary: str
+    #: The whole "What it does" section, on one line.
+    description: str
+    #: The rule's documentation (markdown, under ruff's headings).
+    documentation: str
+    #: Option name -> default.
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class LayerInfo:
     module: str
@@ -70,6 +97,40 @@ class LayerInfo:
 
 
 @dataclass
+class Verdict:
+    """One gradient-flow comparison: the predicted gradient of the earliest weight layers
+    against the last ones'."""
+
+    #: log10(earliest / last): negative when the gradient vanishes towards the input.
+    decades: float
+    earliest: list[str] = field(default_factory=list)
+    last: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"decades": round(self.decades, 3), "earliest": list(self.earliest),
+                "last": list(self.last)}
+
+
+@dataclass
+class Measurement:
+    """``--measure``: how far the estimate is from the gradients of one real probe."""
+
+    #: Median |log10 predicted - log10 measured| over the layers, after removing the model's
+    #: common offset; None when no layer could be compared.
+    median_decades: Optional[float]
+    layers: int
+    #: Layers measured at exactly zero that the estimate also calls zero / does not.
+    zero_by_design_agree: int = 0
+    zero_by_design_disagree: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"median_decades": None if self.median_decades is None
+                else round(self.median_decades, 4),
+                "layers": self.layers, "zero_by_design_agree": self.zero_by_design_agree,
+                "zero_by_design_disagree": self.zero_by_design_disagree}
+
+
+@dataclass
 class TargetResult:
     target: str
     status: str = "ok"  # "ok" | "error"
@@ -79,20 +140,32 @@ class TargetResult:
     layers: list[LayerInfo] = field(default_factory=list)
     input: Optional[str] = None
     notes: list[str] = field(default_factory=list)
-    #: Anything later stages add (estimate summary, measurement error...).
-    extra: dict[str, Any] = field(default_factory=dict)
     #: Codes of the rules whose check ran to the end (which suppressions can be judged unused).
     rules_run: list[str] = field(default_factory=list)
-    #: The live analysis (graph, model, facts) while the run needs it; never reported.
-    analysis: Optional[Any] = field(default=None, repr=False)
+    #: The gradient estimate's verdicts: "vanishing" (AL105's comparison) and "exploding"
+    #: (AL106's, which leaves out layers followed by normalisation), where there was one.
+    gradient_flow: dict[str, Verdict] = field(default_factory=dict)
+    #: Set by ``--measure``.
+    measurement: Optional[Measurement] = None
+
+    @property
+    def gradient_decades(self) -> Optional[float]:
+        """The vanishing verdict's decades (negative: the earliest layers get less gradient)."""
+        flow = self.gradient_flow.get("vanishing")
+        return flow.decades if flow is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "target": self.target, "status": self.status, "error": self.error,
             "tracer": self.tracer,
             "findings": [f.to_dict() for f in self.findings],
             "layers": [layer.to_dict() for layer in self.layers],
             "input": self.input, "notes": list(self.notes),
         }
-        d.update(self.extra)
+        if self.gradient_decades is not None:
+            d["gradient_decades"] = round(self.gradient_decades, 3)
+        if self.gradient_flow:
+            d["gradient_flow"] = {k: v.to_dict() for k, v in self.gradient_flow.items()}
+        if self.measurement is not None:
+            d["estimate_error"] = self.measurement.to_dict()
         return d

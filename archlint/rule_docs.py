@@ -12,6 +12,7 @@ import json
 import re
 from typing import Iterable, Optional
 
+from .results import RuleInfo
 from .rules.base import Rule
 
 REFERENCE_COMMAND = "archlint rules --format markdown > docs/rules.md"
@@ -69,6 +70,14 @@ def _first_sentence(text: str) -> str:
     return text
 
 
+def rule_info(rule: type[Rule]) -> RuleInfo:
+    """What the reports say about ``rule``."""
+    what = sections(rule).get("What it does", summary(rule))
+    return RuleInfo(code=rule.code, name=rule.name, severity=rule.severity, summary=summary(rule),
+                    description=" ".join(what.split()), documentation=rule.documentation(),
+                    options=dict(rule.options))
+
+
 def explain(rule: type[Rule]) -> str:
     """What ``archlint explain CODE`` prints."""
     text = f"# {rule.code} {rule.name} (default severity: {rule.severity})\n\n"
@@ -94,8 +103,7 @@ def _anchor(rule: type[Rule]) -> str:
     return f"{rule.code.lower()}-{rule.name}"
 
 
-def markdown_reference(rules: Iterable[type[Rule]], reserved: Optional[dict[str, str]] = None
-                       ) -> str:
+def markdown_reference(rules: Iterable[type[Rule]]) -> str:
     """``docs/rules.md``: an index table, then every rule's own documentation."""
     rules = list(rules)
     out = [
@@ -112,11 +120,8 @@ def markdown_reference(rules: Iterable[type[Rule]], reserved: Optional[dict[str,
         "| Code | Name | Default severity | What it does |",
         "| --- | --- | --- | --- |",
     ]
-    rows = {r.code: f"| [{r.code}](#{_anchor(r)}) | `{r.name}` | {r.severity} | "
-                    f"{summary(r).replace('|', '&#124;')} |" for r in rules}
-    for code, name in (reserved or {}).items():
-        rows.setdefault(code, f"| {code} | `{name}` | | Reserved for the gradient estimator. |")
-    out += [rows[code] for code in sorted(rows)]
+    out += [f"| [{r.code}](#{_anchor(r)}) | `{r.name}` | {r.severity} | "
+            f"{summary(r).replace('|', '&#124;')} |" for r in sorted(rules, key=lambda r: r.code)]
     for r in rules:
         line = f"Default severity: **{r.severity}**."
         if r.options:

@@ -15,13 +15,13 @@ from typing import Callable, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Settings, lint_model
-from .results import TargetResult
-from .results import Finding
-from .loading.inputs import InputSpec
+from .engine import Analysis, Settings, lint_and_analyse
+from .results import Finding, TargetResult, target_file
+from .loading.inputs import InputSpec, infer_input
 from .loading.build import LoadedModel, LoadFailure, load_target
 from .report.model import Report
-from .rules import RESERVED, selected_rules
+from .rule_docs import rule_info
+from .rules import code_prefixes, matches, selected_rules
 from .suppressions import SuppressionIndex
 from .loading.targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
 
@@ -44,8 +44,8 @@ class RunOptions:
     #: Called with each result as soon as it is ready (progress, streaming output). AL900
     #: findings are only known at the end of the run and are not in what it receives.
     on_result: Optional[Callable[[TargetResult], None]] = None
-    #: Extra per-target analyses (gradient estimate, measurement) run after the rules.
-    post_analyses: list[Callable[[TargetResult], None]] = field(default_factory=list)
+    #: Also run the probe for real on each analysed target (``--measure``).
+    measure: bool = False
 
 
 class UsageError(ValueError):
@@ -55,7 +55,8 @@ class UsageError(ValueError):
 def settings_from(config: Config, opts: RunOptions) -> Settings:
     select = opts.select if opts.select is not None else config.select
     ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
-    return Settings(rules=selected_rules(select, ignore), rule_options=config.rules)
+    return Settings(rules=selected_rules(select, ignore, config.available_rules),
+                    rule_options=config.rules)
 
 
 def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
@@ -117,24 +118,26 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
 
 def run(config: Config, opts: RunOptions) -> Report:
     settings = settings_from(config, opts)
-    report = Report(fail_on=opts.fail_on or config.fail_on)
+    rules = config.available_rules
+    report = Report(fail_on=opts.fail_on or config.fail_on,
+                    rules=[rule_info(r) for r in rules])
     targets = collect_targets(config, opts)
-    suppressions = SuppressionIndex() if opts.respect_suppressions else None
+    suppressions = SuppressionIndex(code_prefixes(rules)) if opts.respect_suppressions else None
     coverage = _Coverage()
     for target in targets:
         for loaded in load_target(target):
+            analysis = None
             if isinstance(loaded, LoadFailure):
                 result = TargetResult(target=loaded.display, status="error", error=loaded.error)
             else:
-                result = _lint_loaded(loaded, target, config, settings, opts)
-            coverage.add(result, target)
+                result, analysis = _lint_loaded(loaded, config, settings, opts)
+            coverage.add(result, target, analysis)
             if suppressions is not None:
                 result.findings, silenced = suppressions.filter(result.findings)
                 report.suppressed += silenced
             _apply_per_file_ignores(result, config, target.path)
             if opts.baseline is not None:
                 report.baselined += opts.baseline.filter(result)
-            result.analysis = None  # free the graph (and its model references) early
             report.targets.append(result)
             if opts.on_result is not None:
                 opts.on_result(result)
@@ -162,15 +165,15 @@ class _Coverage:
         self.rules_run: dict[Path, set[str]] = {}
         self.unsure: set[Path] = set()  # files of targets that could not be analysed
 
-    def add(self, result: TargetResult, target: Target) -> None:
+    def add(self, result: TargetResult, target: Target, analysis: Optional[Analysis]) -> None:
         own = _target_file(result.target, target)
         if result.status != "ok":
             if own is not None:
                 self.unsure.add(own)
             return
         files = {own} if own is not None else set()
-        if result.analysis is not None:
-            files.update(Path(n.site.path).resolve() for n in result.analysis.graph.nodes
+        if analysis is not None:
+            files.update(Path(n.site.path).resolve() for n in analysis.graph.nodes
                          if n.site is not None)
         files.update(Path(layer.path).resolve() for layer in result.layers if layer.path)
         for f in files:
@@ -189,26 +192,26 @@ def _user_file(path: Path) -> bool:
 
 
 def _target_file(display: str, target: Target) -> Optional[Path]:
-    left, _ = split_spec(display)
-    if left.endswith(".py"):
-        return Path(left).resolve()
+    own = target_file(display)
+    if own is not None:
+        return Path(own).resolve()
     return target.path.resolve() if target.path is not None else None
 
 
 def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverage: _Coverage,
                                 config: Config, settings: Settings, opts: RunOptions) -> None:
-    from .rules import ALL_RULES
     from .rules.unused_suppression import UnusedSuppression
 
     ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
-    if not selected_rules(["AL900"], ignore):
+    rules = config.available_rules
+    if not selected_rules([UnusedSuppression.code], ignore, rules):
         return
     severity = settings.severity_for(UnusedSuppression)
     if severity == "off":
         return
-    known = {r.code: r.code for r in ALL_RULES}
-    known.update({r.name: r.code for r in ALL_RULES})
-    unused, malformed = index.unused(coverage.judged(), known, reserved=RESERVED)
+    known = {r.code: r.code for r in rules}
+    known.update({r.name: r.code for r in rules})
+    unused, malformed = index.unused(coverage.judged(), known)
     rule = UnusedSuppression()
     found = [rule.unused(u, severity) for u in unused]
     found += [rule.malformed(m, severity) for m in malformed]
@@ -226,19 +229,34 @@ def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverag
         result.findings.sort(key=Finding.sort_key)
 
 
-def _lint_loaded(loaded: LoadedModel, target: Target, config: Config, settings: Settings,
-                 opts: RunOptions) -> TargetResult:
-    spec = loaded.input or config.input
-    result = lint_model(loaded.model, loaded.display, spec, settings)
-    for post in opts.post_analyses:
-        if result.status != "ok":
-            break
-        try:
-            post(result)
-        except Exception as exc:  # keep the other targets
-            result.notes.append(f"{getattr(post, '__name__', 'analysis')} failed: "
-                                f"{type(exc).__name__}: {exc}"[:300])
-    return result
+def _lint_loaded(loaded: LoadedModel, config: Config, settings: Settings, opts: RunOptions
+                 ) -> tuple[TargetResult, Optional[Analysis]]:
+    spec = loaded.input or config.input or infer_input(loaded.model)
+    result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, settings)
+    if opts.measure and analysis is not None:
+        _measure(loaded, analysis, result)
+    return result, analysis
+
+
+def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> None:
+    """``--measure``: the probe's gradients into the layers, the error figure into the result."""
+    from .measure_step import measure_target
+
+    spec = analysis.graph.input_spec
+    if spec is None:
+        result.notes.append("--measure skipped: no example input")
+        return
+    try:
+        measured = measure_target(loaded.model, spec, result.layers)
+    except Exception as exc:  # keep the other targets
+        result.notes.append(f"measure_target failed: {type(exc).__name__}: {exc}"[:300])
+        return
+    for layer in result.layers:
+        layer.measured_grad_rms = measured.grad_rms.get(layer.module)
+    result.measurement = m = measured.measurement
+    if m.median_decades is not None:
+        result.notes.append(f"estimate vs measured gradients: median error "
+                            f"{m.median_decades:.3f} decades over {m.layers} layers")
 
 
 def _apply_per_file_ignores(result: TargetResult, config: Config,
@@ -263,7 +281,6 @@ def _ignored(f: Finding, rel: str, config: Config) -> bool:
     for pattern, codes in config.per_file_ignores.items():
         if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel_root, pattern) or \
                 fnmatch.fnmatch(Path(rel).name, pattern):
-            if any(f.code.startswith(c.upper()) or c.upper() == "ALL" or c == f.name
-                   for c in codes):
+            if any(matches(f.code, f.name, c) for c in codes):
                 return True
     return False

@@ -4,7 +4,8 @@ Forms (read with :mod:`tokenize`, so a ``#`` inside a string is never taken for 
 
 - ``# archlint: disable=AL101,AL104`` -- those codes (or rule names) on this line;
 - ``# archlint: disable`` -- every archlint finding on this line;
-- ``# noqa: AL101`` -- flake8's form; only codes starting with ``AL`` are archlint's, the others
+- ``# noqa: AL101`` -- flake8's form; only codes with the letters of archlint's rules (``AL``,
+  and those of the config's local rules, such as ``TEAM``) are archlint's, the others
   (``E501``...) belong to other tools and are left alone. A bare ``# noqa`` does **not** silence
   archlint: it is usually written for a style checker, and a gradient problem should not vanish
   with it;
@@ -35,8 +36,8 @@ _ARCHLINT = re.compile(
 _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+[0-9]+(?:[,\s]+[A-Z]+[0-9]+)*))?",
                    re.IGNORECASE)
 _DIRECTIVES = ("disable", "disable-file")
-#: Codes archlint owns in ``# noqa:`` comments.
-_OURS = re.compile(r"^AL\d+$", re.IGNORECASE)
+#: The letters of the codes archlint owns in ``# noqa:`` comments when no local rule adds others.
+DEFAULT_PREFIXES = frozenset({"AL"})
 
 
 @dataclass(eq=False)
@@ -104,19 +105,24 @@ def _codes(raw: Optional[str]) -> Optional[tuple[str, ...]]:
     return tuple(out)
 
 
-def parse_suppressions(source: str, path: Path = Path("<string>")) -> FileSuppressions:
-    """Every suppression comment of a source text."""
+def parse_suppressions(source: str, path: Path = Path("<string>"),
+                       prefixes: Iterable[str] = DEFAULT_PREFIXES) -> FileSuppressions:
+    """Every suppression comment of a source text; ``# noqa:`` codes count when their letters
+    are one of ``prefixes``."""
     found = FileSuppressions(path=path)
+    ours = re.compile(r"^(?:" + "|".join(sorted(map(re.escape, prefixes))) + r")\d+$",
+                      re.IGNORECASE)
     try:
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
             if tok.type == tokenize.COMMENT:
-                _parse_comment(tok.string, tok.start[0], tok.start[1] + 1, found)
+                _parse_comment(tok.string, tok.start[0], tok.start[1] + 1, found, ours)
     except (tokenize.TokenError, IndentationError, SyntaxError):
         pass  # an unfinished file: keep the comments read so far
     return found
 
 
-def _parse_comment(comment: str, line: int, column: int, out: FileSuppressions) -> None:
+def _parse_comment(comment: str, line: int, column: int, out: FileSuppressions,
+                   ours: re.Pattern) -> None:
     for m in _ARCHLINT.finditer(comment):
         directive = m.group("directive").lower()
         col = column + m.start()
@@ -133,21 +139,22 @@ def _parse_comment(comment: str, line: int, column: int, out: FileSuppressions) 
         codes = _codes(m.group("codes"))
         if codes is None:
             continue  # a bare "# noqa" is for other tools (see the module docstring)
-        ours = tuple(c for c in codes if _OURS.match(c))
-        if ours:
+        mine = tuple(c for c in codes if ours.match(c))
+        if mine:
             out.by_line.setdefault(line, []).append(Suppression(
-                path=out.path, line=line, column=column + m.start(), codes=ours,
+                path=out.path, line=line, column=column + m.start(), codes=mine,
                 text=m.group(0)))
 
 
-def read_suppressions(path: Path) -> FileSuppressions:
+def read_suppressions(path: Path, prefixes: Iterable[str] = DEFAULT_PREFIXES
+                      ) -> FileSuppressions:
     """The suppressions of a file; an unreadable file has none."""
     try:
         with tokenize.open(path) as fh:
             source = fh.read()
     except (OSError, SyntaxError, UnicodeDecodeError):
         return FileSuppressions(path=path)
-    return parse_suppressions(source, path)
+    return parse_suppressions(source, path, prefixes)
 
 
 @dataclass
@@ -163,15 +170,19 @@ class UnusedSuppression:
 
 
 class SuppressionIndex:
-    """The suppression comments of every file findings point into, read once per run."""
+    """The suppression comments of every file findings point into, read once per run.
 
-    def __init__(self) -> None:
+    ``prefixes``: the letters of the run's rule codes (``AL``, and those of local rules).
+    """
+
+    def __init__(self, prefixes: Iterable[str] = DEFAULT_PREFIXES) -> None:
         self._files: dict[Path, FileSuppressions] = {}
+        self._prefixes = frozenset(prefixes)
 
     def for_file(self, path: Path) -> FileSuppressions:
         key = path.resolve()
         if key not in self._files:
-            self._files[key] = read_suppressions(key)
+            self._files[key] = read_suppressions(key, self._prefixes)
         return self._files[key]
 
     def filter(self, findings: Iterable[Finding]) -> tuple[list[Finding], int]:
@@ -187,8 +198,8 @@ class SuppressionIndex:
             silenced += 1
         return kept, silenced
 
-    def unused(self, rules_run: dict[Path, set[str]], known: dict[str, str],
-               reserved: Iterable[str] = ()) -> tuple[list[UnusedSuppression], list[Malformed]]:
+    def unused(self, rules_run: dict[Path, set[str]], known: dict[str, str]
+               ) -> tuple[list[UnusedSuppression], list[Malformed]]:
         """Comments that silenced nothing, in files every rule of ``rules_run[file]`` checked.
 
         ``known`` maps every rule code and name to its code. A code whose rule did not run over
@@ -196,7 +207,6 @@ class SuppressionIndex:
         archlint rule at all is reported as unknown. A comment that also names AL900 (the code of
         this check) is left alone.
         """
-        reserved = {c.upper() for c in reserved}
         out: list[UnusedSuppression] = []
         malformed: list[Malformed] = []
         for path, ran in sorted(rules_run.items()):
@@ -216,8 +226,7 @@ class SuppressionIndex:
                 for c in s.codes:
                     code = known.get(c.upper(), known.get(c.lower()))
                     if code is None:
-                        if c.upper() not in reserved:
-                            unknown.append(c)
+                        unknown.append(c)
                     elif code != "AL900" and code in ran and code not in s.used:
                         unused.append(c)
                 if unused or unknown:

@@ -31,12 +31,13 @@ def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
 
 
 def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, options=None,
-                input=None):
-    """Build ``cls`` from ``source`` and lint it; returns the TargetResult."""
+                input=None, analysis: bool = False):
+    """Build ``cls`` from ``source`` and lint it; returns the TargetResult, or with
+    ``analysis=True`` the pair (TargetResult, the engine's Analysis: graph, facts, gradient)."""
     import torch
 
-    from archlint.engine import Settings, lint_model
-    from archlint.loading.inputs import parse_input
+    from archlint.engine import Settings, lint_and_analyse
+    from archlint.loading.inputs import infer_input, parse_input
     from archlint.rules import selected_rules
 
     module, _ = load_source(tmp_path, source)
@@ -46,9 +47,10 @@ def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, op
         torch.manual_seed(0)
         model = getattr(module, cls)()
     raw = input if input is not None else getattr(module, "INPUT", None)
-    spec = parse_input(raw, "test input") if raw is not None else None
+    spec = parse_input(raw, "test input") if raw is not None else infer_input(model)
     settings = Settings(rules=selected_rules(select, []), rule_options=options or {})
-    return lint_model(model, cls, spec, settings)
+    result, facts = lint_and_analyse(model, cls, spec, settings)
+    return (result, facts) if analysis else result
 
 
 def codes(result) -> list[str]:

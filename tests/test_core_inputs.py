@@ -16,12 +16,12 @@ from archlint.loading.inputs import InputError, parse_input, parse_shape
 from conftest import codes
 
 
-def spec_of(result):
-    return result.analysis.graph.input_spec
+def spec_of(analysis):
+    return analysis.graph.input_spec
 
 
-def input_nodes(result):
-    return {n.target: (n.shape, n.dtype) for n in result.analysis.graph.input_nodes}
+def input_nodes(analysis):
+    return {n.target: (n.shape, n.dtype) for n in analysis.graph.input_nodes}
 
 
 # ------------------------------------------------------------------------------ inference
@@ -49,13 +49,13 @@ def test_input_inferred_from_the_first_layer(first, shape, lint):
         def forward(self, x):
             return self.first(x)
     """
-    r = lint(src)
+    r, a = lint(src, analysis=True)
     assert r.status == "ok", r.error
-    spec = spec_of(r).tensors[None]
+    spec = spec_of(a).tensors[None]
     assert spec.shape == shape
     assert spec.dtype == torch.float32
     assert "inferred from first" in r.input
-    assert input_nodes(r)["x"][0] == shape
+    assert input_nodes(a)["x"][0] == shape
 
 
 def test_first_layer_is_the_one_reading_the_input_not_the_first_defined(lint):
@@ -73,8 +73,8 @@ def test_first_layer_is_the_one_reading_the_input_not_the_first_defined(lint):
         def forward(self, x):
             return self.head(self.pool(self.stem(x)).flatten(1))
     """
-    r = lint(src)
-    assert spec_of(r).tensors[None].shape == (8, 3, 32, 32)
+    r, a = lint(src, analysis=True)
+    assert spec_of(a).tensors[None].shape == (8, 3, 32, 32)
     assert "stem" in r.input
 
 
@@ -92,17 +92,17 @@ def test_embedding_first_model_gets_integer_ids(lint):
         def forward(self, ids):
             return self.head(self.embed(ids))
     """
-    r = lint(src)
+    r, a = lint(src, analysis=True)
     assert r.status == "ok", r.error
-    spec = spec_of(r).tensors[None]
+    spec = spec_of(a).tensors[None]
     assert spec.dtype == torch.int64
     assert (spec.low, spec.high) == (0, 37)
     assert len(spec.shape) == 2
-    assert input_nodes(r)["ids"][1] == torch.int64
+    assert input_nodes(a)["ids"][1] == torch.int64
     ids = spec.make()
     assert ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 37
     # ids carry no gradient: the embedding is where the gradient paths end
-    assert r.analysis.graph.input_nodes[0].users[0].grad_parents() == []
+    assert a.graph.input_nodes[0].users[0].grad_parents() == []
 
 
 def test_embedding_first_model_through_the_exec_tracer(lint):
@@ -123,10 +123,10 @@ def test_embedding_first_model_through_the_exec_tracer(lint):
                 raise ValueError("bad ids")
             return self.head(self.embed(ids).mean(1))
     """
-    r = lint(src)
+    r, a = lint(src, analysis=True)
     assert r.status == "ok", r.error
     assert r.tracer == "exec"
-    assert spec_of(r).tensors[None].high == 1000
+    assert spec_of(a).tensors[None].high == 1000
 
 
 def test_functional_first_layer_on_a_parameter(lint):
@@ -144,10 +144,10 @@ def test_functional_first_layer_on_a_parameter(lint):
         def forward(self, x):
             return F.linear(x, self.w)
     """
-    assert spec_of(lint(src)).tensors[None].shape == (8, 5)
+    assert spec_of(lint(src, analysis=True)[1]).tensors[None].shape == (8, 5)
     matmul = src.replace("torch.randn(12, 5)", "torch.randn(5, 12)").replace(
         "F.linear(x, self.w)", "x @ self.w")
-    assert spec_of(lint(matmul)).tensors[None].shape == (8, 5)
+    assert spec_of(lint(matmul, analysis=True)[1]).tensors[None].shape == (8, 5)
 
 
 # ------------------------------------------------------------------------------ given inputs
@@ -176,11 +176,11 @@ def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
     guard = "pass" if tracer == "fx" else "assert ids.dtype == torch.long and ids.max() < 20"
     src = MULTI.replace("GUARD", guard)
     # given in the other order than forward's arguments: bound by name
-    r = lint(src, input={"ids": {"shape": [3, 7], "dtype": "int64", "high": 20},
-                         "feats": {"shape": [3, 90, 6]}})
+    r, a = lint(src, input={"ids": {"shape": [3, 7], "dtype": "int64", "high": 20},
+                            "feats": {"shape": [3, 90, 6]}}, analysis=True)
     assert r.status == "ok", r.error
     assert r.tracer == tracer
-    assert input_nodes(r) == {"feats": ((3, 90, 6), torch.float32),
+    assert input_nodes(a) == {"feats": ((3, 90, 6), torch.float32),
                               "ids": ((3, 7), torch.int64)}
     # the sequence length of the argument that feeds the RNN is the one used
     assert codes(r) == ["AL107"]
@@ -189,9 +189,9 @@ def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
 
 
 def test_several_inputs_are_inferred_per_argument(lint):
-    r = lint(MULTI.replace("GUARD", "pass"))
+    r, a = lint(MULTI.replace("GUARD", "pass"), analysis=True)
     assert r.status == "ok", r.error
-    spec = spec_of(r)
+    spec = spec_of(a)
     assert set(spec.tensors) == {"feats", "ids"}
     assert spec.tensors["feats"].shape == (8, 32, 6)
     assert spec.tensors["ids"].dtype == torch.int64 and spec.tensors["ids"].high == 20
@@ -236,7 +236,7 @@ def test_no_input_found_and_a_rule_needs_one_says_so(lint):
 @pytest.mark.xfail(strict=True, reason="input inference walks through any op, so a boolean "
                    "mask argument borrows the float spec of the layer its *other* operand "
                    "feeds (here the RNN's [8, 32, 8] float32); a mask should get no spec "
-                   "(or a bool one) -- a heuristic/design question in tracing.infer_input")
+                   "(or a bool one) -- a heuristic/design question in loading.inputs.infer_input")
 def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
     src = """
     import torch.nn as nn
@@ -252,8 +252,8 @@ def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
             out, _ = self.rnn(x.masked_fill(mask, 0.0))
             return self.head(out[:, -1])
     """
-    r = lint(src)
-    spec = spec_of(r)
+    r, a = lint(src, analysis=True)
+    spec = spec_of(a)
     assert spec is None or "mask" not in spec.tensors or \
         spec.tensors["mask"].dtype == torch.bool
 

@@ -433,20 +433,20 @@ class TestMissingResidual:
         assert r.findings[0].data["depth"] == RESIDUAL_DEPTH + 1
 
     def test_resnet_is_clean(self, lint):
-        r = lint(RESNET.replace("ZERO_INIT", "pass"))
+        r, a = lint(RESNET.replace("ZERO_INIT", "pass"), analysis=True)
         assert r.status == "ok", r.error
         assert r.tracer == "fx"
         assert codes(r) == []
         # the gradient reaches the stem through the skips: only stem + head on the short path
-        stem = next(n for n in r.analysis.graph.nodes if n.module_path == "stem")
-        assert r.analysis.facts.structure.layers_to_output[stem] == 1
-        assert len(r.analysis.facts.structure.skip_joins) == RESNET_BLOCKS
+        stem = next(n for n in a.graph.nodes if n.module_path == "stem")
+        assert a.facts.structure.layers_to_output[stem] == 1
+        assert len(a.facts.structure.skip_joins) == RESNET_BLOCKS
 
     def test_densenet_concat_skips_are_clean(self, lint):
-        r = lint(DENSE_CAT)
+        r, a = lint(DENSE_CAT, analysis=True)
         assert r.status == "ok", r.error
         assert codes(r) == []
-        assert len(r.analysis.facts.structure.skip_joins) == DENSE_LAYERS
+        assert len(a.facts.structure.skip_joins) == DENSE_LAYERS
 
     def test_same_net_without_the_concat_triggers(self, lint):
         # control for the DenseNet test: the same layers without concatenation
@@ -455,12 +455,12 @@ class TestMissingResidual:
         assert r.findings[0].module == "stem"
 
     def test_pre_ln_transformer_has_no_findings(self, lint):
-        r = lint(PRE_LN)
+        r, a = lint(PRE_LN, analysis=True)
         assert r.status == "ok", r.error
         assert r.tracer == "fx"
         assert codes(r) == [], [f.message for f in r.findings]
         # 2 residual adds a block are found from the graph
-        assert len(r.analysis.facts.structure.skip_joins) >= 2 * TRANSFORMER_BLOCKS
+        assert len(a.facts.structure.skip_joins) >= 2 * TRANSFORMER_BLOCKS
 
     def test_the_same_transformer_without_residuals_triggers(self, lint):
         r = lint(NO_RESIDUAL_TRANSFORMER, select=["AL103"])
@@ -486,11 +486,11 @@ class TestMissingResidual:
         INPUT = {"shape": [2, 10, 16]}
         """
         layers = RESIDUAL_DEPTH // 4 + 2
-        r = lint(src.replace("LAYERS", str(layers)))
+        r, a = lint(src.replace("LAYERS", str(layers)), analysis=True)
         assert r.status == "ok", r.error
         assert r.tracer in ("fx", "exec")
         assert codes(r) == [], [f.message for f in r.findings]
-        assert len(r.analysis.facts.structure.skip_joins) >= 2 * layers
+        assert len(a.facts.structure.skip_joins) >= 2 * layers
 
     def test_max_depth_option(self, lint):
         r = lint(RESNET.replace("ZERO_INIT", "pass"), select=["AL103"],
@@ -927,7 +927,7 @@ class TestGradientVerdicts:
         something)."""
         r = lint(src, select=["AL105", "AL106"])
         assert r.status == "ok", r.error
-        assert r.analysis.gradient is not None, r.notes
+        assert r.gradient_flow, r.notes
         return r
 
     def test_deep_sigmoid_mlp_vanishes(self, lint):
@@ -936,7 +936,7 @@ class TestGradientVerdicts:
         f = r.findings[0]
         assert "decades" in f.message and "Sigmoid" in f.message, f.message
         assert f.data["decades"] < -VanishingGradient.options["max-decades"]
-        assert r.extra["gradient_decades"] == pytest.approx(f.data["decades"], abs=1e-3)
+        assert r.gradient_decades == pytest.approx(f.data["decades"], abs=1e-3)
         # at the earliest layer
         assert (f.module, f.line) == ("body.0", line_of(SIGMOID_12, "fc = nn.Linear"))
         assert (f.severity, f.name) == ("warning", "vanishing-gradient")
@@ -946,7 +946,7 @@ class TestGradientVerdicts:
         # too-large gradient (AL106) but not a vanishing one (measured -3.9..-4.3 decades)
         r = self.verdicts(lint, mlp_with_head(12, "nn.LayerNorm(64), nn.Sigmoid()"))
         assert codes(r) == ["AL105"]
-        assert r.extra["gradient_decades"] < -VanishingGradient.options["max-decades"]
+        assert r.gradient_decades < -VanishingGradient.options["max-decades"]
 
     def test_scale_invariant_layers_are_not_judged_for_explosion(self, lint):
         # a deep Linear -> BatchNorm -> ReLU stack: gradients grow ~pi/(pi-1) per layer going
@@ -955,7 +955,7 @@ class TestGradientVerdicts:
         r = lint(mlp_with_head(64, "nn.BatchNorm1d(64), nn.ReLU()"), select=["AL105", "AL106"],
                  input={"shape": [32, 64]})
         assert r.status == "ok", r.error
-        assert r.extra["gradient_decades"] > VanishingGradient.options["max-decades"]
+        assert r.gradient_decades > VanishingGradient.options["max-decades"]
         assert codes(r) == []
 
     @pytest.mark.parametrize("src", [
@@ -997,7 +997,7 @@ class TestGradientVerdicts:
         assert r.input is None
         assert [layer.module for layer in r.layers] == ["mix1", "mix2"]
         assert all(layer.grad_rms is None for layer in r.layers)
-        assert "gradient_decades" not in r.extra
+        assert r.gradient_decades is None
         assert any("AL105 skipped" in n for n in r.notes), r.notes
         # control: the same model given an input is estimated
         r = lint(CUSTOM_FIRST_OP, input={"shape": [4, 16]})

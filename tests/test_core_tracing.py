@@ -17,8 +17,8 @@ def line_of(source: str, needle: str, nth: int = 0) -> int:
     return hits[nth]
 
 
-def weight_nodes(result):
-    return [n for n in result.analysis.graph.nodes if n.is_weight_layer]
+def weight_nodes(analysis):
+    return [n for n in analysis.graph.nodes if n.is_weight_layer]
 
 
 # ------------------------------------------------------------------------------ fx vs exec
@@ -68,8 +68,8 @@ def test_data_dependent_control_flow_falls_back_to_exec_tracer(lint):
 
 
 def test_exec_tracer_gives_the_same_findings_as_fx(lint):
-    fx = lint(SIGMOID_STACK_TRACEABLE)
-    ex = lint(SIGMOID_STACK_DATA_DEPENDENT)
+    fx, fx_analysis = lint(SIGMOID_STACK_TRACEABLE, analysis=True)
+    ex, ex_analysis = lint(SIGMOID_STACK_DATA_DEPENDENT, analysis=True)
     assert (fx.tracer, ex.tracer) == ("fx", "exec")
 
     def key(r):
@@ -79,14 +79,15 @@ def test_exec_tracer_gives_the_same_findings_as_fx(lint):
     assert [(layer.module, layer.line) for layer in fx.layers] == \
         [(layer.module, layer.line) for layer in ex.layers]
     # the same weight layers, in the same order, with the same module paths and sites
-    assert [(n.module_path, n.site.line) for n in weight_nodes(fx)] == \
-        [(n.module_path, n.site.line) for n in weight_nodes(ex)]
+    assert [(n.module_path, n.site.line) for n in weight_nodes(fx_analysis)] == \
+        [(n.module_path, n.site.line) for n in weight_nodes(ex_analysis)]
 
 
 def test_exec_trace_restores_training_mode_and_buffers(tmp_path):
     import torch
 
     from archlint.engine import Settings, lint_model
+    from archlint.loading.inputs import infer_input
     from archlint.rules import selected_rules
     from conftest import load_source
 
@@ -109,7 +110,8 @@ def test_exec_trace_restores_training_mode_and_buffers(tmp_path):
     module, _ = load_source(tmp_path, src)
     model = module.Model().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = lint_model(model, "Model", None, Settings(rules=selected_rules(None, [])))
+    result = lint_model(model, "Model", infer_input(model),
+                        Settings(rules=selected_rules(None, [])))
     assert result.tracer == "exec"
     assert not model.training and not model.bn.training
     after = model.state_dict()
@@ -160,9 +162,9 @@ def test_saturating_functional_calls_count_like_modules(variant, lint):
     src = functional_source(call, act_module)
     # about how AL101 counts functional calls: AL105 (which the sigmoid variants also get, at
     # ~3.1 decades) is left out
-    result = lint(src, select=["AL101"])
+    result, a = lint(src, select=["AL101"], analysis=True)
     assert result.status == "ok", result.error
-    acts = [n for n in result.analysis.graph.nodes if n.kind == "activation"]
+    acts = [n for n in a.graph.nodes if n.kind == "activation"]
     assert [n.op for n in acts] == [op] * 6
     assert codes(result) == ["AL101"]
     f = result.findings[0]
@@ -188,11 +190,11 @@ RELU_VARIANTS = {
 @pytest.mark.parametrize("variant", list(RELU_VARIANTS))
 def test_relu_functional_calls_count_like_modules(variant, lint):
     call, act_module = RELU_VARIANTS[variant]
-    result = lint(functional_source(call, act_module))
+    result, a = lint(functional_source(call, act_module), analysis=True)
     assert result.status == "ok", result.error
-    assert [n.op for n in result.analysis.graph.nodes if n.kind == "activation"] == ["relu"] * 6
+    assert [n.op for n in a.graph.nodes if n.kind == "activation"] == ["relu"] * 6
     # every layer is judged against He init (sigma_w^2 = 2), as with nn.ReLU
-    layers = result.analysis.facts.init.layers
+    layers = a.facts.init.layers
     assert [(li.node.module_path, li.next_activation, li.target_sigma_w2) for li in layers] == \
         [(f"fcs.{i}", "relu", 2.0) for i in range(6)]
     reference = lint(functional_source("self.acts[i](fc(x))", "nn.ReLU()"))
@@ -203,9 +205,9 @@ def test_relu_functional_calls_count_like_modules(variant, lint):
 
 def test_same_stack_without_activation_uses_linear_target(lint):
     # control for the test above: with no activation in between the target is LeCun (1)
-    result = lint(functional_source("fc(x)"))
+    result, a = lint(functional_source("fc(x)"), analysis=True)
     assert result.status == "ok", result.error
-    layers = result.analysis.facts.init.layers
+    layers = a.facts.init.layers
     assert [li.target_sigma_w2 for li in layers] == [1.0] * 6
 
 
@@ -274,12 +276,12 @@ class Model(nn.Module):
 def test_custom_blocks_are_traced_through_with_paths_and_sites(tracer, lint):
     guard = "pass" if tracer == "fx" else "x = x if x.sum() > -1e9 else x * 2"
     src = NESTED.replace("GUARD", guard)
-    result = lint(src)
+    result, a = lint(src, analysis=True)
     assert result.status == "ok", result.error
     assert result.tracer == tracer
     # no custom block appears as an opaque node
-    assert not any(n.op in ("Block", "Inner") for n in result.analysis.graph.nodes)
-    layers = [(n.module_path, n.site.line) for n in weight_nodes(result)]
+    assert not any(n.op in ("Block", "Inner") for n in a.graph.nodes)
+    layers = [(n.module_path, n.site.line) for n in weight_nodes(a)]
     proj, out = line_of(src, "self.proj = nn.Linear"), line_of(src, "self.out = nn.Linear")
     assert layers == [
         ("blocks.0.inner.proj", proj), ("blocks.0.out", out),
@@ -287,7 +289,7 @@ def test_custom_blocks_are_traced_through_with_paths_and_sites(tracer, lint):
         ("blocks.2.inner.proj", proj), ("blocks.2.out", out),
         ("head", line_of(src, "self.head = nn.Linear")),
     ]
-    acts = [(n.op, n.scope, n.site.line) for n in result.analysis.graph.nodes if n.kind == "activation"]
+    acts = [(n.op, n.scope, n.site.line) for n in a.graph.nodes if n.kind == "activation"]
     tanh, sig = line_of(src, "torch.tanh(self.proj(x))"), line_of(src, ".sigmoid()")
     assert acts == [
         ("tanh", "blocks.0.inner", tanh), ("sigmoid", "blocks.0", sig),
@@ -388,9 +390,9 @@ class Model(nn.Module):
 
 def test_shared_linear_applied_several_times(lint):
     src = SHARED.replace("INIT", "pass").replace("STEPS", "6")
-    result = lint(src)
+    result, a = lint(src, analysis=True)
     assert result.status == "ok", result.error
-    fc_calls = [n for n in weight_nodes(result) if n.module_path == "fc"]
+    fc_calls = [n for n in weight_nodes(a) if n.module_path == "fc"]
     assert len(fc_calls) == 6
     assert {n.site.line for n in fc_calls} == {line_of(src, "self.fc = nn.Linear")}
     # every application is a step of the chain: 6 tanh > 4
@@ -434,13 +436,13 @@ class Model(nn.Module):
 
 
 def test_weight_tied_language_model_is_clean(lint):
-    result = lint(TIED.replace("INIT", "pass"))
+    result, a = lint(TIED.replace("INIT", "pass"), analysis=True)
     assert result.status == "ok", result.error
     assert result.tracer == "fx"
     assert codes(result) == []
     assert [(layer.module, layer.type) for layer in result.layers] == [
         ("embed", "Embedding"), ("head", "Linear")]
-    assert [n.module_path for n in weight_nodes(result)] == ["embed", "head"]
+    assert [n.module_path for n in weight_nodes(a)] == ["embed", "head"]
 
 
 def test_weight_tied_zero_weight_reported_once(lint):
@@ -474,8 +476,8 @@ def test_weight_tied_head_as_matmul_on_the_parameter(lint):
     # x @ W with W the parameter itself is a linear layer owned by W's module
     src = MATMUL_TIED.replace("GUARD", "pass").replace("HEAD", "self.embed.weight")
     src = src.replace("nn.Embedding(100, 16)", "nn.Embedding(16, 16)")
-    result = lint(src)
-    head = [n for n in weight_nodes(result) if n.kind == "linear"]
+    result, a = lint(src, analysis=True)
+    head = [n for n in weight_nodes(a) if n.kind == "linear"]
     assert [(n.module_path, n.site.line) for n in head] == \
         [("embed", line_of(src, "@ self.embed.weight"))]
 
@@ -485,10 +487,10 @@ def test_weight_tied_head_as_matmul_on_the_parameter(lint):
 def test_weight_tied_head_through_a_transpose_is_a_weight_layer(tracer, head, lint):
     guard = "pass" if tracer == "fx" else "ids = ids if ids.sum() >= 0 else -ids"
     src = MATMUL_TIED.replace("GUARD", guard).replace("HEAD", head)
-    result = lint(src)
+    result, a = lint(src, analysis=True)
     assert result.status == "ok", result.error
     assert result.tracer == tracer
-    assert [(n.kind, n.module_path) for n in weight_nodes(result)] == \
+    assert [(n.kind, n.module_path) for n in weight_nodes(a)] == \
         [("embedding", "embed"), ("linear", "embed")]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from archlint.engine import Settings, lint_model
 from archlint.loading.sites import recording_module_sites
-from archlint.loading.inputs import parse_input
+from archlint.loading.inputs import infer_input, parse_input
 from archlint.rules import ALL_RULES
 
 pytestmark = pytest.mark.optional
@@ -35,8 +35,8 @@ def _lint(build, spec):
     torch.manual_seed(0)
     with recording_module_sites():
         model = build()
-    result = lint_model(model, "model", parse_input(spec, "input") if spec else None,
-                        Settings(rules=list(ALL_RULES)))
+    spec = parse_input(spec, "input") if spec else infer_input(model)
+    result = lint_model(model, "model", spec, Settings(rules=list(ALL_RULES)))
     assert result.status == "ok", result.error
     return result
 

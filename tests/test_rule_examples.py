@@ -1,30 +1,23 @@
-"""Every rule's own documented examples: the bad one must trigger it, the good one must not."""
+"""Every rule's own documented examples: the bad one must trigger it, the good one must not.
+
+Run with the public helper a team uses for its own rules (archlint.testing)."""
 
 import pytest
 
 from archlint.rules import ALL_RULES
-
-from conftest import codes, lint_source
-
-#: Rules that read the analysed graph. Rules with ``checks_source`` (AL900 unused-suppression)
-#: work on source comments after a whole run; tests/test_suppressions.py runs their examples.
-GRAPH_RULES = [r for r in ALL_RULES if not getattr(r, "checks_source", False)]
+from archlint.testing import check_example
 
 
-@pytest.mark.parametrize("rule", GRAPH_RULES, ids=lambda r: r.code)
-def test_bad_example_triggers(rule, tmp_path):
-    assert rule.bad_example.strip(), f"{rule.code} has no bad example"
-    result = lint_source(tmp_path, rule.bad_example, select=[rule.code])
-    assert result.status == "ok", result.error
-    assert rule.code in codes(result), result.notes
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.code)
+def test_bad_example_triggers(rule):
+    check = check_example(rule, "bad")
+    assert check.passed, check.detail
 
 
-@pytest.mark.parametrize("rule", GRAPH_RULES, ids=lambda r: r.code)
-def test_good_example_is_clean(rule, tmp_path):
-    assert rule.good_example.strip(), f"{rule.code} has no good example"
-    result = lint_source(tmp_path, rule.good_example, select=[rule.code])
-    assert result.status == "ok", result.error
-    assert rule.code not in codes(result), [f.message for f in result.findings]
+@pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.code)
+def test_good_example_is_clean(rule):
+    check = check_example(rule, "good")
+    assert check.passed, check.detail
 
 
 @pytest.mark.parametrize("rule", ALL_RULES, ids=lambda r: r.code)

@@ -1,14 +1,23 @@
-"""Example inputs: parse specs (config / CLI), infer them from the first layer, build tensors."""
+"""Example inputs: parse specs (config / CLI), infer them from the first layer, build tensors.
+
+The input of a target is settled here, before tracing starts: the one given (config, command
+line, Python API), else :func:`infer_input`; the tracer receives it, or None when there is none.
+"""
 
 from __future__ import annotations
 
 import inspect
+import operator
 import re
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import torch
+import torch.fx
 from torch import nn
+
+from ..ops import canonical_name, is_leaf_module
 
 DEFAULT_BATCH = 8
 DEFAULT_SEQ_LEN = 32
@@ -165,6 +174,100 @@ def parse_input(raw: Any, where: str, origin: str = "config") -> InputSpec:
 # ------------------------------------------------------------------------------------------
 # Inference from the first layer
 # ------------------------------------------------------------------------------------------
+
+def infer_input(model: nn.Module) -> Optional[InputSpec]:
+    """Guess the example input from the first layer that reads each required argument.
+
+    A symbolic trace of ``model`` (torch.fx, stopping at the layers archlint classifies, as the
+    tracer does) follows each ``forward`` argument without a default to the first layer that
+    consumes it; that layer's type and sizes give the spec (:func:`spec_for_layer`). When fx
+    cannot trace the model, the first leaf layer in definition order reads the first argument.
+    None when no such layer is found.
+    """
+    required = [p.name for p in forward_parameters(model) if p.default is p.empty]
+    fxg = _symbolic_graph(model)
+    if fxg is not None:
+        specs: dict[Optional[str], TensorSpec] = {}
+        for node in fxg.nodes:
+            if node.op != "placeholder":
+                continue
+            name = str(node.target).lstrip("*")
+            if name not in required:
+                continue
+            spec = _first_consumer_spec(model, node)
+            if spec is None:
+                return None
+            specs[name] = spec
+        if specs:
+            if len(specs) == 1:
+                return InputSpec({None: next(iter(specs.values()))})
+            return InputSpec(specs)
+    for path, mod in model.named_modules():
+        if mod is model or not is_leaf_module(mod):
+            continue
+        spec = spec_for_layer(mod, path)
+        if spec is not None:
+            return InputSpec({None: spec})
+    return None
+
+
+class _LayerTracer(torch.fx.Tracer):
+    """torch.fx with archlint's leaves: torch.nn's own layers; custom blocks traced through."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf_module(m)
+
+
+def _symbolic_graph(model: nn.Module) -> Optional[torch.fx.Graph]:
+    try:
+        return _LayerTracer().trace(model)
+    except Exception:  # fx raises many kinds of errors; the tracer reports them
+        return None
+
+
+#: Functional weight layers: canonical call name -> the op :func:`spec_for_weight` knows.
+_FUNCTIONAL_LAYERS = {"linear": "linear", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv",
+                      "embedding": "embedding", "matmul": "linear"}
+
+
+def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Optional[TensorSpec]:
+    """Breadth-first from an argument: the spec the first recognised layer reading it expects."""
+    queue = deque([placeholder])
+    seen = {placeholder}
+    while queue:
+        node = queue.popleft()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if user.op == "call_module":
+                mod = model.get_submodule(str(user.target))
+                spec = spec_for_layer(mod, str(user.target))
+                if spec is not None:
+                    return spec
+            elif user.op == "call_function" or user.op == "call_method":
+                fname = canonical_name(user.target)
+                weights = [a for a in user.all_input_nodes if a.op == "get_attr"]
+                if weights and fname in _FUNCTIONAL_LAYERS:
+                    w = _tensor_attribute(model, str(weights[0].target))
+                    if fname == "matmul" and w is not None and w.dim() == 2:
+                        w = w.t()  # x @ W: W is (in, out)
+                    if w is not None:
+                        spec = spec_for_weight(w, _FUNCTIONAL_LAYERS[fname],
+                                               str(weights[0].target))
+                        if spec is not None:
+                            return spec
+            queue.append(user)
+    return None
+
+
+def _tensor_attribute(model: nn.Module, qualified_name: str) -> Optional[torch.Tensor]:
+    try:
+        obj = operator.attrgetter(qualified_name)(model)
+    except AttributeError:
+        return None
+    return obj if hasattr(obj, "dim") else None
+
 
 def spec_for_layer(module: nn.Module, where: str) -> Optional[TensorSpec]:
     """The example input a first layer expects, with archlint's default sizes."""

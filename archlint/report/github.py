@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..results import target_file
 from .model import Report
 
 LEVELS = {"error": "error", "warning": "warning", "info": "notice"}
@@ -37,13 +38,6 @@ def command(level: str, message: str, file: Optional[str] = None, line: Optional
     return f"{head}::{escape_data(message)}"
 
 
-def _target_file(target: str) -> Optional[str]:
-    from ..paths import split_spec
-
-    left, _ = split_spec(target)
-    return left if left.endswith(".py") else None
-
-
 def render_github(report: Report) -> str:
     lines = []
     for t in report.targets:
@@ -52,10 +46,10 @@ def render_github(report: Report) -> str:
             if f.hint:
                 message += f"\nhint: {f.hint}"
             lines.append(command(LEVELS.get(f.severity, "warning"), message,
-                                 file=f.path or _target_file(t.target),
+                                 file=f.path or target_file(t.target),
                                  line=f.line if f.path else None,
                                  col=f.column if f.path else None, title=f.code))
         if t.status != "ok":
-            lines.append(command("error", f"{t.target}: {t.error}", file=_target_file(t.target),
+            lines.append(command("error", f"{t.target}: {t.error}", file=target_file(t.target),
                                  title="archlint"))
     return "".join(line + "\n" for line in lines)

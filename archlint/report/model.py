@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..results import SEVERITIES, SEVERITY_RANK, Finding, TargetResult
+from ..results import SEVERITIES, SEVERITY_RANK, Finding, RuleInfo, TargetResult
 
 
 @dataclass
@@ -19,6 +19,8 @@ class Report:
     suppressed: int = 0
     #: Findings left out because the baseline file already lists them.
     baselined: int = 0
+    #: Every rule the run could use (selected or not), for the formats that describe them.
+    rules: list[RuleInfo] = field(default_factory=list)
 
     @property
     def findings(self) -> list[Finding]:

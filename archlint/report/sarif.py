@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
 from .. import __version__
-from ..results import Finding
+from ..results import Finding, RuleInfo, target_file
 from .model import Report
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -24,18 +24,16 @@ SRCROOT = "%SRCROOT%"
 LEVELS = {"error": "error", "warning": "warning", "info": "note"}
 
 
-def render_sarif(report: Report, rules: Optional[Sequence[type]] = None,
+def render_sarif(report: Report, rules: Optional[Sequence[RuleInfo]] = None,
                  root: Optional[Path] = None) -> str:
     return json.dumps(sarif_log(report, rules, root), indent=2) + "\n"
 
 
-def sarif_log(report: Report, rules: Optional[Sequence[type]] = None,
+def sarif_log(report: Report, rules: Optional[Sequence[RuleInfo]] = None,
               root: Optional[Path] = None) -> dict[str, Any]:
-    """The SARIF log as a dict. ``rules`` default to every registered rule."""
+    """The SARIF log as a dict. ``rules`` default to the rules of the run (``report.rules``)."""
     if rules is None:
-        from ..rules import ALL_RULES
-
-        rules = ALL_RULES
+        rules = report.rules
     root = (root or Path.cwd()).resolve()
     index = {r.code: i for i, r in enumerate(rules)}
     results = []
@@ -67,16 +65,13 @@ def sarif_log(report: Report, rules: Optional[Sequence[type]] = None,
     return {"$schema": SCHEMA_URI, "version": "2.1.0", "runs": [run]}
 
 
-def _rule(rule: type) -> dict[str, Any]:
-    from ..rule_docs import sections, summary
-
-    doc = rule.documentation()
-    what = sections(rule).get("What it does", summary(rule))
+def _rule(rule: RuleInfo) -> dict[str, Any]:
+    doc = rule.documentation
     return {
         "id": rule.code,
         "name": rule.name,
-        "shortDescription": {"text": summary(rule)},
-        "fullDescription": {"text": " ".join(what.split())},
+        "shortDescription": {"text": rule.summary},
+        "fullDescription": {"text": rule.description},
         "help": {"text": doc, "markdown": f"# {rule.code} {rule.name}\n\n{doc}"},
         "defaultConfiguration": {"level": LEVELS.get(rule.severity, "warning")},
         "properties": {"tags": ["gradient-flow", "pytorch"], "options": dict(rule.options)},
@@ -97,13 +92,6 @@ def _artifact(path: str, root: Path) -> dict[str, Any]:
     return {"uri": quote(rel.as_posix()), "uriBaseId": SRCROOT}
 
 
-def _target_file(target: str) -> Optional[str]:
-    from ..paths import split_spec
-
-    left, _ = split_spec(target)
-    return left if left.endswith(".py") else None
-
-
 def _result(f: Finding, target: str, index: dict[str, int], root: Path) -> dict[str, Any]:
     text = f.message + (f" [{f.module}]" if f.module else "")
     if f.hint:
@@ -116,7 +104,7 @@ def _result(f: Finding, target: str, index: dict[str, int], root: Path) -> dict[
     if f.code in index:
         res["ruleIndex"] = index[f.code]
     location: dict[str, Any] = {}
-    path = f.path or _target_file(target)
+    path = f.path or target_file(target)
     if path is not None:
         physical: dict[str, Any] = {"artifactLocation": _artifact(path, root)}
         if f.path and f.line:
@@ -143,7 +131,7 @@ def _result(f: Finding, target: str, index: dict[str, int], root: Path) -> dict[
 def _notification(target: str, error: str, root: Path) -> dict[str, Any]:
     note: dict[str, Any] = {"level": "error", "message": {"text": f"{target}: {error}"},
                             "descriptor": {"id": "target-error"}}
-    path = _target_file(target)
+    path = target_file(target)
     if path is not None:
         note["locations"] = [{"physicalLocation": {"artifactLocation": _artifact(path, root)}}]
     return note

@@ -1,9 +1,11 @@
 """What every rule is made of, and the context rules read their facts from.
 
-A rule is one module holding one :class:`Rule` subclass: its code and kebab-case name, default
-severity, options with defaults, documentation under ruff's headings (the class docstring, printed
-by ``archlint explain CODE``), a bad and a good example model (run as tests), and ``check``, which
-reads the analysed graph and yields findings. Rules never trace, import or measure.
+This is the public rule API, the same for the built-in rules and a team's own
+(docs/writing-rules.md). A rule is one module holding one :class:`Rule` subclass: its code and
+kebab-case name, default severity, options with defaults, documentation under ruff's headings
+(the class docstring, printed by ``archlint explain CODE``), a bad and a good example model (run
+as tests by :mod:`archlint.testing`), and ``check``, which reads the analysed graph and its facts
+from a :class:`RuleContext` and yields findings. Rules never trace, import or measure.
 """
 
 from __future__ import annotations
@@ -22,17 +24,28 @@ from ..paths import display_path
 
 @dataclass
 class RuleContext:
+    """What a rule's ``check`` reads: one traced model's graph and the facts computed on it."""
+
+    #: The traced model: nodes in execution order (:mod:`archlint.graph.ir`).
     graph: Graph
+    #: Structure (gradient paths, depths, skip joins, saturating runs), initial-weight
+    #: statistics and recurrent horizons (:mod:`archlint.analysis`).
     facts: GraphFacts
     #: The gradient estimate and its verdicts; None without an example input or tensor output.
     gradient: Optional[GradientFacts]
+    #: The rule's options: its declared defaults, overridden by the config's ``rules:`` table.
     options: dict[str, Any]
+    #: The severity its findings get (the default, or the config's).
     severity: str
+    #: The target being linted, as the report names it.
     target: str = ""
 
 
 class Rule:
+    #: Capital letters, then digits; ``AL`` codes are archlint's, a team's rules use others
+    #: (``TEAM001``).
     code: ClassVar[str]
+    #: Kebab-case; works wherever the code does.
     name: ClassVar[str]
     severity: ClassVar[str] = "warning"
     #: Option name (kebab-case, as in the config) -> default value. The default's type is the
@@ -41,16 +54,25 @@ class Rule:
     #: Source of a model (class ``Model``) that must trigger the rule, and one that must not.
     bad_example: ClassVar[str] = ""
     good_example: ClassVar[str] = ""
-    #: Does the rule need example-input shapes (sequence lengths...)?
+    #: Does the rule need example-input shapes (sequence lengths...)? Without an input it is
+    #: skipped, with a note.
     needs_input: ClassVar[bool] = False
+    #: A rule that judges the source's suppression comments once every other rule has run (the
+    #: built-in AL900), not the graph: its examples are checked with every rule selected.
+    checks_source: ClassVar[bool] = False
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:  # pragma: no cover - abstract
+        """Yield a :class:`~archlint.results.Finding` (see :meth:`finding`) for each problem."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
     def finding(self, ctx: RuleContext, node: Optional[Node], message: str,
                 hint: Optional[str] = None, data: Optional[dict] = None,
                 module: Optional[str] = None) -> Finding:
+        """A finding of this rule located at ``node``'s definition (the line that builds the
+        layer, or the line in ``forward`` of a functional call) and named by its module path
+        (or ``module``). ``hint``: what to change, in one sentence; ``data``: machine-readable
+        facts for the JSON report."""
         site: Optional[Site] = node.site if node is not None else None
         return Finding(
             code=self.code, name=self.name, severity=ctx.severity, message=message,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterator
+from typing import Iterator
 
 from ..results import Finding
 from ..suppressions import Malformed, UnusedSuppression as Unused
@@ -55,9 +55,7 @@ class UnusedSuppression(Rule):
     code = "AL900"
     name = "unused-suppression"
     severity = "info"
-    #: Works on the source comments after every other rule ran, not on the graph: its examples are
-    #: linted as files with ``--report-unused-suppressions`` (tests/test_suppressions.py).
-    checks_source: ClassVar[bool] = True
+    checks_source = True
 
     bad_example = """
 import torch.nn as nn

@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from .. import probe
 from ..graph.derived import PARAM_ONLY, derived_weight, param_only_call
 from ..graph.ir import Kind, Node, Site
 from ..ops import carries_gradient, classify_call, classify_module
@@ -40,25 +41,8 @@ def flatten_tensors(value: Any) -> list[torch.Tensor]:
 
 
 def select_output(value: Any) -> Optional[torch.Tensor]:
-    """The probe's y: first tensor of a tuple, or ``logits`` / ``last_hidden_state`` of a mapping."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
-        keys = list(value.keys())
-        for key in ("logits", "last_hidden_state"):
-            if key in keys and isinstance(value[key], torch.Tensor):
-                return value[key]
-        for k in keys:
-            t = select_output(value[k])
-            if t is not None:
-                return t
-        return None
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = select_output(v)
-            if t is not None:
-                return t
-    return None
+    """The probe's y among a forward's outputs (:func:`archlint.probe.select_output`)."""
+    return probe.select_output(value, torch.is_tensor)
 
 
 def module_node(name: str, module: nn.Module, path: str, inputs: list[Node]) -> Node:

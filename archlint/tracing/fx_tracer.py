@@ -11,8 +11,9 @@ from torch import nn
 from ..ops import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
+from ..probe import select_output
 from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,
-                      module_node, param_owner, select_output, shape_of, TraceError)
+                      module_node, param_owner, shape_of, TraceError)
 from .shapes import propagate_values
 
 
@@ -129,35 +130,14 @@ def _constant_or_node(n: torch.fx.Node, env: dict, values: Optional[dict]) -> An
 
 def _probe_output_node(fxg: torch.fx.Graph, env: dict, values: Optional[dict],
                        output: Optional[Node]) -> Optional[Node]:
-    """The node producing the probe's y: first tensor / logits / last_hidden_state."""
+    """The node producing the probe's y (:func:`archlint.probe.select_output`)."""
     out_fx = next((n for n in fxg.nodes if n.op == "output"), None)
     if out_fx is None:
         return None
-    structure = out_fx.args[0]
-    picked = _pick(structure)
-    if isinstance(picked, torch.fx.Node) and picked in env:
+    picked = select_output(out_fx.args[0], lambda v: isinstance(v, torch.fx.Node))
+    if picked is not None and picked in env:
         return env[picked]
     return output
 
 
-def _pick(structure: Any) -> Any:
-    if isinstance(structure, torch.fx.Node):
-        return structure
-    if isinstance(structure, Mapping):
-        for key in ("logits", "last_hidden_state"):
-            if key in structure:
-                return _pick(structure[key])
-        for v in structure.values():
-            p = _pick(v)
-            if p is not None:
-                return p
-        return None
-    if isinstance(structure, (list, tuple)):
-        for v in structure:
-            p = _pick(v)
-            if p is not None:
-                return p
-    return None
-
-
-__all__ = ["fx_trace", "symbolic_graph", "select_output"]
+__all__ = ["fx_trace", "symbolic_graph"]
