@@ -115,7 +115,8 @@ def lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
     try:
         graph = trace_model(model, spec)
     except TraceError as exc:
-        result.status, result.error = "error", f"cannot trace: {exc}"
+        result.status = "error"
+        result.error = str(exc) if exc.mismatch else f"cannot trace: {exc}"
         return result, None
     result.tracer = graph.tracer
     used_spec = graph.input_spec

@@ -13,7 +13,7 @@ from typing import Any
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig
 from .base import Gains, Propagation, kw, scalars, unknown
-from .shape import NoRule, TensorShape, broadcast, norm_dim, promote
+from .shape import NoRule, ShapeMismatch, TensorShape, broadcast, norm_dim, promote
 from .table import Op, family, register
 
 #: Binary elementwise ops whose output is boolean.
@@ -26,7 +26,11 @@ def binary_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
     tensors = [a for a in args if isinstance(a, TensorShape)]
     if not tensors:
         raise NoRule("no tensors")
-    shape = broadcast(*[t.shape for t in tensors])
+    try:
+        shape = broadcast(*[t.shape for t in tensors])
+    except NoRule:
+        raise ShapeMismatch(" and ".join(str(list(t.shape)) for t in tensors)
+                            + " do not broadcast") from None
     import torch
 
     dtype = torch.bool if name in BOOL_OUT else promote(list(args))
@@ -46,6 +50,11 @@ def _cat_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
     seq = [t for t in args[0] if isinstance(t, TensorShape) and t.shape != (0,)]
     d = args[1] if len(args) > 1 else kwargs.get("dim", 0)
     d = norm_dim(d, seq[0].dim())
+    for t in seq[1:]:
+        if t.dim() != seq[0].dim() or any(a != b for i, (a, b) in
+                                          enumerate(zip(t.shape, seq[0].shape)) if i != d):
+            raise ShapeMismatch("cannot concatenate " + " and ".join(
+                str(list(u.shape)) for u in seq) + f" along dimension {d}")
     s = list(seq[0].shape)
     s[d] = sum(t.shape[d] for t in seq)
     return TensorShape(tuple(s), promote(seq))

@@ -21,7 +21,8 @@ from ..graph.ir import Kind, Node
 from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forward, linear_stats,
                                 mean_sq, numel)
 from .base import Backward, Gains, Propagation, kw, unknown
-from .shape import NoRule, TensorShape, broadcast, conv_shape, promote, same_module_shape
+from .shape import (NoRule, ShapeMismatch, TensorShape, broadcast, conv_shape, describe,
+                    expect_float, promote, same_module_shape)
 from .table import Op, family, register
 
 _MATMUL_FUNCTIONS = ("matmul", "mm", "addmm", "bmm", "baddbmm")
@@ -406,11 +407,20 @@ def _embedding_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
 
 def _linear_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
     x = same_module_shape(mod, args, kwargs)
+    expect_float(x, type(mod).__name__)
+    width = mod.in1_features if isinstance(mod, nn.Bilinear) else mod.in_features
+    if not x.shape or x.shape[-1] != width:
+        raise ShapeMismatch(f"expects [..., {width}], given {describe(x)}")
     return x.with_shape(x.shape[:-1] + (mod.out_features,))
 
 
 def _conv_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
     x = same_module_shape(mod, args, kwargs)
+    expect_float(x, type(mod).__name__)
+    nd = len(mod.kernel_size)
+    if x.dim() not in (nd + 1, nd + 2) or x.shape[-nd - 1] != mod.in_channels:
+        spatial = ", ".join("H W D".split()[:nd]) if nd > 1 else "L"
+        raise ShapeMismatch(f"expects [N, {mod.in_channels}, {spatial}], given {describe(x)}")
     transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
     return conv_shape(x, mod.out_channels, mod.kernel_size, mod.stride, mod.padding,
                       mod.dilation, len(mod.kernel_size), transposed=transposed,
@@ -419,6 +429,9 @@ def _conv_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
 
 def _embedding_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
     x = same_module_shape(mod, args, kwargs)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise ShapeMismatch(f"looks up integer ids, given {describe(x)} (give the input an "
+                            "integer dtype and 'high')")
     if isinstance(mod, nn.EmbeddingBag):
         return TensorShape((x.shape[0] if x.dim() == 2 else 1, mod.embedding_dim),
                            mod.weight.dtype)

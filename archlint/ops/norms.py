@@ -19,7 +19,7 @@ from torch import nn
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
 from .base import Gains, Propagation, kw
-from .shape import same_module_shape, same_shape
+from .shape import ShapeMismatch, TensorShape, expect_float, same_module_shape, same_shape
 from .table import Op, module_op, register
 
 
@@ -167,9 +167,24 @@ def estimate_rms_norm(prop: Propagation, node: Node) -> None:
              Gains([(0, g2 / (x.q + eps) * max(1 - 1.0 / max(group, 1), 0.0))]))
 
 
+def _norm_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:
+    x = same_module_shape(mod, args, kwargs)
+    expect_float(x, type(mod).__name__)
+    if isinstance(mod, nn.LayerNorm) or (hasattr(nn, "RMSNorm") and isinstance(mod, nn.RMSNorm)):
+        want = tuple(mod.normalized_shape)
+        if tuple(x.shape[-len(want):]) != want:
+            raise ShapeMismatch(f"normalises the last dimensions {list(want)}, given "
+                                f"{describe(x)}")
+        return x
+    channels = getattr(mod, "num_features", None) or getattr(mod, "num_channels", None)
+    if channels and (x.dim() < 2 or x.shape[1] != channels):
+        raise ShapeMismatch(f"expects [N, {channels}, ...], given {describe(x)}")
+    return x
+
+
 def _norm(name: str, modules: tuple, estimate) -> Op:
     return Op(name=name, kind=Kind.NORM, modules=modules, functions=(name,), shape=same_shape,
-              module_shape=same_module_shape, estimate=estimate)
+              module_shape=_norm_module_shape, estimate=estimate)
 
 
 register(

@@ -32,6 +32,23 @@ class NoRule(Exception):
     """No shape rule applies; the caller falls back to running the op on meta tensors."""
 
 
+class ShapeMismatch(Exception):
+    """The values reaching a layer cannot be what it accepts (PyTorch itself would refuse
+    them): the example input does not fit the model. The message says what was expected and
+    what was given."""
+
+
+def describe(x: Any) -> str:
+    if isinstance(x, TensorShape):
+        return f"{list(x.shape)} {str(x.dtype).replace('torch.', '')}"
+    return repr(x)
+
+
+def expect_float(x: "TensorShape", what: str) -> None:
+    if not (x.dtype.is_floating_point or x.dtype.is_complex):
+        raise ShapeMismatch(f"{what} takes floating-point values, given {describe(x)}")
+
+
 def norm_dim(d: int, n: int) -> int:
     return d + n if d < 0 else d
 
@@ -95,6 +112,9 @@ def ntuple(v: Any, n: int) -> tuple[int, ...]:
 
 def conv_shape(x: TensorShape, out_ch: int, k, stride, padding, dilation, nd: int,
                transposed: bool = False, output_padding=0) -> TensorShape:
+    if x.dim() < nd + 1:
+        raise ShapeMismatch(f"expects {nd + 1} or {nd + 2} dimensions (channels and {nd} "
+                            f"spatial), given {describe(x)}")
     spatial = x.shape[-nd:]
     k, stride, dilation = ntuple(k, nd), ntuple(stride, nd), ntuple(dilation, nd)
     if isinstance(padding, str):
@@ -111,6 +131,9 @@ def conv_shape(x: TensorShape, out_ch: int, k, stride, padding, dilation, nd: in
         else:
             out = [conv_out(s, kk, st, p, dd)
                    for s, kk, st, p, dd in zip(spatial, k, stride, padding, dilation)]
+    if any(o < 1 for o in out):
+        raise ShapeMismatch(f"a {'x'.join(map(str, spatial))} input is smaller than its kernel "
+                            f"{'x'.join(map(str, k))} (output {'x'.join(map(str, out))})")
     return x.with_shape(tuple(x.shape[:-nd - 1]) + (out_ch,) + tuple(out))
 
 
@@ -121,6 +144,9 @@ def pool_shape(x: TensorShape, nd: int, k, stride, padding, dilation=1,
     padding, dilation = ntuple(padding, nd), ntuple(dilation, nd)
     out = [conv_out(s, kk, st, p, dd, ceil)
            for s, kk, st, p, dd in zip(x.shape[-nd:], k, stride, padding, dilation)]
+    if any(o < 1 for o in out):
+        raise ShapeMismatch(f"a {'x'.join(map(str, x.shape[-nd:]))} input is smaller than the "
+                            f"pooling window {'x'.join(map(str, k))}")
     return x.with_shape(tuple(x.shape[:-nd]) + tuple(out))
 
 

@@ -40,6 +40,8 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
             graph.input_spec = spec
             return graph
         except TraceError as exc:
+            if exc.mismatch:
+                raise
             fx_error = str(exc)
     if spec is None:
         raise TraceError(f"torch.fx could not trace the model ({fx_error}) and no example input "

@@ -18,6 +18,16 @@ from ..ops.shape import TensorShape
 class TraceError(Exception):
     """A tracer could not produce a graph; the message says why in one line."""
 
+    #: The example input does not fit the model: no other tracer will do better.
+    mismatch = False
+
+
+class InputMismatch(TraceError):
+    """The example input does not fit a layer of the model (the message names the layer, what
+    it expects and what it was given)."""
+
+    mismatch = True
+
 
 def flatten_tensors(value: Any) -> list[torch.Tensor]:
     """All tensors inside a (nested) tuple/list/dict/ModelOutput, in order."""

@@ -225,8 +225,12 @@ def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
             result = model(**call_kwargs)
     except Exception as exc:
         lines = str(exc).strip().splitlines()
-        raise TraceError(f"forward failed: {type(exc).__name__}: {lines[0] if lines else ''}"
-                         [:300]) from exc
+        where = ""
+        if rec.pending:  # the layer that was running
+            mod = rec.pending[-1][0]
+            where = f" in {rec.module_names.get(id(mod), '') or '<root>'} ({type(mod).__name__})"
+        raise TraceError(f"forward failed{where}: {type(exc).__name__}: "
+                         f"{lines[0] if lines else ''}"[:300]) from exc
     finally:
         for h in handles:
             h.remove()

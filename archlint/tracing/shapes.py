@@ -8,6 +8,7 @@ parameters, so the user's model is never modified). Python values (sizes, ints) 
 from __future__ import annotations
 
 import operator
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
@@ -15,8 +16,9 @@ import torch.fx
 from torch import nn
 
 from ..ops import canonical_name, function_op, module_op
-from ..ops.shape import NoRule, TensorShape
-from .builder import TraceError, fetch_attr
+from ..ops.shape import NoRule, ShapeMismatch, TensorShape
+from ..paths import display_path
+from .builder import InputMismatch, TraceError, fetch_attr
 
 
 def to_shape(value: Any) -> Any:
@@ -83,11 +85,23 @@ def propagate_values(model: nn.Module, fxg: torch.fx.Graph,
             env[node] = _value(node, model, env, inputs)
         except TraceError:
             raise
+        except ShapeMismatch as exc:
+            raise InputMismatch(f"the example input does not fit {_where(node, model)}: "
+                                f"{exc}"[:400]) from None
         except Exception as exc:
             msg = str(exc).strip().splitlines()
             raise TraceError(f"shape propagation failed at {node.format_node()}: "
                              f"{type(exc).__name__}: {msg[0] if msg else ''}"[:300]) from exc
     return env
+
+
+def _where(node: torch.fx.Node, model: nn.Module) -> str:
+    if node.op == "call_module":
+        mod = model.get_submodule(str(node.target))
+        return f"{node.target} ({type(mod).__name__})"
+    site = node.meta.get("archlint_site")
+    what = getattr(node.target, "__name__", str(node.target))
+    return f"{what} at {display_path(Path(site.path))}:{site.line}" if site else what
 
 
 def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str, Any]) -> Any:
