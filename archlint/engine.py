@@ -20,6 +20,7 @@ from .estimate import GradientFacts, estimate_gradients
 from .results import Finding, LayerInfo, TargetResult, Verdict
 from .graph.ir import Graph
 from .ops import op_info
+from .ops.opaque import named_modules, see_through
 from .loading.sites import module_site
 from .loading.inputs import InputSpec
 from .rules import Rule, RuleContext
@@ -46,7 +47,7 @@ class Settings:
 def weight_layers_of(model: nn.Module) -> list[LayerInfo]:
     """Every module that directly owns a parameter of 2+ dims, by its named_modules() name."""
     out = []
-    for name, mod in model.named_modules():
+    for name, mod in named_modules(model):
         if any(p.dim() >= 2 for p in mod.parameters(recurse=False)):
             site = module_site(mod)
             out.append(LayerInfo(module=name, type=type(mod).__name__,
@@ -80,15 +81,28 @@ def analyse(graph: Graph) -> Analysis:
     except Exception as exc:  # the structural rules still run
         analysis.notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
         return analysis
+    ran = analysis.gradient.estimate.ran
+    if ran:
+        ops = ", ".join(_counted(ran))
+        analysis.notes.append(f"gradient estimate: ops without a formula, estimated by running "
+                              f"them alone: {ops}" + (
+                                  " (a TorchScript model is one opaque layer: no per-layer "
+                                  "structure to check)" if graph.output is not None and any(
+                                      n.op == "opaque" and n.module_path == ""
+                                      for n in graph.nodes) else ""))
     unknown = analysis.gradient.estimate.unknown_ops
     if unknown:
-        ops = ", ".join(f"{op} (x{n})" if n > 1 else op for op, n in sorted(unknown.items()))
+        ops = ", ".join(_counted(unknown))
         behind = len(analysis.gradient.estimate.uncertain)
         analysis.notes.append(f"gradient estimate: ops without a formula, passed through "
                               f"unchanged: {ops}" + (
                                   f"; {behind} layer{'s' if behind != 1 else ''} whose gradient "
                                   "crosses them left out of AL105/AL106" if behind else ""))
     return analysis
+
+
+def _counted(ops: dict[str, int]) -> list[str]:
+    return [f"{op} (x{n})" if n > 1 else op for op, n in sorted(ops.items())]
 
 
 def analyse_model(model: nn.Module, spec: Optional[InputSpec]) -> Analysis:
@@ -110,7 +124,14 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
 def lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
                      settings: Settings) -> tuple[TargetResult, Optional[Analysis]]:
     """:func:`lint_model`, also returning the live analysis (None when the model could not be
-    traced or analysed) for the steps that run after the rules."""
+    traced or analysed) for the steps that run after the rules. Compiled and TorchScript
+    pieces are seen through for the time of it (archlint.ops.opaque.see_through)."""
+    with see_through(model) as seen:
+        return _lint_and_analyse(seen, display, spec, settings)
+
+
+def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
+                      settings: Settings) -> tuple[TargetResult, Optional[Analysis]]:
     result = TargetResult(target=display)
     try:
         graph = trace_model(model, spec)

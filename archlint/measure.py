@@ -6,7 +6,9 @@ The probe (identical for every model, CPU only):
 2. run it once on the given inputs, under a forked RNG seeded with ``seed`` (dropout and other
    random layers are reproducible; the caller's global RNG state is untouched);
 3. take the output tensor ``y`` (see :func:`select_output`);
-4. draw ``r ~ N(0, 1)`` with ``y``'s shape from a generator seeded with ``seed`` and form
+4. draw ``r ~ N(0, 1)`` with ``y``'s shape from a generator of its own (seeded from ``seed`` but
+   on a stream no example input is drawn from: were ``r`` the input itself, a model whose output
+   has its input's shape would be probed with a loss correlated with its input) and form
    ``loss = sum(y * r) / sqrt(numel(y))`` -- so ``dL/dy = r / sqrt(numel(y))`` has unit total
    squared norm in expectation;
 5. one backward pass, computed with :func:`torch.autograd.grad` so parameters' ``.grad`` fields are
@@ -78,13 +80,17 @@ def _call(model: nn.Module, inputs: Inputs) -> Any:
     return model(*inputs)
 
 
+#: Offset of the probe vector's seed: example inputs are drawn from small seeds.
+PROBE_STREAM = 0x5EED_0F_9B0BE
+
+
 def _probe_loss(y: Tensor, seed: int) -> Tensor:
     """``sum(y * r) / sqrt(numel(y))`` with ``r ~ N(0, 1)`` drawn from a seeded generator."""
     if not y.is_floating_point():
         raise TypeError(f"model output has dtype {y.dtype}; the probe needs a floating tensor")
     if not y.requires_grad:
         raise ValueError("model output does not depend on any parameter that requires grad")
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(PROBE_STREAM + seed)
     r = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
     return (y * r).sum() / math.sqrt(max(y.numel(), 1))
 

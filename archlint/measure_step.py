@@ -15,6 +15,7 @@ from torch import nn
 from .estimate.accuracy import compare
 from .loading.inputs import InputSpec
 from .measure import measure_grad_rms
+from .ops.opaque import see_through
 from .results import LayerInfo, Measurement
 
 
@@ -28,7 +29,8 @@ class Measured:
 def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo]) -> Measured:
     """One real probe on ``model`` with ``spec``'s tensors, compared with ``layers``' predicted
     ``grad_rms``."""
-    measured = measure_grad_rms(model, spec.bind(model)).rms
+    with see_through(model, wrap_scripts=False) as seen:  # compiled modules are not compiled
+        measured = measure_grad_rms(seen, spec.bind(seen)).rms
     acc = compare({layer.module: layer.grad_rms for layer in layers}, measured)
     return Measured(grad_rms=measured,
                     measurement=Measurement(median_decades=acc.error, layers=acc.layers,

@@ -271,18 +271,12 @@ CASES = [
     # ---------------------------------------------------------------- TorchScript, varargs, compile
     Case("scripted_submodule_analysed_or_own_error", R("mixed/scripted_submodule.py", *J),
          (0, 2), (Target("scripted_submodule.py:PlainToo"),
-                  Out(r"ScriptedInside")),
-         xfail="issue 8: fx fails on the ScriptModule, the execution tracer's "
-               "register_forward_pre_hook raises RuntimeError 'not supported on ScriptModules' "
-               "(tracing/exec_tracer.py exec_trace, hook loop before the try); nothing catches "
-               "it: traceback, PlainToo lost"),
-    Case("scripted_whole_model_without_input", R("mixed/scripted_whole.py", *J), (0, 2),
-         (Target("scripted_whole.py:model", "error", r"trace"),)),
+                  Out(r"ScriptedInside"))),
+    Case("scripted_whole_model_without_input", R("mixed/scripted_whole.py", *J), 0,
+         (Target("scripted_whole.py:model", notes=r"one opaque layer"),)),
     Case("scripted_whole_model_with_input",
          R("mixed/scripted_whole.py", "--input-shape", "8,16", *J), (0, 2),
-         (Out(r"scripted_whole\.py:model"),),
-         xfail="issue 8: with an input the execution tracer runs and crashes on "
-               "register_forward_pre_hook of the ScriptModule (tracing/exec_tracer.py)"),
+         (Out(r"scripted_whole\.py:model"),)),
     Case("varargs_forward_without_input", R("mixed/varargs.py", *J), 2,
          (Target("varargs.py:VarArgs", "error", r"input|argument"),),
          xfail="issue 8: InputSpec.bind raises InputError 'VarArgs.forward() takes no tensor "
@@ -292,16 +286,11 @@ CASES = [
          xfail="issue 8: inputs.forward_parameters drops *inputs, so bind() finds no argument "
                "to give the tensor to (InputError escapes: traceback)"),
     Case("tanh30_with_scripted_tail_keeps_findings", R("mixed/tanh30_jit_tail.py", *J), 1,
-         (Target("TanhJitTail", codes=("AL101", "AL105")),),
-         xfail="issue 8: fx cannot call the ScriptFunction with a Proxy, the execution tracer "
-               "does not see inside it, so the output is not connected to the graph ('no "
-               "tensor output found'): AL101/AL105 lost, only AL104; exit 1 by luck"),
+         (Target("TanhJitTail", codes=("AL101", "AL105")),)),
     Case("tanh30_plain_control", R("mixed/tanh30_plain.py", *J), 1,
          (Target("TanhPlain", codes=("AL101", "AL105")),)),
     Case("torch_compile_module_analysed_quickly", R("mixed/compiled.py", *J, sub=True), 0,
-         (Target("compiled.py:model"), Faster(30)),
-         xfail="issue 8: OptimizedModule.forward(*args, **kwargs) has no named argument; fx "
-               "fails and InputSpec.bind raises InputError (uncaught): traceback, exit 1"),
+         (Target("compiled.py:model"), Faster(30))),
 
     # ---------------------------------------------------------------- stdout belongs to the report
     Case("prints_json_stdout_is_one_document", R("mixed/prints.py", *J, sub=True), 0,

@@ -39,6 +39,8 @@ class Estimate:
     #: Layers whose gradient mostly crossed an op without a formula (or that only such an op
     #: could have given one): their estimate says nothing, no verdict reads them.
     uncertain: set[str] = field(default_factory=set)
+    #: Ops without a formula estimated by running them alone (archlint.ops.opaque), by name.
+    ran: dict[str, int] = field(default_factory=dict)
 
 
 class Propagation:
@@ -163,7 +165,8 @@ class Propagation:
             n = sum(self.weight_numel.get(mod, {}).values()) or 1
             grad_rms[mod] = math.sqrt(max(total, 0.0) / max(n, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
-                        unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain())
+                        unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain(),
+                        ran=self.ran)
 
     def _uncertain(self) -> set[str]:
         out = set()

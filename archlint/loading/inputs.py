@@ -18,6 +18,7 @@ import torch.fx
 from torch import nn
 
 from ..ops import canonical_name, is_leaf_module
+from ..ops.opaque import see_through
 
 DEFAULT_BATCH = 8
 DEFAULT_SEQ_LEN = 32
@@ -90,6 +91,8 @@ class InputSpec:
 
 
 def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    if getattr(model, "_archlint_opaque", False):  # a wrapped TorchScript module
+        model = model.__dict__["target"]
     try:
         sig = inspect.signature(model.forward)
     except (TypeError, ValueError):
@@ -184,6 +187,14 @@ def infer_input(model: nn.Module) -> Optional[InputSpec]:
     cannot trace the model, the first leaf layer in definition order reads the first argument.
     None when no such layer is found.
     """
+    with see_through(model) as seen:
+        return _infer_input(seen)
+
+
+def _infer_input(model: nn.Module) -> Optional[InputSpec]:
+    if getattr(model, "_archlint_opaque", False):  # a whole TorchScript model
+        spec = spec_for_layer(model, "model")
+        return InputSpec({None: spec}) if spec is not None else None
     required = [p.name for p in forward_parameters(model) if p.default is p.empty]
     fxg = _symbolic_graph(model)
     if fxg is not None:
@@ -273,6 +284,22 @@ def spec_for_layer(module: nn.Module, where: str) -> Optional[TensorSpec]:
     """The example input a first layer expects, with archlint's default sizes."""
     B, T = DEFAULT_BATCH, DEFAULT_SEQ_LEN
     origin = f"inferred from {where} ({type(module).__name__})"
+    if getattr(module, "_archlint_opaque", False):  # a TorchScript module: its first layer
+        for name, inner in module.__dict__["target"].named_modules():
+            kind = getattr(inner, "original_name", "")
+            if kind in ("Linear", "Embedding") or kind.startswith("Conv"):
+                n_in = getattr(inner, "in_features", None) or getattr(inner, "in_channels", None)
+                origin = f"inferred from {where}.{name} (scripted {kind})"
+                if kind == "Embedding":
+                    return TensorSpec((B, T), torch.int64, high=int(inner.num_embeddings),
+                                      origin=origin)
+                if kind == "Linear" and n_in:
+                    return TensorSpec((B, int(n_in)), origin=origin)
+                if n_in:
+                    nd = len(inner.kernel_size)
+                    return TensorSpec((B, int(n_in)) + DEFAULT_SPATIAL.get(nd, (32,) * nd),
+                                      origin=origin)
+        return None
     if isinstance(module, nn.Embedding) or isinstance(module, nn.EmbeddingBag):
         return TensorSpec((B, T), torch.int64, high=module.num_embeddings, origin=origin)
     if isinstance(module, nn.Linear):

@@ -12,9 +12,10 @@ the op as unknown.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -238,4 +239,129 @@ def estimate_opaque(prop: Propagation, node: Node) -> None:
     unknown(prop, node)  # runs it alone when it can
 
 
-register(Op(name="opaque", modules=(Opaque,), estimate=estimate_opaque))
+def _opaque_shape(mod: Opaque, args: Any, kwargs: dict) -> Any:
+    """Shapes by running the wrapped module on zeros (it cannot run on meta tensors)."""
+    from .shape import NoRule, TensorShape
+
+    def real(v: Any) -> Any:
+        if isinstance(v, TensorShape):
+            if math.prod(v.shape) > MAX_ELEMENTS:
+                raise NoRule("too large to run")
+            return torch.zeros(v.shape, dtype=v.dtype)
+        if isinstance(v, (list, tuple)):
+            return type(v)(real(x) for x in v)
+        return v
+
+    def shape(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return TensorShape(tuple(v.shape), v.dtype)
+        if isinstance(v, (list, tuple)):
+            return type(v)(shape(x) for x in v)
+        return v
+
+    with torch.no_grad():
+        return shape(mod(*real(args), **{k: real(v) for k, v in kwargs.items()}))
+
+
+register(Op(name="opaque", modules=(Opaque,), module_shape=_opaque_shape,
+            estimate=estimate_opaque))
+
+
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(
+        getattr(module, "_orig_mod", None), nn.Module)
+
+
+def _script_functions(model: nn.Module) -> list[tuple[Any, str, Any]]:
+    """TorchScript functions (``@torch.jit.script``) that the model's code reads from its
+    modules' globals, with the Python function each was made from."""
+    import sys
+
+    found = []
+    seen: set[str] = set()
+    for m in model.modules():
+        name = type(m).__module__
+        if name in seen or name.startswith("torch."):
+            continue
+        seen.add(name)
+        py = sys.modules.get(name)
+        for attr, value in list(vars(py).items()) if py is not None else ():
+            original = getattr(value, "_torchdynamo_inline", None)
+            if isinstance(value, torch.jit.ScriptFunction) and callable(original):
+                found.append((py, attr, value))
+    return found
+
+
+def _eager_modules(root: nn.Module) -> list[nn.Module]:
+    """The modules of ``root`` whose children can be replaced: not the insides of TorchScript
+    modules (their children are scripted too)."""
+    out, stack = [], [root]
+    while stack:
+        m = stack.pop()
+        if isinstance(m, torch.jit.ScriptModule):
+            continue
+        out.append(m)
+        stack.extend(c for c in m._modules.values() if c is not None)
+    return out
+
+
+def _scripted_root(script: nn.Module) -> nn.Module:
+    """A whole TorchScript model as an eager model of one opaque layer, whose forward takes the
+    arguments the scripted forward names (so example inputs bind by name)."""
+    try:
+        names = [a.name for a in script.forward.schema.arguments[1:]]
+    except (AttributeError, RuntimeError):
+        names = []
+    if not names or not all(n.isidentifier() for n in names):
+        names = ["input"]
+    signature = ", ".join(names)
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {signature}):\n    return self.__dict__['target']({signature})\n",
+         namespace)
+    cls = type("ScriptedModel", (Opaque,), {"forward": namespace["forward"]})
+    return cls(script, getattr(script, "original_name", type(script).__name__))
+
+
+def named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """``model.named_modules()``, including the insides of opaque layers under their names."""
+    for name, mod in model.named_modules():
+        yield name, mod
+        if getattr(mod, "_archlint_opaque", False):
+            for sub, inner in mod.__dict__["target"].named_modules():
+                yield ".".join(filter(None, [name, sub])), inner
+
+
+@contextlib.contextmanager
+def see_through(model: nn.Module, wrap_scripts: bool = True) -> Iterator[nn.Module]:
+    """For the time of a trace: ``torch.compile``'d modules replaced by the modules they wrap
+    (nothing is compiled), TorchScript functions the model's code calls replaced by the Python
+    functions they were made from, and TorchScript modules (whose insides tracers cannot see)
+    wrapped as one :class:`Opaque` layer each (``wrap_scripts``). Yields the model to use;
+    everything is put back afterwards."""
+    root = model
+    while _is_compiled(root):
+        root = root._orig_mod
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    globals_: list[tuple[Any, str, Any]] = []
+    try:
+        for parent in _eager_modules(root):
+            for name, child in list(parent._modules.items()):
+                new = child
+                while new is not None and _is_compiled(new):
+                    new = new._orig_mod
+                if wrap_scripts and isinstance(new, torch.jit.ScriptModule):
+                    new = Opaque(new, getattr(new, "original_name", type(new).__name__))
+                if new is not child:
+                    parent._modules[name] = new
+                    swaps.append((parent, name, child))
+        for py, attr, value in _script_functions(root):
+            setattr(py, attr, value._torchdynamo_inline)
+            globals_.append((py, attr, value))
+        if wrap_scripts and isinstance(root, torch.jit.ScriptModule):
+            root = _scripted_root(root)
+        yield root
+    finally:
+        for py, attr, value in reversed(globals_):
+            setattr(py, attr, value)
+        for parent, name, child in reversed(swaps):
+            parent._modules[name] = child
