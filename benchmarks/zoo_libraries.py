@@ -469,7 +469,8 @@ def pick_output(out: Any) -> Any:
     return None
 
 
-def probe(model: Any, inputs: Any) -> tuple[dict[str, Optional[float]], list[int]]:
+def probe(model: Any, inputs: Any, probe_seed: int = PROBE_SEED, forward_seed: int = FORWARD_SEED
+          ) -> tuple[dict[str, Optional[float]], list[int]]:
     """One forward/backward in train mode; module name -> weight-gradient RMS (see module doc)."""
     import torch
 
@@ -481,14 +482,14 @@ def probe(model: Any, inputs: Any) -> tuple[dict[str, Optional[float]], list[int
     trainable = list({id(p): p for _, ps in owners for p in ps if p.requires_grad}.values())
     model.train()
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(FORWARD_SEED)
+        torch.manual_seed(forward_seed)
         out = model(**inputs) if isinstance(inputs, dict) else model(inputs)
         y = pick_output(out)
         if y is None:
             raise TypeError(f"no tensor in the output ({type(out).__name__})")
         if not y.is_floating_point():
             raise TypeError(f"output dtype {y.dtype} is not floating")
-        gen = torch.Generator().manual_seed(PROBE_SEED)
+        gen = torch.Generator().manual_seed(probe_seed)
         r = torch.randn(y.shape, generator=gen, dtype=torch.float32).to(y.dtype)
         loss = (y * r).sum() / math.sqrt(max(y.numel(), 1))
         grads = torch.autograd.grad(loss, trainable, allow_unused=True)
@@ -611,6 +612,10 @@ def run_model(library: str, name: str, send: Callable[[dict], None]) -> dict:
         rms, y_shape = probe(fresh, make_inputs(prep.spec))
         rec["meas"] = rms
         rec["output_shape"] = y_shape
+        # The probe again with other seeds (inputs, r, dropout): the measurement's own noise,
+        # a floor under the error figures (batch 2, stochastic depth, dropout...).
+        rec["meas2"], _ = probe(fresh, make_inputs(prep.spec, INPUT_SEED + 1), PROBE_SEED + 1,
+                                FORWARD_SEED + 1)
         if "types" not in rec:
             rec["types"] = {n: type(m).__name__ for n, m in fresh.named_modules() if n in rms}
         del fresh
@@ -756,6 +761,7 @@ def score(rec: dict) -> dict:
     """The accuracy figures of one record that has both ``pred`` and ``meas``."""
     pred, meas, types = rec.get("pred") or {}, rec.get("meas") or {}, rec.get("types") or {}
     out: dict[str, Any] = {}
+    meas2 = rec.get("meas2") or {}
     pairs, zero_bad, unknown, missing = [], [], [], []
     zero_ok = 0
     for name, m in meas.items():
@@ -773,9 +779,10 @@ def score(rec: dict) -> dict:
             zero_ok += 1
         elif p == 0:
             zero_bad.append({"module": name, "type": types.get(name), "pred": 0.0, "meas": m,
-                             "kind": "predicted zero, measured non-zero"})
+                             "meas2": meas2.get(name), "kind": "predicted zero, measured non-zero"})
         else:
             zero_bad.append({"module": name, "type": types.get(name), "pred": p, "meas": 0.0,
+                             "meas2": meas2.get(name),
                              "kind": "predicted non-zero, measured zero"})
     out.update(layers=len(pairs), zero_ok=zero_ok, zero_bad=zero_bad, unknown=unknown,
                missing=missing, degenerate=len(pairs) < MIN_LAYERS)
@@ -795,6 +802,14 @@ def score(rec: dict) -> dict:
             residuals=[{"module": n, "type": types.get(n), "pred": p, "meas": m,
                         "resid": round(r, 4)} for (n, p, m), r in zip(pairs, resid)],
         )
+    if meas2 and pairs:
+        # the same figures between the two measurements (on the layers scored above)
+        d2 = [(n, math.log10(m2) - math.log10(m)) for n, _, m in pairs
+              if (m2 := meas2.get(n)) is not None and m2 > 0]
+        if d2:
+            off2 = statistics.median(x for _, x in d2)
+            out["noise_median"] = statistics.median(abs(x - off2) for _, x in d2)
+            out["noise_worst"] = max(abs(x - off2) for _, x in d2)
     flow = rec.get("gradient_flow") or {}
     for key in ("vanishing", "exploding"):
         f = flow.get(key)
@@ -809,10 +824,16 @@ def score(rec: dict) -> dict:
         out[f"{key}_pred"] = pd
         out[f"{key}_archlint"] = f.get("decades")
         out[f"{key}_meas"] = md
+        me2 = _mean_log(f["earliest"], meas2, None) if meas2 else None
+        ml2 = _mean_log(f["last"], meas2, None) if meas2 else None
+        if md is not None and me2 is not None and ml2 is not None:
+            out[f"{key}_noise"] = (me2 - ml2) - md
         if pd is not None and md is not None:
             out[f"{key}_spread_error"] = pd - md
     if "vanishing_spread_error" in out:
         out["spread_error"] = out["vanishing_spread_error"]
+    if "vanishing_noise" in out:
+        out["spread_noise"] = out["vanishing_noise"]
     codes = {f["code"] for f in rec.get("findings") or []}
     verdicts = {}
     for code, key, fires in (("AL105", "vanishing_meas", lambda x: x < -VERDICT_LIMIT),
@@ -868,6 +889,8 @@ def model_line(rec: dict) -> str:
             parts.append(f"med {_f(s.get('median_error'))} worst "
                          f"{_f(s.get('worst_error'), '.2f')} ({s.get('worst_layer')})")
             parts.append(f"spread {_f(s.get('spread_error'), '.2f', True)}")
+            parts.append(f"noise {_f(s.get('noise_median'))}/{_f(s.get('noise_worst'), '.2f')}"
+                         f"/{_f(s.get('spread_noise'), '.2f', True)}")
         else:
             parts.append("no layer with both gradients positive")
         parts.append(f"zero {s['zero_ok']}/{s['zero_ok'] + len(s['zero_bad'])}")
@@ -911,6 +934,11 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
         worst = max(vals)
         return _median([v for v, _ in vals]), f"{worst[1]} {worst[0]:.3f}"
 
+    if scored or degenerate:
+        lines.append(f"   scored {len(scored)} (+{len(degenerate)} with < {MIN_LAYERS} layers "
+                     f"where both gradients are positive, left out"
+                     + (f": {', '.join(r['name'] for r in degenerate)}" if degenerate else "")
+                     + ")")
     if scored:
         med, w_med = fig("median_error")
         wst, w_wst = fig("worst_error")
@@ -918,13 +946,15 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
         base, _ = fig("baseline")
         spreads = [abs(r["score"]["spread_error"]) for r in scored
                    if r["score"].get("spread_error") is not None]
-        lines.append(f"   scored {len(scored)} (+{len(degenerate)} with < {MIN_LAYERS} layers "
-                     f"where both gradients are positive, left out"
-                     + (f": {', '.join(r['name'] for r in degenerate)}" if degenerate else "")
-                     + ")")
         lines.append(f"   median error (median over models) {_f(med)} "
                      f"[worst: {w_med}]  (know-nothing baseline {_f(base)})")
+        nmed, w_nmed = fig("noise_median")
+        nwst, _ = fig("noise_worst")
+        nspr, w_nspr = fig("spread_noise", absval=True)
         lines.append(f"   worst-layer error: median {_f(wst)} [worst: {w_wst}]")
+        lines.append(f"   probe noise (2nd measurement, other seeds): median {_f(nmed)} "
+                     f"[worst: {w_nmed}], worst-layer {_f(nwst)}, |spread| {_f(nspr)} "
+                     f"[worst: {w_nspr}]")
         lines.append(f"   |spread error|: median {_f(spr)} [worst: {w_spr}]; "
                      f"> 0.3: {sum(s > 0.3 for s in spreads)}, > 0.5: {sum(s > 0.5 for s in spreads)}"
                      f", > 1: {sum(s > 1 for s in spreads)} of {len(spreads)}")
@@ -999,7 +1029,9 @@ def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
                      f"worst {_f(s.get('worst_error'), '.2f')} ({s.get('worst_layer')} "
                      f"{s.get('worst_type')}) spread {_f(s.get('spread_error'), '.2f', True)} "
                      f"(pred {_f(s.get('vanishing_pred'), '.2f', True)}, meas "
-                     f"{_f(s.get('vanishing_meas'), '.2f', True)}) layers {s['layers']}")
+                     f"{_f(s.get('vanishing_meas'), '.2f', True)}) layers {s['layers']} noise "
+                     f"{_f(s.get('noise_median'))}/{_f(s.get('noise_worst'), '.2f')}/"
+                     f"{_f(s.get('spread_noise'), '.2f', True)}")
     L.append(f"== top residual layers of the {top} worst models by median error")
     worst_models = sorted(scored, key=lambda r: -r["score"]["median_error"])[:top]
     for r in worst_models:
@@ -1019,8 +1051,10 @@ def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
     L.append("== zero-gradient disagreements")
     for r in scored:
         for z in r["score"]["zero_bad"]:
+            m2 = z.get("meas2")
             L.append(f"   [{r['library']}] {r['name']}: {z['module']} ({z['type']}) {z['kind']} "
-                     f"(pred {z['pred']:.3g}, meas {z['meas']:.3g})")
+                     f"(pred {z['pred']:.3g}, meas {z['meas']:.3g}, 2nd probe "
+                     f"{'-' if m2 is None else format(m2, '.3g')})")
     return L
 
 
