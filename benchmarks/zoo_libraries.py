@@ -976,6 +976,21 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
     return lines
 
 
+def _p90(vals: list[float]) -> float:
+    a = sorted(abs(v) for v in vals)
+    return a[int(0.9 * (len(a) - 1))]
+
+
+def _rank(groups: dict) -> list:
+    return sorted(((k, v) for k, v in groups.items() if len(v) >= 5), key=lambda kv: -_p90(kv[1]))
+
+
+def _resid_stats(vals: list[float]) -> str:
+    a = [abs(v) for v in vals]
+    return (f"n={len(vals):5d} med|r| {statistics.median(a):.3f} p90 {_p90(vals):.3f} "
+            f">0.5 {sum(x > 0.5 for x in a) / len(a):4.0%} signed {statistics.median(vals):+.3f}")
+
+
 def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
     """The breakdowns the estimator work needs: failures by cause, findings by code, unknown ops,
     the worst models and their worst layers, residuals by layer type."""
@@ -1038,16 +1053,22 @@ def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
         res = sorted(r["score"]["residuals"], key=lambda x: -abs(x["resid"]))[:6]
         L.append(f"   [{r['library']}] {r['name']}: " + "; ".join(
             f"{x['module']} ({x['type']}) {x['resid']:+.2f}" for x in res))
-    L.append("== residual by layer type over all scored models (|resid|: mean, p90; signed mean)")
+    L.append("== residual by layer type over all scored models (n >= 5; |resid| median, p90, "
+             "share > 0.5; signed median), largest p90 first")
     by_type = defaultdict(list)
     for r in scored:
         for x in r["score"]["residuals"]:
             by_type[x["type"]].append(x["resid"])
-    rows = sorted(by_type.items(), key=lambda kv: -statistics.mean(abs(v) for v in kv[1]))
-    for t, vals in rows:
-        a = sorted(abs(v) for v in vals)
-        L.append(f"   {t:36s} n={len(vals):5d} mean|r| {statistics.mean(a):.3f} "
-                 f"p90 {a[int(0.9 * (len(a) - 1))]:.3f} signed {statistics.mean(vals):+.3f}")
+    for t, vals in _rank(by_type):
+        L.append(f"   {t:46s} {_resid_stats(vals)}")
+    L.append("== residual by layer type and module-name leaf (same columns), largest p90 first")
+    by_leaf = defaultdict(list)
+    for r in scored:
+        for x in r["score"]["residuals"]:
+            leaf = re.sub(r"\d+", "N", x["module"].rsplit(".", 1)[-1]) or "<root>"
+            by_leaf[(x["type"], leaf)].append(x["resid"])
+    for (t, leaf), vals in _rank(by_leaf)[:40]:
+        L.append(f"   {t + ' .' + leaf:46s} {_resid_stats(vals)}")
     L.append("== zero-gradient disagreements")
     for r in scored:
         for z in r["score"]["zero_bad"]:
