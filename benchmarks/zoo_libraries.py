@@ -180,13 +180,16 @@ def _image_spec(size: int) -> dict:
 
 
 def _runs_at(model: Any, size: int) -> Optional[str]:
-    """None if an eval-mode forward at ``size`` works, else the error (modes restored)."""
+    """None if a train-mode forward at ``size`` works (the probe's mode: auxiliary heads run,
+    batch norm needs two values per channel), else the error.  Modes and buffers are restored,
+    the global RNG is untouched."""
     import torch
 
     modes = [(m, m.training) for m in model.modules()]
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        model.eval()
-        with torch.no_grad():
+        model.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model(torch.randn(BATCH, 3, size, size))
         return None
     except Exception as exc:  # noqa: BLE001 -- any failure means "not this size"
@@ -194,6 +197,9 @@ def _runs_at(model: Any, size: int) -> Optional[str]:
     finally:
         for m, training in modes:
             m.training = training
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
 
 
 def _find_image_input(build_at: Callable[[Optional[int]], Any], size_kwarg: bool) -> Prepared:
@@ -241,7 +247,44 @@ def _list_models(library: str) -> list[str]:
     raise ValueError(f"unknown library {library!r}")
 
 
+#: Suffix of the variant of a model whose zero-initialised layers (a zero head cuts every
+#: gradient but its own) are re-initialised with their module's default init.
+HEAD_INIT = "#head-init"
+
+
+def zero_layers(model: Any) -> list[str]:
+    """Modules whose own >= 2-dim parameters are all exactly zero."""
+    out = []
+    for name, mod in model.named_modules():
+        mats = [p for p in mod.parameters(recurse=False) if p.dim() >= 2]
+        if mats and all(not bool(p.detach().any()) for p in mats):
+            out.append(name)
+    return out
+
+
+def _reinit_zero_layers(model: Any) -> Any:
+    import torch
+    from torch import nn
+
+    mods = dict(model.named_modules())
+    with torch.no_grad():
+        for name in zero_layers(model):
+            mod = mods[name]
+            if hasattr(mod, "reset_parameters"):
+                mod.reset_parameters()
+            else:
+                for p in mod.parameters(recurse=False):
+                    if p.dim() >= 2:
+                        nn.init.kaiming_uniform_(p, a=math.sqrt(5))
+    return model
+
+
 def _prepare(library: str, name: str) -> Prepared:
+    if name.endswith(HEAD_INIT):
+        base = _prepare(library, name[: -len(HEAD_INIT)])
+        build = base.build
+        return Prepared(lambda: _reinit_zero_layers(build()), base.spec,
+                        base.desc + " zero layers re-initialised")
     if library == "torchvision":
         return _prepare_torchvision(name)
     if library == "timm":
@@ -571,6 +614,7 @@ def run_model(library: str, name: str, send: Callable[[dict], None]) -> dict:
                build_s=round(time.perf_counter() - t0, 2),
                params=sum(p.numel() for p in model.parameters()))
     built_print = fingerprint(model)
+    rec["zero_layers"] = zero_layers(model)
     rec["stage"] = "lint"
     send(rec)
 
@@ -736,9 +780,11 @@ class Worker:
 # ---------------------------------------------------------------------------------------------
 
 VERDICT_LIMIT = 3.0
-#: A model with fewer layers where both gradients are positive (a zero-initialised head leaves
-#: only the head with a gradient) says nothing about the estimate: scored, but left out of the
-#: figures taken over models.
+#: A model with fewer layers of measured positive gradient (a zero-initialised head leaves only
+#: the head with a gradient) says nothing about the estimate ("degenerate"): left out of the
+#: figures taken over models.  A model where archlint predicts zero for more than half of the
+#: layers that measure positive ("collapsed") is an estimator failure: also left out of the
+#: error medians (too few layers left to compare), listed and counted on its own.
 MIN_LAYERS = 3
 _UNDERFLOW = 1e-300
 
@@ -784,8 +830,12 @@ def score(rec: dict) -> dict:
             zero_bad.append({"module": name, "type": types.get(name), "pred": p, "meas": 0.0,
                              "meas2": meas2.get(name),
                              "kind": "predicted non-zero, measured zero"})
+    measured = sum(1 for m in meas.values() if m is not None and m > 0)
+    pred_zero = sum(1 for z in zero_bad if z["pred"] == 0.0)
     out.update(layers=len(pairs), zero_ok=zero_ok, zero_bad=zero_bad, unknown=unknown,
-               missing=missing, degenerate=len(pairs) < MIN_LAYERS)
+               missing=missing, measured_layers=measured, degenerate=measured < MIN_LAYERS,
+               collapsed=measured >= MIN_LAYERS and (pred_zero > 0.5 * measured
+                                                     or len(pairs) < MIN_LAYERS))
     if pairs:
         d = [math.log10(p) - math.log10(m) for _, p, m in pairs]
         offset = statistics.median(d)
@@ -918,9 +968,15 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
     sev = Counter(f["severity"] for r in recs for f in r.get("findings") or [])
     with_findings = sum(1 for r in recs if r.get("findings"))
     scored = [r for r in recs if (r.get("score") or {}).get("layers")]
+    scored = [r for r in recs if r.get("score")]
     degenerate = [r for r in scored if r["score"].get("degenerate")]
-    scored = [r for r in scored if not r["score"].get("degenerate")]
-    lines = [f"== {label}: {n} models; lint ok {len(ok)}/{n} "
+    collapsed = [r for r in scored if r["score"].get("collapsed")]
+    scored = [r for r in scored if not r["score"].get("degenerate")
+              and not r["score"].get("collapsed")]
+    variants = sum(1 for r in recs if r["name"].endswith(HEAD_INIT))
+    lines = [f"== {label}: {n} models"
+             + (f" ({n - variants} + {variants} {HEAD_INIT} variants)" if variants else "")
+             + f"; lint ok {len(ok)}/{n} "
              f"(tracer: {', '.join(f'{k} {v}' for k, v in tracers.most_common())}); "
              f"status: {', '.join(f'{k} {v}' for k, v in status.most_common())}"]
     lines.append(f"   findings: {sum(sev.values())} on {with_findings} models "
@@ -934,11 +990,15 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
         worst = max(vals)
         return _median([v for v, _ in vals]), f"{worst[1]} {worst[0]:.3f}"
 
-    if scored or degenerate:
-        lines.append(f"   scored {len(scored)} (+{len(degenerate)} with < {MIN_LAYERS} layers "
-                     f"where both gradients are positive, left out"
-                     + (f": {', '.join(r['name'] for r in degenerate)}" if degenerate else "")
-                     + ")")
+    if scored or degenerate or collapsed:
+        lines.append(f"   scored {len(scored)}; left out: {len(degenerate)} with < {MIN_LAYERS} "
+                     f"layers of measured non-zero gradient (zero-initialised head)"
+                     + (f" [{', '.join(r['name'] for r in degenerate)}]" if degenerate else ""))
+        lines.append(f"   ESTIMATE COLLAPSED to zero on most measured layers: {len(collapsed)}"
+                     + (" [" + ", ".join(
+                         f"{r['name']} {len(r['score']['zero_bad'])}/"
+                         f"{r['score']['measured_layers']}" for r in collapsed) + "]"
+                        if collapsed else ""))
     if scored:
         med, w_med = fig("median_error")
         wst, w_wst = fig("worst_error")
@@ -958,13 +1018,15 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
         lines.append(f"   |spread error|: median {_f(spr)} [worst: {w_spr}]; "
                      f"> 0.3: {sum(s > 0.3 for s in spreads)}, > 0.5: {sum(s > 0.5 for s in spreads)}"
                      f", > 1: {sum(s > 1 for s in spreads)} of {len(spreads)}")
-        zb = sum(len(r["score"]["zero_bad"]) for r in scored)
-        zok = sum(r["score"]["zero_ok"] for r in scored)
-        unk = sum(len(r["score"]["unknown"]) for r in scored)
+        zs = scored + collapsed
+        zb = sum(len(r["score"]["zero_bad"]) for r in zs)
+        zok = sum(r["score"]["zero_ok"] for r in zs)
+        unk = sum(len(r["score"]["unknown"]) for r in zs)
         lines.append(f"   zero-gradient layers: {zok} agree, {zb} disagree "
-                     f"(in {sum(1 for r in scored if r['score']['zero_bad'])} models); "
+                     f"(in {sum(1 for r in zs if r['score']['zero_bad'])} models); "
                      f"layers without a prediction: {unk}")
-    dis = [(r["name"], c, r["score"]) for r in scored for c in r["score"]["verdict_disagreements"]]
+    dis = [(r["name"], c, r["score"]) for r in scored + collapsed
+           for c in r["score"]["verdict_disagreements"]]
     lines.append(f"   verdict disagreements: {len(dis)}" + (": " + "; ".join(
         f"{n} {c} (archlint {'fires' if s['verdicts'][c]['archlint'] else 'silent'}, measured "
         f"{_f(s.get('vanishing_meas' if c == 'AL105' else 'exploding_meas'), '.2f', True)} dec)"
@@ -1032,7 +1094,7 @@ def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
         for note, k in other_notes.most_common():
             L.append(f"   {k:3d} x {note}")
     scored = [r for r in recs if (r.get("score") or {}).get("layers")
-              and not r["score"].get("degenerate")]
+              and not r["score"].get("degenerate") and not r["score"].get("collapsed")]
     for key, label in (("median_error", "median error"), ("worst_error", "worst-layer error"),
                        ("spread_error", "|spread error|")):
         rows = sorted((r for r in scored if r["score"].get(key) is not None),
@@ -1069,13 +1131,22 @@ def detail_lines(recs: list[dict], top: int = 15) -> list[str]:
             by_leaf[(x["type"], leaf)].append(x["resid"])
     for (t, leaf), vals in _rank(by_leaf)[:40]:
         L.append(f"   {t + ' .' + leaf:46s} {_resid_stats(vals)}")
-    L.append("== zero-gradient disagreements")
-    for r in scored:
-        for z in r["score"]["zero_bad"]:
-            m2 = z.get("meas2")
-            L.append(f"   [{r['library']}] {r['name']}: {z['module']} ({z['type']}) {z['kind']} "
-                     f"(pred {z['pred']:.3g}, meas {z['meas']:.3g}, 2nd probe "
-                     f"{'-' if m2 is None else format(m2, '.3g')})")
+    L.append("== zero-gradient disagreements, per model (layer types; first layers)")
+    for r in recs:
+        if not r.get("score") or r["score"].get("degenerate") or not r["score"]["zero_bad"]:
+            continue
+        for kind in ("predicted zero, measured non-zero", "predicted non-zero, measured zero"):
+            zs = [z for z in r["score"]["zero_bad"] if z["kind"] == kind]
+            if not zs:
+                continue
+            types = Counter(z["type"] for z in zs)
+            flips = sum(1 for z in zs if (z.get("meas2") or 0) > 0) if kind.endswith("measured zero") \
+                else None
+            L.append(f"   [{r['library']}] {r['name']}: {len(zs)} {kind}"
+                     + (f" ({flips} non-zero in the 2nd probe)" if flips else "")
+                     + f" [{', '.join(f'{t} {k}' for t, k in types.most_common(4))}; "
+                     + ", ".join(z["module"] for z in zs[:4]) + (" ..." if len(zs) > 4 else "")
+                     + "]")
     return L
 
 
@@ -1109,7 +1180,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 continue
             names = _select(payload, library, args.sample, args.filter or [])
             lib_recs = []
-            for name in names:
+            queue = list(names)
+            while queue:
+                name = queue.pop(0)
                 t0 = time.perf_counter()
                 kind, payload, partial = worker.ask(("run", library, name), timeout=args.timeout)
                 if kind == "done":
@@ -1126,6 +1199,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                     rec["score"] = score(rec)
                 print(model_line(rec), flush=True)
                 lib_recs.append(rec)
+                if ((rec.get("score") or {}).get("degenerate") and rec.get("zero_layers")
+                        and not name.endswith(HEAD_INIT)):
+                    queue.insert(0, name + HEAD_INIT)  # the same model with a live head
                 if kind == "done" and (rec.get("rss_mb") or 0) > args.max_rss_mb:
                     worker.stop()  # start afresh: memory is not given back to the OS
             recs.extend(lib_recs)

@@ -138,12 +138,28 @@ def test_score_zero_layers_spread_and_verdicts():
     assert s2["verdict_disagreements"] == []
 
 
-def test_score_flags_models_with_too_few_layers_as_degenerate():
+def test_score_flags_zero_head_models_as_degenerate_and_zero_estimates_as_collapsed():
     s = zl.score(_rec({"head": 1.0, "x": 0.0}, {"head": 1.0, "x": 0.0}))
-    assert s["degenerate"]
+    assert s["degenerate"] and not s["collapsed"]
     line = "\n".join(zl.summary_lines([{**_rec({}, {}), "lint_status": "ok", "tracer": "fx",
                                         "build_ok": True, "score": s}], "t"))
-    assert "left out: m" in line
+    assert "(zero-initialised head) [m]" in line
+    meas = {k: 0.1 for k in "abcdef"}
+    pred = {"a": 0.1, "b": 0.1, "c": 0.0, "d": 0.0, "e": 0.0, "f": 0.0}
+    s = zl.score(_rec(pred, meas))
+    assert s["collapsed"] and not s["degenerate"]
+    line = "\n".join(zl.summary_lines([{**_rec(pred, meas), "lint_status": "ok", "tracer": "fx",
+                                        "build_ok": True, "score": s}], "t"))
+    assert "COLLAPSED to zero on most measured layers: 1 [m 4/6]" in line
+
+
+def test_zero_layers_and_their_reinit():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    nn.init.zeros_(model[1].weight)
+    assert zl.zero_layers(model) == ["1"]
+    zl._reinit_zero_layers(model)
+    assert zl.zero_layers(model) == [] and model[1].weight.abs().sum() > 0
 
 
 def test_a_failed_model_gets_a_line_and_a_status():
