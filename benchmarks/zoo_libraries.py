@@ -175,26 +175,34 @@ def _seeded(fn: Callable[[], Any]) -> Any:
     return fn()
 
 
-def _image_spec(size: int) -> dict:
-    return {"shape": [BATCH, 3, size, size], "dtype": "float32"}
-
-
-def _runs_at(model: Any, size: int) -> Optional[str]:
-    """None if a train-mode forward at ``size`` works (the probe's mode: auxiliary heads run,
-    batch norm needs two values per channel), else the error.  Modes and buffers are restored,
-    the global RNG is untouched."""
+def _runs_at(model: Any, size: int, batch: int = BATCH) -> tuple[Optional[str], int]:
+    """(None, n) if a train-mode forward at ``size`` works (the probe's mode: auxiliary heads
+    run), else (the error, 0); ``n`` is the fewest values per channel any batch norm layer
+    normalises over.  Modes and buffers are restored, the global RNG is untouched."""
     import torch
+    from torch import nn
 
     modes = [(m, m.training) for m in model.modules()]
     saved = [(b, b.detach().clone()) for b in model.buffers()]
+    seen: list[int] = []
+
+    def hook(mod: Any, args: tuple, out: Any) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[1]:
+            seen.append(x.numel() // x.shape[1])
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
         model.train()
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            model(torch.randn(BATCH, 3, size, size))
-        return None
+            model(torch.randn(batch, 3, size, size))
+        return None, min(seen) if seen else 1 << 30
     except Exception as exc:  # noqa: BLE001 -- any failure means "not this size"
-        return f"{type(exc).__name__}: {exc}"[:200]
+        return f"{type(exc).__name__}: {exc}"[:200], 0
     finally:
+        for h in handles:
+            h.remove()
         for m, training in modes:
             m.training = training
         with torch.no_grad():
@@ -202,9 +210,17 @@ def _runs_at(model: Any, size: int) -> Optional[str]:
                 b.copy_(v)
 
 
+#: Batch norm in train mode over very few values is a degenerate regime (over 2 values its output
+#: is +-1 whatever the input: the gradient through it comes from eps alone).  Image models whose
+#: deepest batch norm would see fewer values per channel than this at batch 2 get a larger batch.
+MIN_BN_VALUES = 8
+MAX_BATCH = 16
+
+
 def _find_image_input(build_at: Callable[[Optional[int]], Any], size_kwarg: bool) -> Prepared:
-    """The smallest working image size: a model whose constructor takes the size is rebuilt
-    for each size tried; others are built once and run at each size."""
+    """The smallest working image size (a model whose constructor takes the size is rebuilt for
+    each size tried; others are built once and run at each size), at batch 2, or a larger batch
+    when a batch norm layer would normalise over fewer than MIN_BN_VALUES values per channel."""
     errors = []
     model = None
     for size in IMAGE_SIZES:
@@ -215,15 +231,24 @@ def _find_image_input(build_at: Callable[[Optional[int]], Any], size_kwarg: bool
                 errors.append(f"{size}: build {type(exc).__name__}: {exc}"[:200])
                 model = None
                 continue
-        err = _runs_at(model, size)
-        if err is None:
-            s = size
+        err, per_channel = _runs_at(model, size)
+        if err is not None:
+            errors.append(f"{size}: {err}")
+            continue
+        batch = BATCH
+        if per_channel < MIN_BN_VALUES:
+            # values per channel grow with the batch: per_channel / BATCH per sample
+            per_sample = max(per_channel // BATCH, 1)
+            batch = min(MAX_BATCH, -(-MIN_BN_VALUES // per_sample))
+            if batch != BATCH and _runs_at(model, size, batch)[0] is not None:
+                batch = BATCH
+        s = size
 
-            def build() -> Any:
-                return _seeded(lambda: build_at(s if size_kwarg else None))
+        def build() -> Any:
+            return _seeded(lambda: build_at(s if size_kwarg else None))
 
-            return Prepared(build, _image_spec(size), f"{BATCH}x3x{size}x{size}", model)
-        errors.append(f"{size}: {err}")
+        spec = {"shape": [batch, 3, size, size], "dtype": "float32"}
+        return Prepared(build, spec, f"{batch}x3x{size}x{size}", model)
     raise RuntimeError("no input size works: " + " | ".join(errors[:3]) + " ...")
 
 
