@@ -101,12 +101,18 @@ def _act_cached(op: str, q: float, m: float, s: float, params: tuple) -> tuple[f
     return mom.second_out, mom.mean_out, s_out, mom.grad_gain
 
 
-def activation(op: str, x: Sig, params: dict) -> tuple[Sig, float]:
-    """Output statistics of an elementwise activation, and its backward gain E[phi'^2]."""
+def law_params(op: str, params: dict) -> dict:
+    """The parameters the op's law takes (a module may carry more: ReLU6's min/max_val)."""
     try:
         activation_moments(op, 0.0, 1.0, **params)
-    except TypeError:  # a module attribute the formula does not take (ReLU6's min/max_val)
-        params = {}
+    except TypeError:
+        return {}
+    return params
+
+
+def activation(op: str, x: Sig, params: dict) -> tuple[Sig, float]:
+    """Output statistics of an elementwise activation, and its backward gain E[phi'^2]."""
+    params = law_params(op, params)
     key = tuple(sorted(params.items()))
     q, m, s, chi = _act_cached(op, rounded(x.q), rounded(x.m), rounded(x.s), key)
     out = Sig(q, m, s, x.numel)
@@ -194,7 +200,7 @@ def estimate_elementwise(prop: Propagation, node: Node) -> None:
     if op not in SUPPORTED_OPS:
         unknown(prop, node)
         return
-    params = _act_params(node)
+    params = law_params(op, _act_params(node))
     out, chi = activation(op, x, params)
     prop.out(node, Sig(out.q, out.m, out.s, prop.numel(node)).with_w(out.w_),
              ActivationBackward([(0, chi)], shared=[(0, derivative_coherence(op, x, params), 0.0)],

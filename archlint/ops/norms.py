@@ -104,6 +104,29 @@ def _affine_moments(node: Node) -> tuple[float, float, float, float, float]:
     return (mean(gamma) if gamma is not None else 1.0), g2, mean_sq(beta), mean(beta), eps
 
 
+def _channel_spread(node: Node) -> Optional[torch.Tensor]:
+    """Each channel's share of the input variance, when the input comes straight from a weight
+    layer (through a bias add or a view): its rows' squared norms over their mean. A depthwise
+    convolution has only k*k weights per channel, so its channels' variances spread widely --
+    and batch norm divides each channel's gradient by its own variance."""
+    src = node.inputs[0] if node.inputs else None
+    while src is not None and src.kind in (Kind.ADD, Kind.RESHAPE) and src.weight() is None:
+        data = [i for i in src.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
+        src = data[0] if len(data) == 1 else None
+    if src is None or src.kind not in (Kind.CONV, Kind.LINEAR):
+        return None
+    w = src.weight()
+    if w is None or w.dim() < 2:
+        return None
+    if src.op == "conv_transpose":
+        w = w.transpose(0, 1)
+    rows = w.detach().float().reshape(w.shape[0], -1).pow(2).sum(1)
+    shape = node.shape or ()
+    if len(shape) < 2 or rows.numel() != shape[1] or float(rows.mean()) <= 0:
+        return None
+    return rows / rows.mean()
+
+
 def estimate_batch_norm(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     n = prop.numel(node)
@@ -117,8 +140,15 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
         prop.centring.add(node)
         var = max(x.q - x.s, 0.0)
         within = max(x.w - x.s, 0.0) / var if var > 0 else 0.0
-        prop.out(node, Sig(g2 + b2, bmean, b2, n).with_w(g2 * within + b2),
-                 Gains([(0, g2 / (var + eps) * max(1 - 2.0 / M, 0.0))]))
+        kept = var / (var + eps)  # eps comparable to the variance shrinks the output
+        inverse = 1.0 / (var + eps)
+        spread = _channel_spread(node)
+        if spread is not None:  # each channel divided by its own variance
+            per_channel = var * spread
+            kept = float((per_channel / (per_channel + eps)).mean())
+            inverse = float((1.0 / (per_channel + eps)).mean())
+        prop.out(node, Sig(g2 * kept + b2, bmean, b2, n).with_w(g2 * kept * within + b2),
+                 Gains([(0, g2 * inverse * max(1 - 2.0 / M, 0.0))]))
         return
     rv = getattr(node.module, "running_var", None)
     rvar = mean(rv) if rv is not None else 1.0
@@ -140,6 +170,7 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
     frac = (max(x.s - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
     wfrac = (max(x.w - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
     gain = g2 / (var + eps) * max(1 - 2.0 / max(group, 1), 0.0)
+    kept = var / (var + eps) if var > 0 else 0.0  # eps comparable to the variance shrinks it
     shared = None
     if op != "layer_norm":
         # per-sample statistics over a group of channels and all positions: the backward
@@ -148,8 +179,8 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
                                             if op == "group_norm" else numel(shape[1:2]), 1)
         keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
         shared = [(0, gain * keep, 0.0)]
-    prop.out(node, Sig(g2 + b2, bmean, g2 * frac + b2, n).with_w(g2 * wfrac + b2),
-             Gains([(0, gain)], shared=shared))
+    prop.out(node, Sig(g2 * kept + b2, bmean, g2 * kept * frac + b2, n).with_w(
+        g2 * kept * wfrac + b2), Gains([(0, gain)], shared=shared))
 
 
 def estimate_rms_norm(prop: Propagation, node: Node) -> None:
@@ -163,7 +194,9 @@ def estimate_rms_norm(prop: Propagation, node: Node) -> None:
         prop.out(node, Sig(1.0 / max(group, 1), 0.0, 0.0, n),
                  Gains([(0, 1.0 / max(x.q * group, EPS))]))
         return
-    prop.out(node, Sig(g2, x.m / math.sqrt(x.q + eps) * gmean, g2 * frac, n).with_w(g2 * x.w / x.q if x.q > 0 else None),
+    kept = x.q / (x.q + eps) if x.q > 0 else 0.0
+    prop.out(node, Sig(g2 * kept, x.m / math.sqrt(x.q + eps) * gmean, g2 * kept * frac,
+                       n).with_w(g2 * kept * x.w / x.q if x.q > 0 else None),
              Gains([(0, g2 / (x.q + eps) * max(1 - 1.0 / max(group, 1), 0.0))]))
 
 
