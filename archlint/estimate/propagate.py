@@ -24,6 +24,7 @@ from ..meanfield.signal import Sig, mean, mean_sq, numel
 from ..ops import op_info
 from ..ops.base import Backward, Gains, unknown
 from ..ops.opaque import estimate_by_running
+from ..ops.positions import carry_selection
 
 
 @dataclass
@@ -60,6 +61,10 @@ class Propagation:
         self.decades: dict[Node, float] = {}
         self.centring: set[Node] = set()
         self.stein: dict[Node, float] = {}
+        #: Gradients concentrated on some positions (a class token read alone): where, and how
+        #: much of each node's g2 is there (archlint.ops.positions).
+        self.selection: dict[Node, Any] = {}
+        self.g2_selected: dict[Node, float] = {}
         self.unknown: dict[str, int] = {}
         #: Ops without a formula that were estimated by running them alone.
         self.ran: dict[str, int] = {}
@@ -239,12 +244,13 @@ class Propagation:
                 continue
             before = {p: self.g2.get(p, 0.0) for p in node.inputs}
             rule.apply(self, node, go, gso, gsco, self.items.get(node, {}))
+            added = {p: self.g2.get(p, 0.0) - b for p, b in before.items()}
             share = 1.0 if unknown else (self.unknown_g2.get(node, 0.0) / go if go > 0 else 0.0)
             if share > 0.0:
-                for p, b in before.items():
-                    added = self.g2.get(p, 0.0) - b
-                    if added > 0.0:
-                        self.unknown_g2[p] = self.unknown_g2.get(p, 0.0) + added * share
+                for p, a in added.items():
+                    if a > 0.0:
+                        self.unknown_g2[p] = self.unknown_g2.get(p, 0.0) + a * share
+            carry_selection(self, node, go, added)
 
 
 def estimate_graph(graph: Graph) -> Estimate:

@@ -31,6 +31,9 @@ class Propagation(Protocol):
     decades: dict[Node, float]
     #: Batch-norm nodes: their backward removes the batch-common part of the gradient.
     centring: set[Node]
+    #: Gradients concentrated on some positions (archlint.ops.positions): where, how much.
+    selection: dict[Node, Any]
+    g2_selected: dict[Node, float]
     #: Per pre-activation node: the position-shared gradient after the activation times the
     #: squared mean curvature of the activation -- what makes a layer's weight gradient sum
     #: coherently over positions (see archlint.ops.linear.WeightBackward).

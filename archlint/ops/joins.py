@@ -13,6 +13,7 @@ from typing import Any
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig
 from .base import Gains, Propagation, kw, scalars, unknown
+from .positions import split_concat
 from .shape import NoRule, ShapeMismatch, TensorShape, broadcast, norm_dim, promote
 from .table import Op, family, register
 
@@ -134,7 +135,26 @@ def estimate_concat(prop: Propagation, node: Node) -> None:
     w_ = sum(s.w * s.numel for s in sigs) / tot
     prop.out(node, Sig(q, m, s_, prop.numel(node)).with_w(
         w_ if any(sg.w_ is not None for sg in sigs) else None),
-        Gains([(i, 1.0) for i in range(len(sigs))]))
+        ConcatBackward([(i, 1.0) for i in range(len(sigs))]))
+
+
+class ConcatBackward(Gains):
+    """Slices the gradient back; along a sequence axis where the gradient is concentrated on
+    some positions (a class token read alone), each input takes what lies on its positions."""
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        split = split_concat(prop, node, go, [e[1] for e in self.entries]) if go > 0 else None
+        if split is None:
+            super().apply(prop, node, go, gso, gsco, items)
+            return
+        allowed = set(node.grad_parents())
+        for (idx, _), amount in zip(self.entries, split):
+            parent = node.inputs[idx]
+            if parent in allowed:
+                prop.g2[parent] = prop.g2.get(parent, 0.0) + amount
+                prop.gs[parent] = prop.gs.get(parent, 0.0) + gso
+                prop.gsc[parent] = prop.gsc.get(parent, 0.0) + gsco
 
 
 _ACCUMULATE = {"index_add", "scatter_add"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from torch import nn
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
 from .base import Backward, Gains, Propagation, kw, passthrough
+from .positions import Selection, selection_of_index, start_selection
 from .joins import binary_shape
 from .shape import (NoRule, TensorShape, norm_dim, reshape_to, same_module_shape, same_shape,
                     shape_arg)
@@ -57,6 +58,24 @@ def estimate_reshape(prop: Propagation, node: Node) -> None:
                  TupleItem(idx if isinstance(idx, int) else 0))
         return
     passthrough(prop, node)
+    sel = selection_of_index(node) if node.op == "getitem" else None
+    if sel is not None:
+        prop.backward_of[node] = SelectPositions(prop.backward_of[node].entries, sel=sel)
+
+
+@dataclass
+class SelectPositions(Gains):
+    """``x[:, 0]``: the gradient reaches only the selected positions of the sequence."""
+
+    sel: Optional[Selection] = None
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        src = node.inputs[0] if node.inputs else None
+        before = prop.g2.get(src, 0.0) if src is not None else 0.0
+        super().apply(prop, node, go, gso, gsco, items)
+        if src is not None and self.sel is not None:
+            start_selection(prop, src, self.sel, prop.g2.get(src, 0.0) - before)
 
 
 def estimate_pad(prop: Propagation, node: Node) -> None:
