@@ -25,8 +25,8 @@ from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_paramete
                              parse_input, parse_tensor_spec)
 from .report.model import Report
 from .rule_docs import rule_info
-from .rules import (ALL_RULES, Rule, RuleError, check_rule, code_prefixes, describe,
-                    known_selector, plugin_rules, rule_set, selected_rules)
+from .rules import (ALL_RULES, Rule, RuleError, checked, code_prefixes, known_selector,
+                    plugin_rules, rule_set, selected_rules)
 from .loading.static_sites import in_torch, recovered_sites
 from .suppressions import SuppressionIndex
 
@@ -82,17 +82,11 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
 
 
 def _rules(local_rules: Iterable[type[Rule]]) -> list[type[Rule]]:
-    local = list(local_rules)
-    for rule in local:
-        if not (isinstance(rule, type) and issubclass(rule, Rule)):
-            raise ValueError(f"local_rules: {rule!r} is not a Rule subclass")
-        problem = check_rule(rule)
-        if problem is not None:
-            raise ValueError(f"local_rules: {describe(rule)}: {problem}")
+    """The built-in rules, those of installed plugins and ``local_rules``."""
     try:
-        return rule_set(ALL_RULES, plugin_rules(), local)
+        return rule_set(ALL_RULES, plugin_rules(), checked(local_rules))
     except RuleError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(f"local_rules: {exc}") from None
 
 
 def _codes(value: Optional[Iterable[str] | str], what: str, rules: list[type[Rule]]

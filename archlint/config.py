@@ -327,8 +327,7 @@ def _load_local_rules(raw: Any, loc: _Located, root: Path) -> list[type[Rule]]:
     register the rules they define; every problem is a ConfigError naming the entry."""
     from .loading.build import LoadError, import_file
     from .loading.rule_modules import rule_module_files
-    from .rules import ALL_RULES, RuleError, check_rule, describe, plugin_rules, rule_set, \
-        rules_in_module
+    from .rules import ALL_RULES, RuleError, checked, plugin_rules, rule_set, rules_in_module
 
     found: list[type[Rule]] = []
     for i, entry in enumerate(_str_list(raw, loc, ("local-rules",))):
@@ -344,13 +343,12 @@ def _load_local_rules(raw: Any, loc: _Located, root: Path) -> list[type[Rule]]:
                 module = import_file(file)
             except LoadError as exc:
                 raise ConfigError(f"{where}: {exc}") from None
-            rules = rules_in_module(module)
+            try:
+                rules = checked(rules_in_module(module))
+            except RuleError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
             if not rules and path.is_file():
                 raise ConfigError(f"{where}: {entry} defines no Rule subclass with a code")
-            for rule in rules:
-                problem = check_rule(rule)
-                if problem is not None:
-                    raise ConfigError(f"{where}: {describe(rule)}: {problem}")
             found.extend(r for r in rules if r not in found)
     try:
         rule_set(ALL_RULES, plugin_rules(), found)

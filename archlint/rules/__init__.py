@@ -4,8 +4,9 @@ Every rule is one :class:`~archlint.rules.base.Rule` subclass with a ``code``. T
 are the modules of this package; a team's own rules are modules of its repository, listed under
 ``local-rules`` in the config; an installed package can add rules through an ``archlint.rules``
 entry point (:func:`plugin_rules`). All are registered the same way: :func:`rules_in_module`
-takes every rule class a module defines, :func:`check_rule` says what is wrong with one, and
-:func:`rule_set` joins groups of rules, refusing a code or a name used twice.
+takes every rule class a module defines, :func:`check_rule` says what is wrong with one
+(:func:`checked` refuses a group holding one), and :func:`rule_set` joins groups of rules,
+refusing a code or a name used twice.
 
 Codes are fixed forever once released. ``AL`` codes are archlint's own; a local rule's code is
 other capital letters followed by digits (``TEAM001``), so ``# noqa:`` tools accept it.
@@ -85,6 +86,19 @@ def check_rule(rule: type[Rule], builtin: bool = False) -> Optional[str]:
     return None
 
 
+def checked(rules: Iterable[type[Rule]], builtin: bool = False) -> list[type[Rule]]:
+    """``rules``, each passed through :func:`check_rule`; the first problem raises
+    :class:`RuleError` naming the class and its file."""
+    out = list(rules)
+    for rule in out:
+        if not (inspect.isclass(rule) and issubclass(rule, Rule)):
+            raise RuleError(f"{rule!r} is not a Rule subclass")
+        problem = check_rule(rule, builtin)
+        if problem is not None:
+            raise RuleError(f"{describe(rule)}: {problem}")
+    return out
+
+
 def rule_set(*groups: Iterable[type[Rule]]) -> list[type[Rule]]:
     """The rules of every group, in code order; a code or name used twice raises
     :class:`RuleError` naming both classes."""
@@ -104,11 +118,7 @@ def _builtin_rules() -> list[type[Rule]]:
     found: list[type[Rule]] = []
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
-        for rule in rules_in_module(module):
-            problem = check_rule(rule, builtin=True)
-            if problem is not None:  # pragma: no cover - caught by the test suite
-                raise RuleError(f"{describe(rule)}: {problem}")
-            found.append(rule)
+        found += checked(rules_in_module(module), builtin=True)
     return rule_set(found)
 
 
@@ -135,17 +145,10 @@ def plugin_rules() -> tuple[type[Rule], ...]:
         except Exception as exc:
             raise RuleError(f"{where}: cannot import: {type(exc).__name__}: {exc}"[:400]) \
                 from None
-        if inspect.ismodule(obj):
-            rules = rules_in_module(obj)
-        elif inspect.isclass(obj) and issubclass(obj, Rule):
-            rules = [obj]
-        else:
-            raise RuleError(f"{where}: neither a module nor a Rule subclass")
-        for rule in rules:
-            problem = check_rule(rule)
-            if problem is not None:
-                raise RuleError(f"{where}: {describe(rule)}: {problem}")
-        found.extend(rules)
+        try:
+            found += checked(rules_in_module(obj) if inspect.ismodule(obj) else [obj])
+        except RuleError as exc:
+            raise RuleError(f"{where}: {exc}") from None
     return tuple(found)
 
 
@@ -209,6 +212,6 @@ def code_prefixes(rules: Iterable[type[Rule]]) -> set[str]:
 
 
 __all__ = ["ALL_RULES", "BUILTIN_PREFIX", "CODE_PATTERN", "ENTRY_POINT_GROUP", "Rule",
-           "RuleContext", "RuleError", "check_rule", "code_prefixes", "describe", "find_rule",
+           "RuleContext", "RuleError", "check_rule", "checked", "code_prefixes", "describe", "find_rule",
            "known_selector", "matches", "plugin_rules", "rule_set", "rules_in_module",
            "selected_rules"]

@@ -11,7 +11,7 @@ from a :class:`RuleContext` and yields findings. Rules never trace, import or me
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Optional
 
