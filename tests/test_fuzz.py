@@ -25,7 +25,7 @@ from fuzz.harness import check_basic, check_chain, full_check, parse_json, run_i
 from fuzz.model_writer import saturating_chains, model_files
 
 #: Families with a known archlint bug (see the xfail tests): kept out of the main properties.
-KNOWN = frozenset({"print", "jit_module", "root_params"})
+KNOWN = frozenset({"print"})
 
 #: The properties the main test holds archlint to (harness.PROPERTIES minus the estimator
 #: coverage check, which benchmarks/fuzz.py reports).
@@ -108,10 +108,7 @@ def test_chain_with_one_skip_around_it_gets_no_al101(cases):
     assert not fails, _explain(case, fails)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: a @torch.jit.script function in forward makes "
-                   "fx fail; the execution tracer does not see inside the ScriptFunction call, "
-                   "the graph is cut there, and the chain's AL101 is lost (tracing/exec_tracer.py)")
-@XFAIL
+@CI
 @given(saturating_chains(variants=("plain",), jit_tail=True))
 def test_chain_ending_in_a_scripted_function_still_gets_al101(cases):
     case = cases[0]
@@ -133,22 +130,7 @@ def test_print_in_forward_keeps_stdout_one_json_document(case):
     assert not fails, _explain(case, fails)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 8: a torch.jit.script-ed submodule makes fx fall "
-                   "back to the execution tracer, whose register_forward_pre_hook raises "
-                   "RuntimeError on ScriptModules outside any try (tracing/exec_tracer.py "
-                   "exec_trace); the exception escapes lint_model and kills the whole run")
-@XFAIL
-@given(model_files(force=frozenset({"jit_module"}), exclude=KNOWN - {"jit_module"}))
-def test_scripted_submodule_is_no_internal_error(case):
-    written, truth, run = _lint_json(case)
-    fails = _only("no_internal_error", check_basic(case, written, run, truth))
-    assert not fails, _explain(case, fails)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8: parameters owned by the top-level model itself "
-                   "(x @ self.W in its forward) are listed as layer '' whose path/line point at "
-                   "click's core.py (the frame that called archlint's build), not at the file")
-@XFAIL
+@CI
 @given(model_files(force=frozenset({"root_params"}), exclude=KNOWN - {"root_params"} | {"img"}))
 def test_parameters_of_the_root_model_point_into_its_file(case):
     written, truth, run = _lint_json(case)

@@ -12,7 +12,17 @@ from archlint.measure import MeasureResult, measure_grad_rms, select_output
 
 
 def _probe_vector(shape: torch.Size, seed: int) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    from archlint.measure import PROBE_STREAM
+
+    return torch.randn(shape, generator=torch.Generator().manual_seed(PROBE_STREAM + seed))
+
+
+def test_probe_vector_is_not_the_example_input() -> None:
+    # a model whose output has its input's shape: r must not equal x (both drawn from seed 0)
+    from archlint.loading.inputs import TensorSpec
+
+    x = TensorSpec((4, 8)).make(seed=0)
+    assert not torch.allclose(_probe_vector(torch.Size([4, 8]), 0), x)
 
 
 def test_single_linear_matches_hand_computed_gradient() -> None:

@@ -31,6 +31,10 @@ def _internal(filename: str) -> bool:
     return filename.startswith(_SKIP_PREFIXES) or filename.startswith("<frozen")
 
 
+def _installed(filename: str) -> bool:
+    return "site-packages" in filename or "dist-packages" in filename
+
+
 def frame_site(frame: FrameType) -> Site:
     """The site of the instruction a frame is executing, with its column when Python knows it."""
     code = frame.f_code
@@ -66,10 +70,15 @@ def _recording_init(self: nn.Module, *args, **kwargs) -> None:
     if SITE_ATTR in self.__dict__:
         return
     frame = sys._getframe(1)
-    # Skip the constructor chain of this very object (subclass __init__ -> super().__init__()).
+    # Skip the constructor chain of this very object (subclass __init__ -> super().__init__()),
+    # and installed libraries: a layer built inside a library is located where the user's code
+    # asked for it, and a model archlint builds itself at its class (see module_site).
     while frame is not None and (
-        _internal(frame.f_code.co_filename) or frame.f_locals.get("self") is self
+        _internal(frame.f_code.co_filename) or _installed(frame.f_code.co_filename)
+        or frame.f_locals.get("self") is self
     ):
+        if frame.f_code.co_filename.startswith(_ARCHLINT_DIR):
+            return  # archlint built it (a model class of a linted file): its class is its site
         frame = frame.f_back
     if frame is not None:
         self.__dict__[SITE_ATTR] = frame_site(frame)
