@@ -322,11 +322,7 @@ CASES = [
 
     Case("batchnorm_probed_with_a_batch_of_2",
          R("shapes/bn_small_batch.py", "--input-shape", "2,16", *J), 0,
-         (Target("bn_small_batch.py:BNSmallBatch"),),
-         xfail="issue 8: false AL105 ('-299.5 decades'): signal/estimate.py's batch_norm "
-               "backward gain g2/(var+eps)*max(1 - 2/M, 0) is exactly 0 for M = 2 samples "
-               "(same form for LayerNorm/GroupNorm groups of 2, RMSNorm of 1); measured "
-               "fc1 gradient 0.029 vs estimate 0.0"),
+         (Target("bn_small_batch.py:BNSmallBatch"),)),
     Case("batchnorm_batch_of_8_control",
          R("shapes/bn_small_batch.py", "--input-shape", "8,16", *J), 0,
          (Target("bn_small_batch.py:BNSmallBatch"),)),
@@ -405,9 +401,7 @@ CASES = [
     Case("prelu_does_not_break_fx", R("mixed/prelu.py", *J), 0,
          (Target("prelu.py:WithPReLU", tracer="fx"),)),
     Case("layernorm_over_chw_gets_a_gradient_estimate", R("mixed/layernorm_chw.py", *J), 0,
-         (Target("layernorm_chw.py:ConvLayerNorm", grad_rms_for_every_layer=True),),
-         xfail="issue 8: LayerNorm([C, H, W]) has a 3-dim weight, so engine.weight_layers_of "
-               "lists it, but the estimator gives it no grad_rms (null) and says nothing"),
+         (Target("layernorm_chw.py:ConvLayerNorm", grad_rms_for_every_layer=True),)),
 
     # ---------------------------------------------------------------- configuration, usage
     Case("malformed_yaml_config", R("mixed/good.py", "--config", "config/bad_yaml.yaml"), 2,

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import weakref
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -127,6 +129,32 @@ def _channel_spread(node: Node) -> Optional[torch.Tensor]:
     return rows / rows.mean()
 
 
+@lru_cache(maxsize=4096)
+def _two_value_gain(var: float, eps: float) -> float:
+    """Normalising two values leaves only +-1: the gradient passes only through eps. For
+    d = (x1 - x2) / 2 ~ N(0, var / 2), each input's gradient is g * (1/2) eps / (d^2 + eps)^(3/2)
+    in RMS, so the per-element gain is E[eps^2 / (d^2 + eps)^3] / 2 -- an expectation ruled by
+    the rare d near 0: one probe's measurement scatters widely around it."""
+    if eps <= 0:
+        return 0.0
+    sd = math.sqrt(max(var / 2, 0.0))
+    if sd <= 0:
+        return 0.5 / eps
+    u = np.sinh(np.linspace(-12.0, 12.0, 6001))  # d / sqrt(eps): dense where the peak is
+    d = u * math.sqrt(eps)
+    dens = np.exp(-0.5 * (d / sd) ** 2) / (sd * math.sqrt(2 * math.pi))
+    f = dens * eps ** 2 / (d * d + eps) ** 3
+    return 0.5 * float(np.sum((f[1:] + f[:-1]) * np.diff(d)) / 2)
+
+
+def _pair_or_projection(count: int, var: float, eps: float) -> float:
+    """The factor that removing the mean and the scale of ``count`` values leaves of the
+    gradient: 1 - 2/count, or what eps lets through when there are only two."""
+    if count == 2:
+        return _two_value_gain(var, eps) * (var + eps)
+    return max(1 - 2.0 / max(count, 1), 0.0)
+
+
 def estimate_batch_norm(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     n = prop.numel(node)
@@ -148,7 +176,7 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
             kept = float((per_channel / (per_channel + eps)).mean())
             inverse = float((1.0 / (per_channel + eps)).mean())
         prop.out(node, Sig(g2 * kept + b2, bmean, b2, n).with_w(g2 * kept * within + b2),
-                 Gains([(0, g2 * inverse * max(1 - 2.0 / M, 0.0))]))
+                 Gains([(0, g2 * inverse * _pair_or_projection(M, var, eps))]))
         return
     rv = getattr(node.module, "running_var", None)
     rvar = mean(rv) if rv is not None else 1.0
@@ -169,7 +197,7 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
         var = max(x.q - x.s, 0.0) if op == "instance_norm" else var
     frac = (max(x.s - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
     wfrac = (max(x.w - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
-    gain = g2 / (var + eps) * max(1 - 2.0 / max(group, 1), 0.0)
+    gain = g2 / (var + eps) * _pair_or_projection(group, var, eps)
     kept = var / (var + eps) if var > 0 else 0.0  # eps comparable to the variance shrinks it
     shared = None
     if op != "layer_norm":
@@ -180,7 +208,27 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
         keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
         shared = [(0, gain * keep, 0.0)]
     prop.out(node, Sig(g2 * kept + b2, bmean, g2 * kept * frac + b2, n).with_w(
-        g2 * kept * wfrac + b2), Gains([(0, gain)], shared=shared))
+        g2 * kept * wfrac + b2), AffineBackward([(0, gain)], shared=shared, kept=kept))
+
+
+@dataclass
+class AffineBackward(Gains):
+    """The norm's gains; a scale and shift with two or more dimensions (``LayerNorm([C, H, W])``)
+    are weights of their own: their gradient sums the output gradient (times the normalised
+    value, for the scale) over the rows that share them."""
+
+    kept: float = 1.0
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        super().apply(prop, node, go, gso, gsco, items)
+        if go <= 0.0:
+            return
+        for t, factor in zip(norm_affine(node), (self.kept, 1.0)):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.requires_grad:
+                rows = prop.numel(node) / max(t.numel(), 1)
+                prop.add_weight_grad(node.module_path, rows * go * factor, t.numel(), node,
+                                     key=id(t))
 
 
 def estimate_rms_norm(prop: Propagation, node: Node) -> None:
