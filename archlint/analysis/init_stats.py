@@ -19,7 +19,7 @@ from torch import nn
 from ..graph.ir import Graph, Kind, Node
 from ..ops import op_info
 from ..ops.linear import weight_fans
-from ..ops.norms import measured_affine
+from ..ops.norms import measured_affine, norm_affine
 
 #: Ops a value passes through without changing which activation consumes it.
 _PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
@@ -199,11 +199,7 @@ def analyse_init(graph: Graph) -> InitFacts:
         ))
     norms: list[NormInit] = []
     for node in graph.by_kind(Kind.NORM):
-        m = node.module
-        gamma = getattr(m, "weight", None) if isinstance(m, nn.Module) else None
-        if gamma is None:
-            gamma = next((i.tensor for i in node.inputs if i.kind == Kind.PARAM
-                          and i.tensor is not None and i.tensor.dim() == 1), None)
+        gamma, _ = norm_affine(node)  # F.batch_norm's running stats are not its scale
         if not isinstance(gamma, torch.Tensor):
             continue
         measured = measured_affine(node)

@@ -30,12 +30,28 @@ def norm_affine(node: Node) -> tuple[Optional[torch.Tensor], Optional[torch.Tens
     m = node.module
     if m is not None:
         return getattr(m, "weight", None), getattr(m, "bias", None)
-    params = [i.tensor for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None]
-    params = [p for p in params if p.dim() == 1 and p.dtype.is_floating_point]
-    # F.batch_norm(x, running_mean, running_var, weight, bias): the last two 1-D params
-    if node.op == "batch_norm" and len(params) >= 4:
-        return params[2], params[3]
-    return (params[0] if params else None), (params[1] if len(params) > 1 else None)
+    where = _AFFINE_ARGS.get(node.op)
+    if where is None:
+        return None, None
+    return _tensor_arg(node, "weight", where[0]), _tensor_arg(node, "bias", where[1])
+
+
+#: Positions of weight and bias in the functional norms' signatures.
+_AFFINE_ARGS = {"batch_norm": (3, 4), "instance_norm": (3, 4), "layer_norm": (2, 3),
+                "group_norm": (2, 3), "rms_norm": (2, None)}
+
+
+def _tensor_arg(node: Node, name: str, pos: Optional[int]) -> Optional[torch.Tensor]:
+    """A call's tensor argument (a parameter node's tensor, or the tensor the execution tracer
+    kept), by keyword or position."""
+    kwargs = node.attrs.get("kwargs") or {}
+    args = node.attrs.get("args") or ()
+    value = kwargs.get(name) if isinstance(kwargs, dict) and name in kwargs else (
+        args[pos] if pos is not None and isinstance(args, (list, tuple)) and len(args) > pos
+        else None)
+    if isinstance(value, Node):
+        return value.tensor if value.kind == Kind.PARAM else None
+    return value if isinstance(value, torch.Tensor) else None
 
 
 def _group_size(node: Node, shape: tuple) -> int:
