@@ -49,7 +49,7 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
     first = _first_use(graph)
     rms = dict(estimate.grad_rms)
     structure = facts.structure
-    if not _has_identity_init(facts):
+    if not _has_identity_init(graph, facts):
         # nothing is zeroed on purpose: a layer on the gradient path left without gradient
         # underflowed (hundreds of decades down) -- vanishing, not design
         for mod, (_, node) in first.items():
@@ -82,10 +82,18 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
 _UNDERFLOW = 1e-300
 
 
-def _has_identity_init(facts: GraphFacts) -> bool:
-    """Does the model zero a weight or a normalisation scale on purpose somewhere?"""
-    return any(li.all_zero for li in facts.init.layers) or \
-        any(ni.zero_scale for ni in facts.init.norms)
+def _has_identity_init(graph: Graph, facts: GraphFacts) -> bool:
+    """Does the model zero a weight, a normalisation scale or a gain on purpose somewhere (a
+    zero-initialised residual branch, SkipInit, a layer scale of zero)?"""
+    if any(li.all_zero for li in facts.init.layers) or \
+            any(ni.zero_scale for ni in facts.init.norms):
+        return True
+    for n in graph.nodes:
+        t = n.tensor if n.kind == Kind.PARAM else n.attrs.get("derived_weight")
+        if t is not None and t.is_floating_point() and t.requires_grad and t.numel() and \
+                t.device.type != "meta" and not bool(t.detach().any()):
+            return True
+    return False
 
 
 _SCALE_PASSTHROUGH = {Kind.RESHAPE, Kind.CONCAT, Kind.POOL, Kind.DROPOUT}

@@ -55,13 +55,22 @@ def _tensor_arg(node: Node, name: str, pos: Optional[int]) -> Optional[torch.Ten
 
 
 def _group_size(node: Node, shape: tuple) -> int:
+    """How many values of one sample are normalised together."""
     m = node.module
     if isinstance(m, nn.LayerNorm):
         return numel(m.normalized_shape)
-    if isinstance(m, nn.GroupNorm) and shape:
-        return max(numel(shape[1:]) // max(m.num_groups, 1), 1)
+    groups = m.num_groups if isinstance(m, nn.GroupNorm) else (
+        kw(node, "num_groups", 1, None) if m is None and node.op == "group_norm" else None)
+    if isinstance(groups, int) and shape:
+        return max(numel(shape[1:]) // max(groups, 1), 1)
     if node.op == "instance_norm" and len(shape) > 2:
         return numel(shape[2:])
+    if m is None and node.op == "layer_norm":
+        normalized = kw(node, "normalized_shape", 1, None)
+        if isinstance(normalized, (list, tuple)) and all(isinstance(d, int) for d in normalized):
+            return max(numel(normalized), 1)
+        if isinstance(normalized, int):
+            return normalized
     return shape[-1] if shape else 1
 
 
@@ -219,7 +228,9 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
     if op != "layer_norm":
         # per-sample statistics over a group of channels and all positions: the backward
         # removes the group average of what each channel's gradient shares across positions
-        per_group = numel(shape[1:2]) / max(getattr(node.module, "num_groups", 1)
+        groups = getattr(node.module, "num_groups", None) if node.module is not None else \
+            kw(node, "num_groups", 1, None)
+        per_group = numel(shape[1:2]) / max((groups if isinstance(groups, int) else 1)
                                             if op == "group_norm" else numel(shape[1:2]), 1)
         keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
         shared = [(0, gain * keep, 0.0)]
