@@ -1,0 +1,247 @@
+"""Helpers shared by the tests, in one place.
+
+This is also the only module of the tests that reaches into archlint's internals (the traced graph,
+the structural facts, the loader's module cache, model discovery): when those move, this file
+changes and the tests do not. Tests that just lint a model go through ``archlint.lint``, the
+public API; tests of the command line go through :func:`invoke` (in-process) or :func:`run_cli`
+(a subprocess).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tokenize
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+ROOT = Path(__file__).resolve().parent.parent
+#: One fixture file per rule code (see tests/test_rule_fixtures.py for the convention).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "rules"
+
+
+# ------------------------------------------------------------------------------ files and lines
+
+def write(path: Path, text: str) -> Path:
+    """Write dedented ``text`` (leading blank lines dropped) to ``path``, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def line_of(source: Union[str, Path], needle: str, nth: int = 0) -> int:
+    """1-based line of the ``nth`` line containing ``needle``: in a file, or in a source text
+    as :func:`write` / :func:`load_source` would write it (dedented)."""
+    if isinstance(source, Path):
+        text = source.read_text()
+    else:
+        text = textwrap.dedent(source)
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
+    assert len(hits) > nth, f"{needle!r} not in the source"
+    return hits[nth]
+
+
+# ------------------------------------------------------------------------------ command line
+
+def invoke(*args: str):
+    """The CLI in-process (no torch import per call); returns click's Result."""
+    from click.testing import CliRunner
+
+    from archlint.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def report_of(result) -> dict:
+    """The JSON report a ``--format json`` run printed."""
+    return json.loads(result.stdout)
+
+
+def finding_codes(result) -> list[str]:
+    """Codes of every finding of a ``--format json`` run, in report order."""
+    return [f["code"] for t in report_of(result)["targets"] for f in t["findings"]]
+
+
+def run_cli(*args: str, cwd: Optional[Path] = None, timeout: int = 300):
+    """The CLI in a subprocess (``python -m archlint``): for what only a fresh process shows."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "archlint", *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# ------------------------------------------------------------------------------ linting models
+
+def codes(result) -> list[str]:
+    """Codes of a TargetResult's (or Report's) findings, in report order."""
+    return [f.code for f in result.findings]
+
+
+def only(result, code: str) -> list:
+    return [f for f in result.findings if f.code == code]
+
+
+def _import(path: Path, name: str):
+    """Import a file under ``name``, recording where its module-level layers are built."""
+    from archlint.loading.sites import recording_module_sites
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    with recording_module_sites():
+        spec.loader.exec_module(module)
+    return module
+
+
+def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
+    """Write ``source`` to a file under tmp_path and import it; returns (module, path)."""
+    name = name or f"m_{uuid.uuid4().hex[:8]}"
+    path = write(tmp_path / f"{name}.py", source)
+    return _import(path, name), path
+
+
+def lint_model(model: Any, example_input: Any = None, **kwargs):
+    """``archlint.lint`` on one model (object, class or factory); returns its TargetResult,
+    with the analysis still attached."""
+    import archlint
+
+    (target,) = archlint.lint(model, example_input, **kwargs).targets
+    return target
+
+
+def lint_source(tmp_path: Path, source: str, cls: str = "Model", select=None, options=None,
+                input=None):
+    """Lint class ``cls`` of ``source`` through the public API; its example input is ``input``,
+    else the module's ``INPUT`` (as in the rules' documented examples), else inferred."""
+    module, _ = load_source(tmp_path, source)
+    raw = input if input is not None else getattr(module, "INPUT", None)
+    return lint_model(getattr(module, cls), raw, select=select, options=options)
+
+
+# ------------------------------------------------------------------------------ internals
+# Everything below reads archlint's internal objects: keep such reads here.
+
+def graph_of(result):
+    """The traced graph of a result linted by :func:`lint_model` / :func:`lint_source`."""
+    return result.analysis.graph
+
+
+def structure_of(result):
+    """The structural facts (gradient paths, skip joins...) of such a result."""
+    return result.analysis.facts.structure
+
+
+def init_layers_of(result) -> list:
+    """The initial-weight facts of every weight layer of such a result."""
+    return result.analysis.facts.init.layers
+
+
+def gradient_of(result):
+    """The gradient estimate of such a result (None when it did not run)."""
+    return result.analysis.gradient
+
+
+def weight_nodes(result) -> list:
+    return [n for n in graph_of(result).nodes if n.is_weight_layer]
+
+
+def node_of(result, module_path: str):
+    return next(n for n in graph_of(result).nodes if n.module_path == module_path)
+
+
+@contextlib.contextmanager
+def fresh_imports() -> Iterator[None]:
+    """archlint imports each file once per process; inside this block, files written again are
+    imported again (and the cache is as it was afterwards)."""
+    from archlint.loading import build
+
+    saved = dict(build._modules)
+    build._modules.clear()
+    try:
+        yield
+    finally:
+        build._modules.clear()
+        build._modules.update(saved)
+
+
+def forget_imported_files() -> None:
+    """Inside :func:`fresh_imports`: the next run imports every file again."""
+    from archlint.loading import build
+
+    build._modules.clear()
+
+
+def models_in(path: Path) -> list[str]:
+    """What ``archlint PATH`` lints in a file, as ``file.py:Name`` targets (relative to the
+    working directory); a file or class that fails to load is returned as its target too."""
+    from archlint.loading.build import load_target
+    from archlint.loading.targets import resolve
+
+    (target,) = resolve(str(path), [])
+    return [loaded.display for loaded in load_target(target)]
+
+
+# ------------------------------------------------------------------------------ rule fixtures
+
+def fixture_file(name: str) -> Path:
+    """``tests/fixtures/rules/<name>.py``."""
+    return FIXTURES / f"{name}.py"
+
+
+def _module_constant(tree: ast.Module, name: str, default: Any) -> Any:
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    return default
+
+
+def fixture_inputs(path: Path) -> dict[str, Any]:
+    """The fixture's ``INPUTS``: model name -> input spec (read, never executed)."""
+    return _module_constant(ast.parse(path.read_text()), "INPUTS", {})
+
+
+def fixture_select(path: Path) -> list[str]:
+    """The fixture's ``SELECT`` (rule codes or prefixes); default: the file's own code."""
+    return list(_module_constant(ast.parse(path.read_text()), "SELECT", [path.stem]))
+
+
+EXPECT = "expect:"
+
+
+def expected_findings(path: Path) -> dict[int, set[str]]:
+    """``# expect: AL101, AL105`` comments: line -> codes that must be reported there."""
+    out: dict[int, set[str]] = {}
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    for tok in tokens:
+        if tok.type != tokenize.COMMENT:
+            continue
+        text = tok.string.lstrip("#").strip()
+        if EXPECT not in text:
+            continue
+        spec = text[text.index(EXPECT) + len(EXPECT):]
+        found = {c.strip() for c in spec.split(",") if c.strip()}
+        assert found, f"{path.name}:{tok.start[0]}: '# expect:' names no code"
+        out.setdefault(tok.start[0], set()).update(found)
+    return out
+
+
+@lru_cache(maxsize=None)
+def fixture_module(name: str):
+    """The fixture file imported once (for tests that lint one of its models themselves)."""
+    return _import(fixture_file(name), f"archlint_fixture_{name}")
+
+
+def lint_fixture(name: str, model: str, **kwargs):
+    """Lint one model of a fixture file through the public API, with the fixture's input for
+    it; returns the TargetResult."""
+    inputs = fixture_inputs(fixture_file(name))
+    return lint_model(getattr(fixture_module(name), model), inputs.get(model), **kwargs)
