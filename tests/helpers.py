@@ -39,8 +39,8 @@ def write(path: Path, text: str) -> Path:
 
 
 def line_of(source: Union[str, Path], needle: str, nth: int = 0) -> int:
-    """1-based line of the ``nth`` line containing ``needle``: in a file, or in a source text
-    as :func:`write` / :func:`load_source` would write it (dedented)."""
+    """1-based line of the ``nth`` line containing ``needle``: in a file, or in a source text as
+    :func:`load_source` writes it (dedented)."""
     if isinstance(source, Path):
         text = source.read_text()
     else:
@@ -48,6 +48,49 @@ def line_of(source: Union[str, Path], needle: str, nth: int = 0) -> int:
     hits = [i for i, line in enumerate(text.splitlines(), 1) if needle in line]
     assert len(hits) > nth, f"{needle!r} not in the source"
     return hits[nth]
+
+
+# ------------------------------------------------------------------------------ model files
+# Model sources several test files write and lint.
+
+#: Six Linear + Sigmoid: AL101 (a chain of 6 > 4) and AL105 (its vanishing gradient).
+SIGMOID_CHAIN = """
+import torch.nn as nn
+
+
+class Deep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layers = []
+        for _ in range(6):
+            layers += [nn.Linear(8, 8), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+#: fc1 initialised 177x too small: one AL104 finding (module fc1); ``{extra}`` is a place for
+#: more lines at the end of __init__ (indented 8 spaces).
+SMALL_INIT_NET = """
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(32, 32)
+        self.fc2 = nn.Linear(32, 32)
+        self.fc3 = nn.Linear(32, 4)
+        nn.init.normal_(self.fc1.weight, std=1e-3)
+{extra}
+    def forward(self, x):
+        return self.fc3(self.fc2(self.fc1(x).relu()).relu())
+"""
+
+
+def small_init_net(extra: str = "") -> str:
+    return SMALL_INIT_NET.replace("{extra}", extra)
 
 
 # ------------------------------------------------------------------------------ command line
@@ -69,6 +112,22 @@ def report_of(result) -> dict:
 def finding_codes(result) -> list[str]:
     """Codes of every finding of a ``--format json`` run, in report order."""
     return [f["code"] for t in report_of(result)["targets"] for f in t["findings"]]
+
+
+def run_paths(*paths: Union[str, Path], config: Any = None, **options):
+    """A whole run over ``paths`` as the CLI makes it, before rendering; returns the Report.
+    ``config``: None (no config file), a config file's path, or a dict of Config fields;
+    ``options``: the run's options (select, ignore, report_unused_suppressions...)."""
+    from archlint.config import Config, load_config
+    from archlint.runner import RunOptions, run
+
+    if config is None:
+        config = Config()
+    elif isinstance(config, dict):
+        config = Config(**config)
+    elif isinstance(config, (str, Path)):
+        config = load_config(Path(config))
+    return run(config, RunOptions(paths=[str(p) for p in paths], **options))
 
 
 def run_cli(*args: str, cwd: Optional[Path] = None, timeout: int = 300):
@@ -104,7 +163,8 @@ def _import(path: Path, name: str):
 def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
     """Write ``source`` to a file under tmp_path and import it; returns (module, path)."""
     name = name or f"m_{uuid.uuid4().hex[:8]}"
-    path = write(tmp_path / f"{name}.py", source)
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))  # lines as line_of(source, ...) counts them
     return _import(path, name), path
 
 

@@ -7,14 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from archlint.cli import main
-
-from conftest import ROOT
+from helpers import ROOT, invoke as invoke_cli, small_init_net, write
 
 SCRIPT = '''
 """Training script: no class, nothing built at import; importing it would fail loudly."""
@@ -23,20 +19,7 @@ import sys
 raise SystemExit("this script must not be imported")
 '''
 
-BAD = '''
-import torch.nn as nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 16)
-        self.fc2 = nn.Linear(16, 4)
-        nn.init.zeros_(self.fc1.weight)
-
-    def forward(self, x):
-        return self.fc2(self.fc1(x).relu())
-'''
+BAD = small_init_net()
 
 
 @pytest.fixture
@@ -45,15 +28,9 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
 def invoke(*args: str):
     """The CLI with only AL104, the rule these models are written for."""
-    return CliRunner().invoke(main, [*args, "--select", "AL104"])
+    return invoke_cli(*args, "--select", "AL104")
 
 
 def test_files_without_models_pass_without_importing_torch(project):

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import SIGMOID_CHAIN, invoke, line_of, run_cli, write
 
 GOOD = """
 import torch
@@ -59,21 +58,7 @@ if __name__ == "__main__":
     open("MAIN_RAN", "w").write("x")
 """
 
-BAD = """
-import torch.nn as nn
-
-
-class Deep(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layers = []
-        for _ in range(6):
-            layers += [nn.Linear(8, 8), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.body(x)
-"""
+BAD = SIGMOID_CHAIN
 
 BROKEN = """
 import torch.nn as nn
@@ -123,16 +108,6 @@ def make(depth=6):
         layers += [nn.Linear(8, 8), nn.Sigmoid()]
     return nn.Sequential(*layers)
 """
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if needle in text)
 
 
 @pytest.fixture(scope="module")
@@ -388,15 +363,8 @@ class NoInput(nn.Module):
 
 @pytest.fixture
 def inproc(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from archlint.cli import main
-
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "dd.py", DATA_DEPENDENT)
-
-    def invoke(*args):
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
     return invoke
 
 

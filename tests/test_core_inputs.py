@@ -3,25 +3,19 @@
 
 from __future__ import annotations
 
-import json
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
-from click.testing import CliRunner
 
-from archlint.cli import main
 from archlint.loading.inputs import InputError, parse_input, parse_shape
-from conftest import codes
+from helpers import codes, graph_of, invoke, report_of, write
 
 
 def spec_of(result):
-    return result.analysis.graph.input_spec
+    return graph_of(result).input_spec
 
 
 def input_nodes(result):
-    return {n.target: (n.shape, n.dtype) for n in result.analysis.graph.input_nodes}
+    return {n.target: (n.shape, n.dtype) for n in graph_of(result).input_nodes}
 
 
 # ------------------------------------------------------------------------------ inference
@@ -102,7 +96,7 @@ def test_embedding_first_model_gets_integer_ids(lint):
     ids = spec.make()
     assert ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 37
     # ids carry no gradient: the embedding is where the gradient paths end
-    assert r.analysis.graph.input_nodes[0].users[0].grad_parents() == []
+    assert graph_of(r).input_nodes[0].users[0].grad_parents() == []
 
 
 def test_embedding_first_model_through_the_exec_tracer(lint):
@@ -185,7 +179,7 @@ def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
     # the sequence length of the argument that feeds the RNN is the one used
     assert codes(r) == ["AL107"]
     assert r.findings[0].data["steps"] == 90
-    assert "(config)" in r.input
+    assert "(example_input)" in r.input
 
 
 def test_several_inputs_are_inferred_per_argument(lint):
@@ -302,14 +296,14 @@ class Seq(nn.Module):
 
 @pytest.fixture
 def rnn_project(tmp_path, monkeypatch):
-    (tmp_path / "seq.py").write_text(textwrap.dedent(RNN_FILE))
+    write(tmp_path / "seq.py", RNN_FILE)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def run_json(*args):
-    result = CliRunner().invoke(main, [*args, "--format", "json"], catch_exceptions=False)
-    return result, json.loads(result.stdout) if result.stdout.strip() else None
+    result = invoke(*args, "--format", "json")
+    return result, report_of(result) if result.stdout.strip() else None
 
 
 def test_input_shape_flag_is_used(rnn_project):
@@ -324,7 +318,7 @@ def test_input_shape_flag_is_used(rnn_project):
 
 
 def test_input_shape_flag_wins_over_the_config(rnn_project):
-    Path(".archlint.yaml").write_text("input: {shape: [2, 300, 4]}\n")
+    write(rnn_project / ".archlint.yaml", "input: {shape: [2, 300, 4]}\n")
     result, report = run_json("seq.py")
     assert report["targets"][0]["findings"][0]["data"]["steps"] == 300
     result, report = run_json("seq.py", "--input-shape", "2,5,4")
@@ -333,16 +327,17 @@ def test_input_shape_flag_wins_over_the_config(rnn_project):
 
 
 def test_per_target_input_in_the_config(rnn_project):
-    Path(".archlint.yaml").write_text(textwrap.dedent("""
+    write(rnn_project / ".archlint.yaml", """
         input: {shape: [2, 5, 4]}
         targets:
           - target: seq.py:Seq
             input: {shape: [2, 200, 4]}
-    """))
+    """)
     result, report = run_json()
     [t] = report["targets"]
     assert t["target"] == "seq.py:Seq"
     assert t["findings"][0]["data"]["steps"] == 200
+    assert t["input"].endswith("(config)")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -351,7 +346,7 @@ def test_per_target_input_in_the_config(rnn_project):
     (["--input-dtype", "int64"], "--input-shape"),
 ])
 def test_bad_input_flags_exit_2(rnn_project, args, needle):
-    result = CliRunner().invoke(main, ["seq.py", *args], catch_exceptions=False)
+    result = invoke("seq.py", *args)
     assert result.exit_code == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr

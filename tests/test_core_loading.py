@@ -4,21 +4,14 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 from torch import nn
 
 from archlint.loading.build import LoadedModel, LoadFailure, load_target
 from archlint.loading.targets import TargetError, resolve
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
+from helpers import write
 
 
 def load(spec: str, kwargs=None, excludes=()):

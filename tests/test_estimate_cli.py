@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 MODEL = textwrap.dedent("""
     import torch.nn as nn

@@ -4,7 +4,7 @@ import pytest
 
 from archlint.rules import ALL_RULES
 
-from conftest import codes, lint_source
+from helpers import codes, lint_source
 
 #: Rules that read the analysed graph. Rules with ``checks_source`` (AL900 unused-suppression)
 #: work on source comments after a whole run; tests/test_suppressions.py runs their examples.

@@ -1,4 +1,5 @@
-"""Suppression comments (# archlint: disable, # noqa: AL..., disable-file) and AL900."""
+"""Suppression comments (# archlint: disable, # noqa: AL..., disable-file) and AL900. (Which
+comments AL900 reports: tests/fixtures/rules/AL900.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from archlint.config import Config
 from archlint.rules.unused_suppression import UnusedSuppression
-from archlint.runner import RunOptions, run
 from archlint.suppressions import parse_suppressions
+from helpers import (fixture_file, fixture_select, invoke, line_of, report_of, run_paths,
+                     write as write_file)
 
 # fc1 is initialised 1000x too small (AL104); body is a chain of 8 sigmoids (AL101).
 MODEL = '''
@@ -34,9 +35,7 @@ class Model(nn.Module):
 
 
 def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source).lstrip())
-    return path
+    return write_file(tmp_path / name, source)
 
 
 def model(tmp_path: Path, fc1: str = "", body: str = "", header: str = "",
@@ -48,17 +47,13 @@ def model(tmp_path: Path, fc1: str = "", body: str = "", header: str = "",
 RULES = ["AL101", "AL103", "AL104"]
 
 
-def lint(*paths: Path, config: Config | None = None, **options):
+def lint(*paths: Path, config: dict | None = None, **options):
     options.setdefault("select", RULES)
-    return run(config or Config(), RunOptions(paths=[str(p) for p in paths], **options))
+    return run_paths(*paths, config=config, **options)
 
 
 def codes(report) -> list[str]:
     return sorted(f.code for f in report.findings)
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -209,26 +204,22 @@ def test_unused_check_is_opt_in(tmp_path):
 
 def test_config_turns_the_unused_check_on_and_sets_its_severity(tmp_path):
     path = model(tmp_path, body="  # archlint: disable=AL104")
-    config = Config(report_unused_suppressions=True, rules={"AL900": {"severity": "warning"}})
+    config = {"report_unused_suppressions": True, "rules": {"AL900": {"severity": "warning"}}}
     report = lint(path, config=config)
     assert [f.severity for f in unused(report)] == ["warning"]
     assert report.exit_code() == 1
 
 
-def test_used_suppressions_and_other_tools_codes_are_not_reported(tmp_path):
-    path = model(tmp_path, fc1="  # archlint: disable=AL104  # noqa: E501",
-                 body="  # noqa: E731")
-    report = lint(path, report_unused_suppressions=True)
-    assert unused(report) == [] and codes(report) == ["AL101"]
-
-
-def test_unknown_codes_partly_unused_lines_and_file_level(tmp_path):
-    path = model(tmp_path, fc1="  # archlint: disable=AL104,AL101,AL999",
-                 header="# archlint: disable-file=AL103\n")
-    found = unused(lint(path, report_unused_suppressions=True))
-    by_line = {f.line: f.data for f in found}
-    assert by_line == {line_of(path, "self.fc1 ="): {"unused": ["AL101"], "unknown": ["AL999"]},
-                       1: {"unused": ["AL103"], "unknown": []}}
+def test_unused_suppression_data():
+    """What AL900 says of AL900.py's comments (which comments it reports: the fixture test)."""
+    path = fixture_file("AL900")
+    report = run_paths(path, select=fixture_select(path), report_unused_suppressions=True)
+    by_line = {f.line: f.data for f in unused(report)}
+    assert by_line[line_of(path, "disable=AL104,AL101,AL999")] == {"unused": ["AL101"],
+                                                                    "unknown": ["AL999"]}
+    assert by_line[line_of(path, "disable-file=AL103")] == {"unused": ["AL103"], "unknown": []}
+    assert by_line[line_of(path, "LEARNING_RATE")]["unused"] == ["*"]
+    assert all(f.severity == "info" for f in unused(report))
 
 
 def test_rules_that_did_not_run_are_not_judged(tmp_path):
@@ -237,17 +228,9 @@ def test_rules_that_did_not_run_are_not_judged(tmp_path):
     assert unused(report) == []
 
 
-def test_naming_al900_or_ignoring_it_keeps_a_comment(tmp_path):
-    kept = model(tmp_path, body="  # archlint: disable=AL104,AL900", name="kept.py")
-    assert unused(lint(kept, report_unused_suppressions=True)) == []
-    path = model(tmp_path, body="  # archlint: disable=AL104", name="ignored.py")
+def test_ignoring_al900_keeps_a_comment(tmp_path):
+    path = model(tmp_path, body="  # archlint: disable=AL104")
     assert unused(lint(path, report_unused_suppressions=True, ignore=["AL900"])) == []
-
-
-def test_disable_all_that_silences_nothing_is_reported(tmp_path):
-    path = model(tmp_path, body="", fc1="", header="x = 1  # archlint: disable\n")
-    found = unused(lint(path, report_unused_suppressions=True))
-    assert [(f.line, f.data["unused"]) for f in found] == [(1, ["*"])]
 
 
 def test_target_that_failed_is_not_judged(tmp_path):
@@ -276,13 +259,8 @@ def test_al900_examples(tmp_path):
 
 
 def test_cli_flag(tmp_path):
-    from click.testing import CliRunner
-
-    from archlint.cli import main
-
     path = model(tmp_path, body="  # archlint: disable=AL104")
-    result = CliRunner().invoke(main, ["check", "--isolated", "--report-unused-suppressions",
-                                       "--select", ",".join(RULES), "--format", "json",
-                                       str(path)])
-    data = json.loads(result.stdout)
+    result = invoke("check", "--isolated", "--report-unused-suppressions",
+                    "--select", ",".join(RULES), "--format", "json", str(path))
+    data = report_of(result)
     assert "AL900" in [f["code"] for t in data["targets"] for f in t["findings"]]
