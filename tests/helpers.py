@@ -50,47 +50,145 @@ def line_of(source: Union[str, Path], needle: str, nth: int = 0) -> int:
     return hits[nth]
 
 
-# ------------------------------------------------------------------------------ model files
-# Model sources several test files write and lint.
+# ------------------------------------------------------------------------------ model sources
 
-#: Six Linear + Sigmoid: AL101 (a chain of 6 > 4) and AL105 (its vanishing gradient).
-SIGMOID_CHAIN = """
-import torch.nn as nn
+def model_source(init: str, forward: str, *, name: str = "Model", args: str = "x",
+                 imports: str = "import torch\nimport torch.nn as nn", before: str = "",
+                 after: str = "") -> str:
+    """The text of a file defining one ``nn.Module`` class, from what is particular to it:
+    ``init``, the body of ``__init__`` after ``super().__init__()``; ``forward``, the body of
+    ``forward(self, <args>)`` (both dedented); ``before`` / ``after``, module-level text
+    around the class. Write it with :func:`write` or :func:`load_source`; :func:`line_of` on the
+    returned text gives the lines :func:`load_source` writes."""
+    def block(text: str, indent: int) -> list[str]:
+        text = textwrap.dedent(text).strip("\n")
+        return textwrap.indent(text, " " * indent).splitlines() if text else []
+
+    lines = ["", *imports.splitlines(), "", ""]
+    if before.strip():
+        lines += [*block(before, 0), "", ""]
+    lines += [f"class {name}(nn.Module):", "    def __init__(self):",
+              "        super().__init__()", *block(init, 8), "",
+              f"    def forward(self, {args}):", *block(forward, 8)]
+    if after.strip():
+        lines += ["", "", *block(after, 0)]
+    return "\n".join(lines) + "\n"
 
 
-class Deep(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layers = []
-        for _ in range(6):
-            layers += [nn.Linear(8, 8), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.body(x)
-"""
-
-#: fc1 initialised 177x too small: one AL104 finding (module fc1); ``{extra}`` is a place for
-#: more lines at the end of __init__ (indented 8 spaces).
-SMALL_INIT_NET = """
-import torch.nn as nn
+#: Six Linear + Sigmoid (class Deep): AL101 (a chain of 6 > 4) and AL105 (its vanishing
+#: gradient).
+SIGMOID_CHAIN = model_source(name="Deep", init="""
+    layers = []
+    for _ in range(6):
+        layers += [nn.Linear(8, 8), nn.Sigmoid()]
+    self.body = nn.Sequential(*layers)
+""", forward="return self.body(x)")
 
 
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
+def small_init_net(extra: str = "") -> str:
+    """class Net, with fc1 initialised 177x too small: one AL104 finding (module fc1);
+    ``extra``: more lines for the end of __init__."""
+    init = """
         self.fc1 = nn.Linear(32, 32)
         self.fc2 = nn.Linear(32, 32)
         self.fc3 = nn.Linear(32, 4)
         nn.init.normal_(self.fc1.weight, std=1e-3)
-{extra}
+    """
+    return model_source(name="Net", init=textwrap.dedent(init) + textwrap.dedent(extra),
+                        forward="return self.fc3(self.fc2(self.fc1(x).relu()).relu())")
+
+
+#: A file of everything ``archlint FILE`` must tell apart: buildable classes (Net), an inner
+#: block (Block), classes it skips (Wide needs an argument, Base has no forward), a class built
+#: once as a module-level instance (Tagged), module-level instances, an imported class, a
+#: function that must not be called and a ``__main__`` part that must not run.
+MIXED_MODELS = """
+import torch
+import torch.nn as nn
+from torch.nn import Linear                     # imported classes are not linted
+
+print("hello from import")                      # goes to stderr, never the report
+
+
+class Block(nn.Module):                         # only used inside Net: not linted alone
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
     def forward(self, x):
-        return self.fc3(self.fc2(self.fc1(x).relu()).relu())
+        return x + self.fc(torch.relu(x))
+
+
+class Net(nn.Module):
+    def __init__(self, depth=2):
+        super().__init__()
+        self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.blocks(x))
+
+
+class Wide(nn.Module):                          # needs an argument: skipped
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+class Base(nn.Module):                          # no forward: not a model
+    pass
+
+
+class Tagged(Net):                              # built once, as the instance below
+    pass
+
+
+tagged = Tagged(depth=3)
+instance = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+inner = instance[0]                             # part of another instance: not linted alone
+
+
+def build():                                    # functions are called only when named
+    open("CALLED", "w").write("build")
+    return Net(depth=5)
+
+
+if __name__ == "__main__":
+    open("MAIN_RAN", "w").write("main")
 """
 
 
-def small_init_net(extra: str = "") -> str:
-    return SMALL_INIT_NET.replace("{extra}", extra)
+def two_inputs(name: str = "Model", guard: str = "pass") -> str:
+    """A model whose forward takes float ``feats`` (through an RNN) and integer ``ids``
+    (through an embedding); ``guard``: the first line of forward."""
+    return model_source(name=name, args="feats, ids", init="""
+        self.embed = nn.Embedding(20, 8)
+        self.rnn = nn.RNN(6, 8, batch_first=True)
+        self.head = nn.Linear(8, 2)
+    """, forward=f"""
+        {guard}
+        out, _ = self.rnn(feats)
+        return self.head(out[:, -1] + self.embed(ids).mean(1))
+    """)
+
+
+def write_model_using_a_block(folder: Path, blocks: str, model: str, comment: str = "") -> Path:
+    """Two files in ``folder``: ``<blocks>.py`` defines Block, whose Linear starts at zero (one
+    AL104 finding there, with ``comment`` on its line), and ``<model>.py`` defines Net, which
+    imports Block and uses it. Returns the path of the model's file."""
+    write(folder / f"{blocks}.py", model_source(name="Block", init=f"""
+        self.fc = nn.Linear(16, 16){comment}
+        nn.init.zeros_(self.fc.weight)
+    """, forward="return self.fc(x).relu()"))
+    return write(folder / f"{model}.py", model_source(
+        name="Net", imports=f"import torch.nn as nn\nfrom {blocks} import Block", init="""
+            self.inp = nn.Linear(8, 16)
+            self.block = Block()
+            self.out = nn.Linear(16, 2)
+        """, forward="return self.out(self.block(self.inp(x)))"))
 
 
 # ------------------------------------------------------------------------------ command line

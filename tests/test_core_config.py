@@ -64,35 +64,36 @@ def test_empty_config_file_is_the_default_config(tmp_path):
 
 # ------------------------------------------------------------------------------ errors
 
-def test_unknown_top_level_key(tmp_path):
-    msg = config_error(tmp_path, """
-        select: [AL101]
-        # a comment
-        selcet: [AL102]
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "selcet" in msg
-
-
-def test_rule_options_at_top_level_point_to_rules(tmp_path):
-    msg = config_error(tmp_path, """
-        fail-on: warning
-        AL101:
-          max-chain: 3
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "AL101" in msg and "rules" in msg
-
-
-def test_unknown_rule_option(tmp_path):
-    msg = config_error(tmp_path, """
-        rules:
-          AL101:
-            max-chain: 3
-            max-chains: 4
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "max-chains" in msg and "AL101" in msg
+@pytest.mark.parametrize("text,line,needles", [
+    pytest.param("select: [AL101]\n# a comment\nselcet: [AL102]\n", 3, ["selcet"],
+                 id="unknown-top-level-key"),
+    pytest.param("fail-on: warning\nAL101:\n  max-chain: 3\n", 2, ["AL101", "rules"],
+                 id="rule-options-at-top-level-point-to-rules"),
+    pytest.param("rules:\n  AL101:\n    max-chain: 3\n    max-chains: 4\n", 4,
+                 ["max-chains", "AL101"], id="unknown-rule-option"),
+    pytest.param("select: [AL1]\nrules:\n  AL102:\n    severity: fatal\n", 4,
+                 ["severity", "fatal"], id="bad-severity"),
+    pytest.param("select: [AL101]\nfail-on: critical\n", 2, ["fail-on"], id="bad-fail-on"),
+    pytest.param("rules:\n  AL101: {max-chain: 3}\n  AL999: {}\n", 3, ["AL999"],
+                 id="unknown-rule-under-rules"),
+    pytest.param("select: AL101\nexclude: 5\n", 2, ["exclude"], id="wrong-type-for-a-list"),
+    pytest.param("targets:\n  - a.py\n  - target: b.py:build\n    kwarg: {depth: 3}\n", 4,
+                 ["kwarg"], id="unknown-key-in-a-target-entry"),
+    pytest.param("targets:\n  - kwargs: {depth: 3}\n", 2, ["target"],
+                 id="target-entry-without-target"),
+    pytest.param("targets:\n  - target: a.py\n    input: {shape: [2, -3]}\n", 3,
+                 ["input", "shape"], id="bad-input-spec"),
+    pytest.param("input: {shape: [2, 3], dtype: float99}\n", 1, ["float99"],
+                 id="bad-input-dtype"),
+    pytest.param("select: [AL101]\nfail-on: error\nselect: [AL102]\n", 3, ["select"],
+                 id="duplicate-key"),
+    pytest.param("- AL101\n- AL102\n", 1, [], id="not-a-mapping"),
+])
+def test_config_error_names_file_key_and_line(tmp_path, text, line, needles):
+    msg = config_error(tmp_path, text)
+    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:{line}:"), msg
+    for needle in needles:
+        assert needle in msg, msg
 
 
 @pytest.mark.parametrize("value", ["three", "2.5", "true", "[3]"])
@@ -116,23 +117,6 @@ def test_float_option_accepts_an_integer(tmp_path):
     assert isinstance(cfg.rules["AL104"]["max-factor"], float)
 
 
-def test_bad_severity(tmp_path):
-    msg = config_error(tmp_path, """
-        select: [AL1]
-        rules:
-          AL102:
-            severity: fatal
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "severity" in msg and "fatal" in msg
-
-
-def test_bad_fail_on(tmp_path):
-    msg = config_error(tmp_path, "select: [AL101]\nfail-on: critical\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "fail-on" in msg
-
-
 @pytest.mark.parametrize("key", ["select", "ignore", "per-file-ignores"])
 def test_unknown_rule_code(tmp_path, key):
     body = ("per-file-ignores:\n  'x/*': [AL999]\n" if key == "per-file-ignores"
@@ -142,58 +126,6 @@ def test_unknown_rule_code(tmp_path, key):
     assert "AL999" in msg
     line = int(msg[len(str(tmp_path / ".archlint.yaml")) + 1:].split(":")[0])
     assert line in (2, 3)
-
-
-def test_unknown_rule_under_rules(tmp_path):
-    msg = config_error(tmp_path, """
-        rules:
-          AL101: {max-chain: 3}
-          AL999: {}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "AL999" in msg
-
-
-def test_wrong_type_for_a_list_key(tmp_path):
-    msg = config_error(tmp_path, "select: AL101\nexclude: 5\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "exclude" in msg
-
-
-def test_unknown_key_in_a_target_entry(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - a.py
-          - target: b.py:build
-            kwarg: {depth: 3}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "kwarg" in msg
-
-
-def test_target_entry_without_target(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - kwargs: {depth: 3}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "target" in msg
-
-
-def test_bad_input_spec_names_the_key(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - target: a.py
-            input: {shape: [2, -3]}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "input" in msg and "shape" in msg
-
-
-def test_bad_input_dtype(tmp_path):
-    msg = config_error(tmp_path, "input: {shape: [2, 3], dtype: float99}\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:1:")
-    assert "float99" in msg
 
 
 @pytest.mark.parametrize("text,line", [
@@ -207,17 +139,6 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, text, line):
     assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:{line}:"), msg
     assert "YAML" in msg
     assert "\n" not in msg
-
-
-def test_duplicate_key_is_reported(tmp_path):
-    msg = config_error(tmp_path, "select: [AL101]\nfail-on: error\nselect: [AL102]\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "select" in msg
-
-
-def test_config_that_is_not_a_mapping(tmp_path):
-    msg = config_error(tmp_path, "- AL101\n- AL102\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:1:")
 
 
 # ------------------------------------------------------------------------------ pyproject

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from archlint.loading.inputs import InputError, parse_input, parse_shape
-from helpers import codes, graph_of, invoke, report_of, write
+from helpers import codes, graph_of, invoke, model_source, report_of, two_inputs, write
 
 
 def spec_of(result):
@@ -31,19 +31,7 @@ def input_nodes(result):
     ("nn.LSTM(6, 4)", (32, 8, 6)),
 ])
 def test_input_inferred_from_the_first_layer(first, shape, lint):
-    src = f"""
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.first = {first}
-
-        def forward(self, x):
-            return self.first(x)
-    """
-    r = lint(src)
+    r = lint(model_source(f"self.first = {first}", "return self.first(x)"))
     assert r.status == "ok", r.error
     spec = spec_of(r).tensors[None]
     assert spec.shape == shape
@@ -53,40 +41,20 @@ def test_input_inferred_from_the_first_layer(first, shape, lint):
 
 
 def test_first_layer_is_the_one_reading_the_input_not_the_first_defined(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(16, 2)
-            self.stem = nn.Conv2d(3, 16, 3, padding=1)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-
-        def forward(self, x):
-            return self.head(self.pool(self.stem(x)).flatten(1))
-    """
-    r = lint(src)
+    r = lint(model_source("""
+        self.head = nn.Linear(16, 2)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+    """, "return self.head(self.pool(self.stem(x)).flatten(1))"))
     assert spec_of(r).tensors[None].shape == (8, 3, 32, 32)
     assert "stem" in r.input
 
 
 def test_embedding_first_model_gets_integer_ids(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(37, 16)
-            self.head = nn.Linear(16, 37)
-
-        def forward(self, ids):
-            return self.head(self.embed(ids))
-    """
-    r = lint(src)
+    r = lint(model_source("""
+        self.embed = nn.Embedding(37, 16)
+        self.head = nn.Linear(16, 37)
+    """, "return self.head(self.embed(ids))", args="ids"))
     assert r.status == "ok", r.error
     spec = spec_of(r).tensors[None]
     assert spec.dtype == torch.int64
@@ -101,74 +69,34 @@ def test_embedding_first_model_gets_integer_ids(lint):
 
 def test_embedding_first_model_through_the_exec_tracer(lint):
     # the forward really runs here: float or out-of-range ids would make it fail
-    src = """
-    import torch
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(1000, 8)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, ids):
-            if ids.max() >= 1000 or ids.dtype != torch.long:
-                raise ValueError("bad ids")
-            return self.head(self.embed(ids).mean(1))
-    """
-    r = lint(src)
+    r = lint(model_source("""
+        self.embed = nn.Embedding(1000, 8)
+        self.head = nn.Linear(8, 2)
+    """, """
+        if ids.max() >= 1000 or ids.dtype != torch.long:
+            raise ValueError("bad ids")
+        return self.head(self.embed(ids).mean(1))
+    """, args="ids"))
     assert r.status == "ok", r.error
     assert r.tracer == "exec"
     assert spec_of(r).tensors[None].high == 1000
 
 
 def test_functional_first_layer_on_a_parameter(lint):
-    src = """
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(12, 5) / 5 ** 0.5)
-
-        def forward(self, x):
-            return F.linear(x, self.w)
-    """
-    assert spec_of(lint(src)).tensors[None].shape == (8, 5)
-    matmul = src.replace("torch.randn(12, 5)", "torch.randn(5, 12)").replace(
-        "F.linear(x, self.w)", "x @ self.w")
+    linear = model_source("self.w = nn.Parameter(torch.randn(12, 5) / 5 ** 0.5)",
+                          "return torch.nn.functional.linear(x, self.w)")
+    assert spec_of(lint(linear)).tensors[None].shape == (8, 5)
+    matmul = model_source("self.w = nn.Parameter(torch.randn(5, 12) / 5 ** 0.5)",
+                          "return x @ self.w")
     assert spec_of(lint(matmul)).tensors[None].shape == (8, 5)
 
 
 # ------------------------------------------------------------------------------ given inputs
 
-MULTI = """
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(20, 8)
-        self.rnn = nn.RNN(6, 8, batch_first=True)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, feats, ids):
-        GUARD
-        out, _ = self.rnn(feats)
-        return self.head(out[:, -1] + self.embed(ids).mean(1))
-"""
-
-
 @pytest.mark.parametrize("tracer", ["fx", "exec"])
 def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
     guard = "pass" if tracer == "fx" else "assert ids.dtype == torch.long and ids.max() < 20"
-    src = MULTI.replace("GUARD", guard)
+    src = two_inputs(guard=guard)
     # given in the other order than forward's arguments: bound by name
     r = lint(src, input={"ids": {"shape": [3, 7], "dtype": "int64", "high": 20},
                          "feats": {"shape": [3, 90, 6]}})
@@ -183,7 +111,7 @@ def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
 
 
 def test_several_inputs_are_inferred_per_argument(lint):
-    r = lint(MULTI.replace("GUARD", "pass"))
+    r = lint(two_inputs())
     assert r.status == "ok", r.error
     spec = spec_of(r)
     assert set(spec.tensors) == {"feats", "ids"}
@@ -192,29 +120,27 @@ def test_several_inputs_are_inferred_per_argument(lint):
 
 
 def test_mapping_naming_an_unknown_argument_is_an_error(lint):
-    r = lint(MULTI.replace("GUARD", "pass"),
+    r = lint(two_inputs(),
              input={"feats": {"shape": [3, 9, 6]}, "idx": {"shape": [3, 7], "dtype": "int64"}})
     assert r.status == "error"
     assert "ids" in r.error or "idx" in r.error
     assert "\n" not in r.error
 
 
+def rnn_with_a_second_argument(name: str, rnn_input: str = "x", scale: str = "") -> str:
+    """An RNN classifier whose forward takes ``name`` besides ``x``."""
+    return model_source("""
+        self.rnn = nn.RNN(8, 32, batch_first=True)
+        self.head = nn.Linear(32, 2)
+    """, f"""
+        out, _ = self.rnn({rnn_input})
+        return self.head(out[:, -1]){scale}
+    """, args=f"x, {name}")
+
+
 def test_no_input_found_and_a_rule_needs_one_says_so(lint):
     # `temperature` reaches no layer, so no input can be inferred for it
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.RNN(8, 32, batch_first=True)
-            self.head = nn.Linear(32, 2)
-
-        def forward(self, x, temperature):
-            out, _ = self.rnn(x)
-            return self.head(out[:, -1]) / temperature
-    """
+    src = rnn_with_a_second_argument("temperature", scale=" / temperature")
     r = lint(src)
     assert r.status == "ok", r.error
     assert r.input is None
@@ -232,21 +158,7 @@ def test_no_input_found_and_a_rule_needs_one_says_so(lint):
                    "feeds (here the RNN's [8, 32, 8] float32); a mask should get no spec "
                    "(or a bool one) -- a heuristic/design question in tracing.infer_input")
 def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.RNN(8, 32, batch_first=True)
-            self.head = nn.Linear(32, 2)
-
-        def forward(self, x, mask):
-            out, _ = self.rnn(x.masked_fill(mask, 0.0))
-            return self.head(out[:, -1])
-    """
-    r = lint(src)
+    r = lint(rnn_with_a_second_argument("mask", rnn_input="x.masked_fill(mask, 0.0)"))
     spec = spec_of(r)
     assert spec is None or "mask" not in spec.tensors or \
         spec.tensors["mask"].dtype == torch.bool
@@ -278,20 +190,13 @@ def test_parse_input_forms():
 
 # ------------------------------------------------------------------------------ command line
 
-RNN_FILE = """
-import torch.nn as nn
-
-
-class Seq(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.RNN(4, 16, batch_first=True)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
-"""
+RNN_FILE = model_source(name="Seq", init="""
+    self.rnn = nn.RNN(4, 16, batch_first=True)
+    self.head = nn.Linear(16, 2)
+""", forward="""
+    out, _ = self.rnn(x)
+    return self.head(out[:, -1])
+""")
 
 
 @pytest.fixture

@@ -9,32 +9,28 @@ import textwrap
 import pytest
 
 from helpers import (codes, fixture_file, graph_of, line_of, lint_fixture, lint_model, load_source,
-                     weight_nodes)
+                     model_source, weight_nodes)
 
 
 # ------------------------------------------------------------------------------ fx vs exec
 
-SIGMOID_STACK_DATA_DEPENDENT = """
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
+def sigmoid_stack(condition: str) -> str:
+    """8 Linear + sigmoid; the ``if condition`` at the top of forward decides whether torch.fx
+    can trace it. The same lines either way."""
+    return model_source("""
         self.layers = nn.ModuleList([nn.Linear(16, 16) for _ in range(8)])
         self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
+    """, f"""
+        if {condition}:
             x = x * 1.0
         for layer in self.layers:
             x = torch.sigmoid(layer(x))
         return self.head(x)
-"""
+    """)
 
-# Same model, same line numbers, but traceable by torch.fx.
-SIGMOID_STACK_TRACEABLE = SIGMOID_STACK_DATA_DEPENDENT.replace("if x.sum() > 0:", "if True:")
+
+SIGMOID_STACK_DATA_DEPENDENT = sigmoid_stack("x.sum() > 0")
+SIGMOID_STACK_TRACEABLE = sigmoid_stack("True")
 
 
 def test_traceable_model_uses_fx(lint):
@@ -77,22 +73,14 @@ def test_exec_tracer_gives_the_same_findings_as_fx(lint):
 def test_exec_trace_restores_training_mode_and_buffers(tmp_path):
     import torch
 
-    src = """
-    import torch
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(4, 4)
-            self.bn = nn.BatchNorm1d(4)
-
-        def forward(self, x):
-            if x.mean() > 100:
-                return x
-            return self.bn(self.fc(x))
-    """
+    src = model_source("""
+        self.fc = nn.Linear(4, 4)
+        self.bn = nn.BatchNorm1d(4)
+    """, """
+        if x.mean() > 100:
+            return x
+        return self.bn(self.fc(x))
+    """)
     module, _ = load_source(tmp_path, src)
     model = module.Model().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -177,29 +165,8 @@ def test_custom_blocks_are_traced_through_with_paths_and_sites(tracer, lint):
 
 
 def test_site_of_layer_inside_multiline_sequential(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = nn.Sequential(
-                nn.Linear(8, 8),
-                nn.Sigmoid(),
-                nn.Linear(8, 8),
-                nn.Sigmoid(),
-                nn.Linear(8, 8),
-                nn.Sigmoid(),
-                nn.Linear(8, 8),
-                nn.Sigmoid(),
-                nn.Linear(8, 8),
-                nn.Sigmoid(),
-            )
-
-        def forward(self, x):
-            return self.body(x)
-    """
+    layers = "    nn.Linear(8, 8),\n    nn.Sigmoid(),\n" * 5  # one module a line
+    src = model_source(f"self.body = nn.Sequential(\n{layers})", "return self.body(x)")
     result = lint(src)
     assert codes(result) == ["AL101"]
     f = result.findings[0]
@@ -230,21 +197,12 @@ def test_shared_linear_applied_several_times():
     assert [layer.module for layer in result.layers] == ["cell", "readout"]
 
 
-TIED = """
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(100, 16)
-        self.ln = nn.LayerNorm(16)
-        self.head = nn.Linear(16, 100, bias=False)
-        self.head.weight = self.embed.weight
-
-    def forward(self, ids):
-        return self.head(self.ln(self.embed(ids)))
-"""
+TIED = model_source("""
+    self.embed = nn.Embedding(100, 16)
+    self.ln = nn.LayerNorm(16)
+    self.head = nn.Linear(16, 100, bias=False)
+    self.head.weight = self.embed.weight
+""", "return self.head(self.ln(self.embed(ids)))", args="ids")
 
 
 def test_weight_tied_language_model_is_clean(lint):
@@ -257,21 +215,13 @@ def test_weight_tied_language_model_is_clean(lint):
     assert [n.module_path for n in weight_nodes(result)] == ["embed", "head"]
 
 
-MATMUL_TIED = """
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(100, 16)
-        self.ln = nn.LayerNorm(16)
-
-    def forward(self, ids):
-        GUARD
-        return self.ln(self.embed(ids)) @ HEAD
-"""
+MATMUL_TIED = model_source("""
+    self.embed = nn.Embedding(100, 16)
+    self.ln = nn.LayerNorm(16)
+""", """
+    GUARD
+    return self.ln(self.embed(ids)) @ HEAD
+""", args="ids")
 
 
 def test_weight_tied_head_as_matmul_on_the_parameter(lint):
@@ -299,20 +249,11 @@ def test_weight_tied_head_through_a_transpose_is_a_weight_layer(tracer, head, li
 # ------------------------------------------------------------------------------ errors
 
 def test_forward_that_fails_is_an_error_result_not_an_exception(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(8, 8)
-
-        def forward(self, x):
-            if x.sum() != x.sum() + 1:
-                raise ValueError("this forward always fails")
-            return self.fc(x)
-    """
+    src = model_source("self.fc = nn.Linear(8, 8)", """
+        if x.sum() != x.sum() + 1:
+            raise ValueError("this forward always fails")
+        return self.fc(x)
+    """)
     result = lint(src, input={"shape": [2, 8]})
     assert result.status == "error"
     assert result.error.startswith("cannot trace:")

@@ -24,12 +24,10 @@ import torch.nn as nn
 
 
 class Sigmoids(nn.Module):
-    def __init__(self):
+    def __init__(self, depth=8):
         super().__init__()
-        layers = []
-        for _ in range(8):
-            layers += [nn.Linear(32, 32), nn.Sigmoid()]  # chain
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*[m for _ in range(depth)
+                                    for m in (nn.Linear(32, 32), nn.Sigmoid())])  # chain
 
     def forward(self, x):
         return self.body(x)

@@ -11,8 +11,8 @@ import pytest
 
 from archlint.rules.unused_suppression import UnusedSuppression
 from archlint.suppressions import parse_suppressions
-from helpers import (fixture_file, fixture_select, invoke, line_of, report_of, run_paths,
-                     write as write_file)
+from helpers import (fixture_file, fixture_select, invoke, line_of, model_source, report_of,
+                     run_paths, write as write_file, write_model_using_a_block)
 
 # fc1 is initialised 1000x too small (AL104); body is a chain of 8 sigmoids (AL101).
 MODEL = '''
@@ -134,57 +134,26 @@ def test_ignore_noqa_brings_them_back(tmp_path):
 
 def test_comment_where_the_layer_is_defined_in_another_file(tmp_path):
     blocks = "blocks_" + tmp_path.name.replace("-", "_")
-    write(tmp_path, '''
-        import torch.nn as nn
-
-        class Block(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(32, 32)  # archlint: disable=AL104
-                nn.init.zeros_(self.fc.weight)
-
-            def forward(self, x):
-                return self.fc(x).relu()
-    ''', f"{blocks}.py")
-    path = write(tmp_path, f'''
-        import torch.nn as nn
-        from {blocks} import Block
-
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inp = nn.Linear(16, 32)
-                self.block = Block()
-                self.out = nn.Linear(32, 4)
-
-            def forward(self, x):
-                return self.out(self.block(self.inp(x)))
-    ''', "net.py")
+    path = write_model_using_a_block(tmp_path, blocks, "net", "  # archlint: disable=AL104")
     report = lint(path)
     assert report.suppressed >= 1
     assert "AL104" not in codes(report)
 
 
 def test_functional_op_is_silenced_on_its_forward_line(tmp_path):
-    source = '''
-        import torch
-        import torch.nn as nn
+    def source(comment: str) -> str:
+        return model_source("self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(8)])",
+                            f"""
+            for layer in self.layers:
+                x = torch.sigmoid(layer(x)){comment}
+            return x
+        """)
 
-        class Model(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(8)])
-
-            def forward(self, x):
-                for layer in self.layers:
-                    x = torch.sigmoid(layer(x)){comment}
-                return x
-    '''
-    plain = write(tmp_path, source.format(comment=""), "plain.py")
+    plain = write(tmp_path, source(""), "plain.py")
     found = lint(plain).findings
     assert [f.code for f in found] == ["AL101"]
     assert found[0].line == line_of(plain, "torch.sigmoid")
-    quiet = write(tmp_path, source.format(comment="  # archlint: disable=AL101"), "quiet.py")
+    quiet = write(tmp_path, source("  # archlint: disable=AL101"), "quiet.py")
     assert codes(lint(quiet)) == []
 
 
