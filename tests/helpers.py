@@ -297,16 +297,6 @@ def structure_of(result):
     return result.analysis.facts.structure
 
 
-def init_layers_of(result) -> list:
-    """The initial-weight facts of every weight layer of such a result."""
-    return result.analysis.facts.init.layers
-
-
-def gradient_of(result):
-    """The gradient estimate of such a result (None when it did not run)."""
-    return result.analysis.gradient
-
-
 def weight_nodes(result) -> list:
     return [n for n in graph_of(result).nodes if n.is_weight_layer]
 
@@ -390,6 +380,62 @@ def expected_findings(path: Path) -> dict[int, set[str]]:
         assert found, f"{path.name}:{tok.start[0]}: '# expect:' names no code"
         out.setdefault(tok.start[0], set()).update(found)
     return out
+
+
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+def model_name(target: str) -> str:
+    """``AL101.py:SigmoidMLP`` -> ``SigmoidMLP``."""
+    return target.rpartition(":")[2]
+
+
+@lru_cache(maxsize=None)
+def fixture_report(name: str) -> dict:
+    """The JSON report of ``archlint`` over fixture ``name``'s models (run once per session):
+    the CLI in-process from the fixtures' folder, ``--select`` the file's SELECT, each model with
+    its INPUTS entry (given in a config file's ``targets:``). Do not modify it."""
+    import tempfile
+
+    path = fixture_file(name)
+    inputs, select = fixture_inputs(path), fixture_select(path)
+    with _working_directory(FIXTURES), tempfile.TemporaryDirectory() as tmp:
+        targets = models_in(path)
+        unknown = set(inputs) - {model_name(t) for t in targets}
+        assert not unknown, f"{path.name}: INPUTS names models archlint does not lint: {unknown}"
+        config = Path(tmp) / "archlint.yaml"  # JSON is YAML
+        config.write_text(json.dumps({"targets": [
+            {"target": str(FIXTURES / t), "input": inputs[model_name(t)]}
+            for t in targets if model_name(t) in inputs]}))
+        args = [*targets, "--format", "json", "--select", ",".join(select),
+                "--config", str(config)]
+        if any("AL900".startswith(s) or s.startswith("AL900") for s in select):
+            args.append("--report-unused-suppressions")
+        result = invoke(*args)
+    assert result.exit_code in (0, 1), f"{path.name}: exit {result.exit_code}\n{result.output}"
+    report = report_of(result)
+    assert [t["target"] for t in report["targets"]] == targets
+    return report
+
+
+def fixture_target(name: str, model: str) -> dict:
+    """One model's target in :func:`fixture_report` (status, findings, layers...)."""
+    (target,) = [t for t in fixture_report(name)["targets"] if model_name(t["target"]) == model]
+    return target
+
+
+def fixture_finding(name: str, model: str, code: str) -> dict:
+    """The one finding of ``code`` for ``model`` in :func:`fixture_report`."""
+    found = [f for f in fixture_target(name, model)["findings"] if f["code"] == code]
+    assert len(found) == 1, found
+    return found[0]
 
 
 @lru_cache(maxsize=None)

@@ -1,7 +1,8 @@
 """What the rule fixtures cannot say: each rule's options, the data its findings carry, and the
 structural facts behind them. Which models must or must not get which code at which line is in
-tests/fixtures/rules/ (tests/test_rule_fixtures.py); the models used here are those fixtures',
-linted through the public API."""
+tests/fixtures/rules/ (tests/test_rule_fixtures.py). The models used here are those fixtures':
+the data of their findings is read from the fixture run's JSON report; options and structural
+facts need a lint of their own, through the public API."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from archlint.rules.exploding_gradient import ExplodingGradient
 from archlint.rules.vanishing_gradient import VanishingGradient
-from helpers import (codes, fixture_module, gradient_of, lint_fixture, lint_model, lint_source,
-                     node_of, only, structure_of)
+from helpers import (codes, fixture_finding, fixture_module, fixture_target, lint_fixture,
+                     lint_model, lint_source, node_of, only, structure_of)
 
 VANISH = VanishingGradient.options["max-decades"]
 EXPLODE = ExplodingGradient.options["max-decades"]
@@ -26,10 +27,11 @@ def one(result, code: str):
 # ====================================================================== AL101 saturating-stack
 
 def test_saturating_chain_data():
-    f = one(lint_fixture("AL101", "SigmoidMLP", select=["AL101"]), "AL101")
-    assert (f.module, f.severity, f.name) == ("net.1", "warning", "saturating-stack")
-    assert f.data["length"] == 8 and f.data["limit"] == 4
-    assert f.data["chain"] == [f"net.{2 * i + 1}" for i in range(8)]
+    f = fixture_finding("AL101", "SigmoidMLP", "AL101")
+    assert (f["module"], f["severity"], f["name"]) == ("net.1", "warning", "saturating-stack")
+    assert f["data"]["length"] == 8 and f["data"]["limit"] == 4
+    assert f["data"]["chain"] == [f"net.{2 * i + 1}" for i in range(8)]
+    assert fixture_finding("AL101", "tanh_over_limit", "AL101")["data"]["length"] == 5
 
 
 def test_max_chain_option_and_severity():
@@ -56,10 +58,11 @@ def test_severity_off_disables_the_rule():
 # ===================================================================== AL102 missing-normalization
 
 def test_unnormalised_stack_data():
-    f = one(lint_fixture("AL102", "DeepReLUNet", select=["AL102"]), "AL102")
-    assert f.module == "body.0"
-    assert (f.data["depth"], f.data["limit"]) == (24, 20)
-    assert f.data["layers"] == [f"body.{2 * i}" for i in range(24)]
+    f = fixture_finding("AL102", "DeepReLUNet", "AL102")
+    assert f["module"] == "body.0"
+    assert (f["data"]["depth"], f["data"]["limit"]) == (24, 20)
+    assert f["data"]["layers"] == [f"body.{2 * i}" for i in range(24)]
+    assert fixture_finding("AL102", "over_the_limit", "AL102")["data"]["depth"] == 21
 
 
 def test_max_depth_option_of_al102():
@@ -72,12 +75,11 @@ def test_max_depth_option_of_al102():
 # ====================================================================== AL103 missing-residual
 
 def test_missing_residual_data():
-    f = one(lint_fixture("AL103", "PlainCNN", select=["AL103"]), "AL103")
-    assert f.module == "stem"
-    assert f.data["depth"] == 36  # stem + 34 convs + head
-    assert f.data["skip_joins"] == 0 and f.data["longest_path"] == 36
-    assert one(lint_fixture("AL103", "thirty_one_layers", select=["AL103"]),
-               "AL103").data["depth"] == 31
+    f = fixture_finding("AL103", "PlainCNN", "AL103")
+    assert f["module"] == "stem"
+    assert f["data"]["depth"] == 36  # stem + 34 convs + head
+    assert f["data"]["skip_joins"] == 0 and f["data"]["longest_path"] == 36
+    assert fixture_finding("AL103", "thirty_one_layers", "AL103")["data"]["depth"] == 31
 
 
 @pytest.mark.parametrize("model,joins", [
@@ -91,18 +93,21 @@ def test_skip_joins_are_found_from_the_graph(model, joins):
     assert r.status == "ok", r.error
     found = len(structure_of(r).skip_joins)
     assert found == joins if model in ("resnet", "DenseNet") else found >= joins
-
-
-def test_resnet_gradient_reaches_the_stem_through_the_skips():
-    r = lint_fixture("healthy", "resnet", select=["AL103"])
-    assert r.tracer == "fx"
-    # stem + head are the only weight layers on the shortest path
-    assert structure_of(r).layers_to_output[node_of(r, "stem")] == 1
+    if model == "resnet":
+        assert r.tracer == "fx"
+        # the gradient reaches the stem through the skips: stem + head are the only weight
+        # layers on its shortest path
+        assert structure_of(r).layers_to_output[node_of(r, "stem")] == 1
+        # ... so the ResNet passes any limit but 1
+        strict = lint_fixture("healthy", model, select=["AL103"],
+                              options={"AL103": {"max-depth": 1}})
+        assert codes(strict) == ["AL103"]
 
 
 def test_max_depth_option_of_al103():
-    r = lint_fixture("healthy", "resnet", select=["AL103"], options={"AL103": {"max-depth": 1}})
-    assert codes(r) == ["AL103"]
+    r = lint_fixture("AL103", "thirty_layers", select=["AL103"],
+                     options={"AL103": {"max-depth": 29}})
+    assert one(r, "AL103").data["depth"] == 30
 
 
 # ====================================================================== AL104 poor-initialization
@@ -121,34 +126,32 @@ def test_max_depth_option_of_al103():
     ("default_init_relu_stack", "0", "stack-scale"),
 ])
 def test_poor_initialization_names_the_problem(model, module, problem):
-    f = one(lint_fixture("AL104", model, select=["AL104"]), "AL104")
-    assert (f.module, f.data["problem"]) == (module, problem)
+    f = fixture_finding("AL104", model, "AL104")
+    assert (f["module"], f["data"]["problem"]) == (module, problem)
 
 
 def test_scale_factor_and_target():
-    tiny = one(lint_fixture("AL104", "TinyStd", select=["AL104"]), "AL104")
+    tiny = fixture_finding("AL104", "TinyStd", "AL104")["data"]
     # He std for fan-in 128 is sqrt(2/128) = 0.125: 125x the 1e-3 used
-    assert 110 < 1 / tiny.data["factor"] < 145 and tiny.data["target_sigma_w2"] == 2.0
-    huge = one(lint_fixture("AL104", "HugeStd", select=["AL104"]), "AL104")
-    assert huge.data["factor"] > 10
+    assert 110 < 1 / tiny["factor"] < 145 and tiny["target_sigma_w2"] == 2.0
+    assert fixture_finding("AL104", "HugeStd", "AL104")["data"]["factor"] > 10
     # tanh is judged against LeCun (sigma_w^2 = 1), not He
-    tanh = one(lint_fixture("AL104", "TanhTooWide", select=["AL104"]), "AL104")
-    assert (tanh.data["problem"], tanh.data["target_sigma_w2"]) == ("scale", 1.0)
+    tanh = fixture_finding("AL104", "TanhTooWide", "AL104")["data"]
+    assert (tanh["problem"], tanh["target_sigma_w2"]) == ("scale", 1.0)
 
 
 def test_every_spelling_of_relu_is_judged_against_he():
-    r = lint_fixture("AL104", "TinyInitReLUVariants", select=["AL104"])
-    assert [(f.module, f.data["problem"], f.data["target_sigma_w2"]) for f in r.findings] == \
+    found = fixture_target("AL104", "TinyInitReLUVariants")["findings"]
+    assert [(f["module"], f["data"]["problem"], f["data"]["target_sigma_w2"]) for f in found] == \
         [(f"f{i}", "scale", 2.0) for i in range(1, 6)]
 
 
 def test_layers_sharing_a_line_are_merged_and_shared_layers_are_not():
     # six layers on one line: the five hidden ones in one finding (the output may be small)
-    merged = one(lint_fixture("AL104", "SmallInitEverywhere", select=["AL104"]), "AL104")
-    assert (merged.module, merged.data["merged"]) == ("fcs.0", 5)
+    merged = fixture_finding("AL104", "SmallInitEverywhere", "AL104")
+    assert (merged["module"], merged["data"]["merged"]) == ("fcs.0", 5)
     # one Linear applied three times is one layer
-    shared = one(lint_fixture("AL104", "SharedTinyLinear", select=["AL104"]), "AL104")
-    assert "merged" not in shared.data
+    assert "merged" not in fixture_finding("AL104", "SharedTinyLinear", "AL104")["data"]
 
 
 def test_max_factor_option():
@@ -161,13 +164,14 @@ def test_max_factor_option():
 # ====================================================================== AL107 recurrent-horizon
 
 def test_recurrent_horizon_data():
-    f = one(lint_fixture("AL107", "VanillaRNNClassifier", select=["AL107"]), "AL107")
-    assert f.module == "rnn"
-    assert f.data["steps"] == 100 and f.data["step_gain"] < 1 and f.data["horizon"] < 100
-    exploding = one(lint_fixture("AL107", "ExplodingReLURNN", select=["AL107"]), "AL107")
-    assert exploding.data["step_gain"] > 1
-    loop = one(lint_fixture("AL107", "RNNCellLoop", select=["AL107"]), "AL107")
-    assert (loop.module, loop.data["steps"]) == ("cell", 100)
+    f = fixture_finding("AL107", "VanillaRNNClassifier", "AL107")
+    assert f["module"] == "rnn"
+    assert f["data"]["steps"] == 100 and f["data"]["step_gain"] < 1
+    assert f["data"]["horizon"] < 100
+    assert fixture_finding("AL107", "ExplodingReLURNN", "AL107")["data"]["step_gain"] > 1
+    loop = fixture_finding("AL107", "RNNCellLoop", "AL107")
+    assert (loop["module"], loop["data"]["steps"]) == ("cell", 100)
+    assert fixture_finding("AL107", "InferredLengthRNN", "AL107")["data"]["steps"] == 32
 
 
 def test_sequence_length_comes_from_the_example_input():
@@ -187,36 +191,36 @@ def test_min_gain_option():
 # ====================================================================== AL105 / AL106 verdicts
 
 def test_vanishing_gradient_data():
-    r = lint_fixture("AL105", "SigmoidMLP", select=["AL105"])
-    f = one(r, "AL105")
-    assert (f.module, f.severity, f.name) == ("body.0", "warning", "vanishing-gradient")
-    assert f.data["decades"] < -VANISH
-    assert r.extra["gradient_decades"] == pytest.approx(f.data["decades"], abs=1e-3)
+    f = fixture_finding("AL105", "SigmoidMLP", "AL105")
+    assert (f["module"], f["severity"], f["name"]) == ("body.0", "warning", "vanishing-gradient")
+    assert f["data"]["decades"] < -VANISH
+    target = fixture_target("AL105", "SigmoidMLP")
+    assert target["gradient_decades"] == pytest.approx(f["data"]["decades"], abs=1e-3)
     # the layers that cost the decades: the sigmoids first
-    labels = [label for label, _ in f.data["contributions"]]
+    labels = [label for label, _ in f["data"]["contributions"]]
     assert "Sigmoid" in labels[0], labels
 
 
 def test_exploding_gradient_data():
-    f = one(lint_fixture("AL106", "ChaoticTanhMLP", select=["AL106"]), "AL106")
-    assert (f.module, f.severity, f.name) == ("body.fc0", "warning", "exploding-gradient")
-    assert f.data["decades"] > EXPLODE
+    f = fixture_finding("AL106", "ChaoticTanhMLP", "AL106")
+    assert (f["module"], f["severity"], f["name"]) == ("body.fc0", "warning",
+                                                       "exploding-gradient")
+    assert f["data"]["decades"] > EXPLODE
 
 
 def test_scale_invariant_layers_are_not_judged_for_explosion():
     # the estimate does see almost 4 decades of growth through the 64 BatchNorm layers (AL106.py
     # checks that it is not reported)
-    r = lint_fixture("AL106", "DeepBatchNormReLU", select=["AL106"])
-    assert r.extra["gradient_decades"] > VANISH
+    assert fixture_target("AL106", "DeepBatchNormReLU")["gradient_decades"] > EXPLODE
 
 
 def test_layers_get_a_predicted_grad_rms():
-    r = lint_fixture("healthy", "DeepHeReLU")
-    assert r.status == "ok", r.error
-    assert r.input is not None and gradient_of(r) is not None
-    assert [layer.module for layer in r.layers] == [f"body.{2 * i}" for i in range(12)] + ["head"]
-    for layer in r.layers:
-        assert isinstance(layer.grad_rms, float) and layer.grad_rms > 0, layer
+    target = fixture_target("healthy", "DeepHeReLU")
+    assert target["input"] is not None and "gradient_decades" in target
+    layers = target["layers"]
+    assert [x["module"] for x in layers] == [f"body.{2 * i}" for i in range(12)] + ["head"]
+    for x in layers:
+        assert isinstance(x["grad_rms"], float) and x["grad_rms"] > 0, x
 
 
 # first op a custom einsum layer: no input can be inferred from it

@@ -1,26 +1,25 @@
 """Odd models: non-finite weights, gradients that underflow, errors inside archlint's frames.
 (Which line gets which code for the non-finite and underflowing models: AL104.py, AL105.py.)"""
 
-from helpers import lint_fixture, run_cli
+from helpers import fixture_finding, fixture_target, run_cli
 
 
 def test_nan_weights_are_reported():
-    r = lint_fixture("AL104", "NaNWeight", select=["AL104"])
-    assert [(f.module, f.data["problem"]) for f in r.findings] == [("fc", "nonfinite")]
+    f = fixture_finding("AL104", "NaNWeight", "AL104")
+    assert (f["module"], f["data"]["problem"]) == ("fc", "nonfinite")
 
 
 def test_underflowing_gradient_is_vanishing_not_zero_by_design():
-    r = lint_fixture("AL105", "underflowing", select=["AL105"])
-    assert [f.module for f in r.findings] == ["0"]
-    assert r.findings[0].data["decades"] < -100
+    f = fixture_finding("AL105", "underflowing", "AL105")
+    assert f["module"] == "0" and f["data"]["decades"] < -100
 
 
 def test_zero_init_designs_stay_zero_by_design():
     # healthy.py: no rule reports it; the first layer of each branch gets exactly no gradient,
     # the zero-initialised last one does
-    r = lint_fixture("healthy", "ZeroInitBranches", select=["AL104", "AL105", "AL106"])
-    assert r.findings == []
-    zeros = [layer.module for layer in r.layers if layer.grad_rms == 0.0]
+    target = fixture_target("healthy", "ZeroInitBranches")
+    assert target["findings"] == []
+    zeros = [x["module"] for x in target["layers"] if x["grad_rms"] == 0.0]
     assert "blocks.0.f" in zeros and "blocks.0.g" not in zeros
 
 

@@ -29,42 +29,16 @@ The fixtures' docstrings and comments say which former tests their cases replace
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 
-from helpers import (FIXTURES, ROOT, expected_findings, fixture_inputs, fixture_select, invoke,
-                     models_in, report_of)
+from helpers import (FIXTURES, ROOT, expected_findings, fixture_inputs, fixture_report,
+                     fixture_select, model_name)
 
 FILES = sorted(FIXTURES.glob("*.py"))
 RULE_FILE = re.compile(r"AL\d{3}")
-
-
-def _name(target: str) -> str:
-    return target.rpartition(":")[2]
-
-
-def _lint_fixture_file(path: Path, tmp_path: Path) -> dict:
-    """``archlint`` over the fixture's models, each with its input; the JSON report."""
-    targets = models_in(path)
-    inputs = fixture_inputs(path)
-    unknown = set(inputs) - {_name(t) for t in targets}
-    assert not unknown, f"{path.name}: INPUTS names models archlint does not lint: {unknown}"
-    config = tmp_path / "archlint.yaml"  # JSON is YAML
-    config.write_text(json.dumps({"targets": [
-        {"target": str(path.parent / t), "input": inputs[_name(t)]}
-        for t in targets if _name(t) in inputs]}))
-    select = fixture_select(path)
-    args = [*targets, "--format", "json", "--select", ",".join(select), "--config", str(config)]
-    if any("AL900".startswith(s) or s.startswith("AL900") for s in select):
-        args.append("--report-unused-suppressions")
-    result = invoke(*args)
-    assert result.exit_code in (0, 1), f"{path.name}: exit {result.exit_code}\n{result.output}"
-    report = report_of(result)
-    assert [t["target"] for t in report["targets"]] == targets
-    return report
 
 
 def _problems(path: Path, report: dict, expected: dict[int, set[str]]) -> list[str]:
@@ -78,13 +52,14 @@ def _problems(path: Path, report: dict, expected: dict[int, set[str]]) -> list[s
         if t["status"] != "ok":
             problems.append(f"{name}: {t['status']}: {t['error']}")
             continue
-        if _name(name) in inputs and not (t["input"] or "").endswith("(config)"):
+        if model_name(name) in inputs and not (t["input"] or "").endswith("(config)"):
             problems.append(f"{name}: not linted with its INPUTS entry (input: {t['input']})")
         problems += [f"{name}: {n}" for n in t["notes"]
                      if re.match(r"(AL\d{3}|gradient estimate) (skipped|failed)", n)]
         seen = set()
         for f in t["findings"]:
-            if f["path"] is None or Path(f["path"]).resolve() != path.resolve():
+            # paths are relative to the folder the report was made in
+            if f["path"] is None or (FIXTURES / f["path"]).resolve() != path.resolve():
                 problems.append(f"{f['path']}:{f['line']}: {f['code']} reported outside the "
                                 f"fixture ({name}): {f['message']}")
                 continue
@@ -102,15 +77,14 @@ def _problems(path: Path, report: dict, expected: dict[int, set[str]]) -> list[s
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
-def test_fixture(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(path.parent)
+def test_fixture(path):
     expected = expected_findings(path)
     select = fixture_select(path)
     for line, want in expected.items():
         stray = [c for c in want if not any(c.startswith(s) for s in select)]
         assert not stray, f"{path.name}:{line}: expects {stray}, not in SELECT {select}"
 
-    report = _lint_fixture_file(path, tmp_path)
+    report = fixture_report(path.stem)
     problems = _problems(path, report, expected)
     assert not problems, "\n".join(problems)
 
