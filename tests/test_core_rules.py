@@ -34,6 +34,16 @@ def test_saturating_chain_data():
     assert fixture_finding("AL101", "tanh_over_limit", "AL101")["data"]["length"] == 5
 
 
+def test_functional_calls_are_chain_members_in_the_calling_scope():
+    # a functional call has no module of its own: it belongs to the scope of the forward that
+    # calls it (here the root, ""), and is named after its op; modules keep their own names
+    functional = fixture_finding("AL101", "FunctionalSigmoids", "AL101")
+    assert functional["module"] == ""
+    assert functional["data"]["chain"] == ["sigmoid", "sigmoid_1", "sigmoid_2", "tanh", "tanh_1"]
+    mixed = fixture_finding("AL101", "MethodTanhs", "AL101")
+    assert mixed["data"]["chain"] == ["tanh", "tanh_", "squash", "act", "tanh_1"]
+
+
 def test_max_chain_option_and_severity():
     r = lint_fixture("AL101", "tanh_at_limit", select=["AL101"],
                      options={"AL101": {"max-chain": 3, "severity": "error"}})  # 4 > 3

@@ -12,7 +12,7 @@ import pytest
 from archlint.rules.unused_suppression import UnusedSuppression
 from archlint.suppressions import parse_suppressions
 from helpers import (fixture_file, fixture_select, invoke, line_of, model_source, report_of,
-                     run_paths, write as write_file, write_model_using_a_block)
+                     run_paths, write, write_model_using_a_block)
 
 # fc1 is initialised 1000x too small (AL104); body is a chain of 8 sigmoids (AL101).
 MODEL = '''
@@ -34,13 +34,9 @@ class Model(nn.Module):
 '''
 
 
-def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
-    return write_file(tmp_path / name, source)
-
-
 def model(tmp_path: Path, fc1: str = "", body: str = "", header: str = "",
           name: str = "model.py") -> Path:
-    return write(tmp_path, header + MODEL.format(fc1=fc1, body=body), name)
+    return write(tmp_path / name, header + MODEL.format(fc1=fc1, body=body))
 
 
 #: The rules these models are written for (other rules may see more in them).
@@ -149,11 +145,11 @@ def test_functional_op_is_silenced_on_its_forward_line(tmp_path):
             return x
         """)
 
-    plain = write(tmp_path, source(""), "plain.py")
+    plain = write(tmp_path / "plain.py", source(""))
     found = lint(plain).findings
     assert [f.code for f in found] == ["AL101"]
     assert found[0].line == line_of(plain, "torch.sigmoid")
-    quiet = write(tmp_path, source("  # archlint: disable=AL101"), "quiet.py")
+    quiet = write(tmp_path / "quiet.py", source("  # archlint: disable=AL101"))
     assert codes(lint(quiet)) == []
 
 
@@ -203,7 +199,7 @@ def test_ignoring_al900_keeps_a_comment(tmp_path):
 
 
 def test_target_that_failed_is_not_judged(tmp_path):
-    path = write(tmp_path, '''
+    path = write(tmp_path / "model.py", '''
         import torch.nn as nn
 
         class Broken(nn.Module):
@@ -221,8 +217,8 @@ def test_target_that_failed_is_not_judged(tmp_path):
 
 def test_al900_examples(tmp_path):
     """AL900's own bad and good examples, linted as files (they need a whole run)."""
-    bad = write(tmp_path, UnusedSuppression.bad_example, "bad.py")
-    good = write(tmp_path, UnusedSuppression.good_example, "good.py")
+    bad = write(tmp_path / "bad.py", UnusedSuppression.bad_example)
+    good = write(tmp_path / "good.py", UnusedSuppression.good_example)
     assert "AL900" in codes(lint(bad, report_unused_suppressions=True))
     assert "AL900" not in codes(lint(good, report_unused_suppressions=True))
 
