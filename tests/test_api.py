@@ -16,7 +16,7 @@ import archlint
 THIS_FILE = Path(__file__)
 
 
-def line_of(marker: str) -> int:
+def marker_line(marker: str) -> int:
     """The line of this file that carries ``marker`` (in a comment)."""
     lines = THIS_FILE.read_text().splitlines()
     hits = [i for i, line in enumerate(lines, 1) if line.rstrip().endswith(marker)]
@@ -65,9 +65,9 @@ def test_notebook_style_model_points_at_this_file():
     assert isinstance(report, archlint.api.Report)
     by_code = {f.code: f for f in report.findings}
     assert {"AL101", "AL104"} <= set(by_code)
-    assert here(by_code["AL101"].path) and by_code["AL101"].line == line_of("# <- block act")
+    assert here(by_code["AL101"].path) and by_code["AL101"].line == marker_line("# <- block act")
     stem = [f for f in report.findings if f.code == "AL104" and f.module == "stem"]
-    assert here(stem[0].path) and stem[0].line == line_of("# <- stem")
+    assert here(stem[0].path) and stem[0].line == marker_line("# <- stem")
     # the column where nn.Linear( starts, as in the sites the CLI records
     assert stem[0].column == THIS_FILE.read_text().splitlines()[stem[0].line - 1].index("nn.") + 1
     assert report.exit_code() == 1
@@ -109,9 +109,9 @@ def test_inline_sequential_and_module_list_elements():
 
     report = archlint.lint(Net(), example_input=torch.randn(2, 8))
     zero = [f for f in report.findings if f.code == "AL104" and f.module == "seq.1"]
-    assert zero and here(zero[0].path) and zero[0].line == line_of("# <- second in sequential")
+    assert zero and here(zero[0].path) and zero[0].line == marker_line("# <- second in sequential")
     chain = [f for f in report.findings if f.code == "AL101"]
-    assert chain and chain[0].line == line_of("# <- block act")
+    assert chain and chain[0].line == marker_line("# <- block act")
 
 
 def test_class_or_factory_is_built_with_recorded_sites():
@@ -121,7 +121,7 @@ def test_class_or_factory_is_built_with_recorded_sites():
 
     report = archlint.lint(factory, example_input=(8, 16))
     chain = [f for f in report.findings if f.code == "AL101"]
-    assert chain and here(chain[0].path) and chain[0].line == line_of("# <- factory")
+    assert chain and here(chain[0].path) and chain[0].line == marker_line("# <- factory")
     assert not archlint.lint(Healthy).findings
 
 

@@ -3,49 +3,30 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-import archlint.loading.build
-from archlint.cli import main
-
-MODEL = '''
-import torch.nn as nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(32, 32)
-        self.fc2 = nn.Linear(32, 32)
-        self.fc3 = nn.Linear(32, 4)
-        nn.init.normal_(self.fc1.weight, std=1e-3)
-{extra}
-    def forward(self, x):
-        return self.fc3(self.fc2(self.fc1(x).relu()).relu())
-'''
-
+from helpers import (forget_imported_files, fresh_imports, invoke as invoke_cli, small_init_net,
+                     write)
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    # Every write of models/net.py is a new version of the file: import it again.
-    monkeypatch.setattr(archlint.loading.build, "_modules", {})
     (tmp_path / "models").mkdir()
-    return tmp_path
+    with fresh_imports():  # every write of models/net.py is a new version of the file
+        yield tmp_path
 
 
 def write_model(project: Path, extra: str = "", prefix: str = "") -> None:
-    archlint.loading.build._modules.clear()
-    (project / "models" / "net.py").write_text(prefix + textwrap.dedent(MODEL).lstrip()
-                                               .replace("{extra}", extra))
+    """models/net.py: the small-init Net (AL104 on fc1), ``extra`` lines at the end of
+    __init__."""
+    forget_imported_files()
+    write(project / "models" / "net.py", prefix + small_init_net(extra).lstrip("\n"))
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(main, ["check", "--isolated", "--select", "AL104", *args])
+    return invoke_cli("check", "--isolated", "--select", "AL104", *args)
 
 
 def findings(result) -> list[tuple[str, str]]:
@@ -118,10 +99,10 @@ def test_baseline_from_the_config(project):
     write_model(project)
     (project / ".archlint.yaml").write_text("baseline: archlint-baseline.json\n"
                                             "select: [AL104]\n")
-    update = CliRunner().invoke(main, ["models", "--update-baseline"])
+    update = invoke_cli("models", "--update-baseline")
     assert update.exit_code == 0, update.output
     assert (project / "archlint-baseline.json").exists()
-    assert CliRunner().invoke(main, ["models"]).exit_code == 0
+    assert invoke_cli("models").exit_code == 0
 
 
 @pytest.mark.parametrize("content, message", [

@@ -7,14 +7,10 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from archlint.cli import main
-
-from conftest import ROOT
+from helpers import ROOT, invoke as invoke_cli, small_init_net, write, write_model_using_a_block
 
 SCRIPT = '''
 """Training script: no class, nothing built at import; importing it would fail loudly."""
@@ -23,20 +19,7 @@ import sys
 raise SystemExit("this script must not be imported")
 '''
 
-BAD = '''
-import torch.nn as nn
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1 = nn.Linear(16, 16)
-        self.fc2 = nn.Linear(16, 4)
-        nn.init.zeros_(self.fc1.weight)
-
-    def forward(self, x):
-        return self.fc2(self.fc1(x).relu())
-'''
+BAD = small_init_net()
 
 
 @pytest.fixture
@@ -45,15 +28,9 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip())
-    return path
-
-
 def invoke(*args: str):
     """The CLI with only AL104, the rule these models are written for."""
-    return CliRunner().invoke(main, [*args, "--select", "AL104"])
+    return invoke_cli(*args, "--select", "AL104")
 
 
 def test_files_without_models_pass_without_importing_torch(project):
@@ -109,37 +86,12 @@ def test_per_file_ignores(project, pattern):
 
 def test_per_file_ignores_match_the_target_file_too(project):
     """Layers defined in a shared module: ignoring the model's file covers them as well."""
-    write(project / "legacy" / "shared_blocks_pfi.py", '''
-        import torch.nn as nn
-
-        class Block(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(16, 16)
-                nn.init.zeros_(self.fc.weight)
-
-            def forward(self, x):
-                return self.fc(x).relu()
-    ''')
-    write(project / "legacy" / "old.py", '''
-        import torch.nn as nn
-        from shared_blocks_pfi import Block
-
-        class Old(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inp = nn.Linear(8, 16)
-                self.block = Block()
-                self.out = nn.Linear(16, 2)
-
-            def forward(self, x):
-                return self.out(self.block(self.inp(x)))
-    ''')
-    plain = invoke("check", "--isolated", "legacy/old.py:Old", "--format", "json")
+    write_model_using_a_block(project / "legacy", "shared_blocks_pfi", "old")
+    plain = invoke("check", "--isolated", "legacy/old.py:Net", "--format", "json")
     paths = [f["path"] for t in json.loads(plain.stdout)["targets"] for f in t["findings"]]
     assert paths == ["legacy/shared_blocks_pfi.py"]
     write(project / ".archlint.yaml", 'per-file-ignores:\n  "legacy/old.py": [AL104]\n')
-    result = invoke("check", "legacy/old.py:Old", "--format", "json")
+    result = invoke("check", "legacy/old.py:Net", "--format", "json")
     assert result.exit_code == 0, result.output
 
 

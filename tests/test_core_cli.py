@@ -7,73 +7,14 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from helpers import MIXED_MODELS, SIGMOID_CHAIN, invoke, line_of, run_cli, two_inputs, write
 
-GOOD = """
-import torch
-import torch.nn as nn
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return x + self.fc(torch.relu(x))
-
-
-class Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.Sequential(Block(), Block())
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x):
-        return self.head(self.blocks(x))
-
-
-class Wide(nn.Module):
-    def __init__(self, width):
-        super().__init__()
-        self.fc = nn.Linear(width, width)
-
-    def forward(self, x):
-        return self.fc(x)
-
-
-instance = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-
-
-def helper():
-    open("HELPER_CALLED", "w").write("x")
-    return Net()
-
-
-if __name__ == "__main__":
-    open("MAIN_RAN", "w").write("x")
-"""
-
-BAD = """
-import torch.nn as nn
-
-
-class Deep(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layers = []
-        for _ in range(6):
-            layers += [nn.Linear(8, 8), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.body(x)
-"""
+GOOD = MIXED_MODELS
+BAD = SIGMOID_CHAIN
 
 BROKEN = """
 import torch.nn as nn
@@ -97,21 +38,7 @@ def build(depth, width=8):
     return nn.Sequential(*layers)
 """
 
-MULTI = """
-import torch.nn as nn
-
-
-class TwoIn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.RNN(6, 8, batch_first=True)
-        self.embed = nn.Embedding(20, 8)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, feats, ids):
-        out, _ = self.rnn(feats)
-        return self.head(out[:, -1] + self.embed(ids).mean(1))
-"""
+MULTI = two_inputs("TwoIn")
 
 ZOO = """
 import torch.nn as nn
@@ -123,16 +50,6 @@ def make(depth=6):
         layers += [nn.Linear(8, 8), nn.Sigmoid()]
     return nn.Sequential(*layers)
 """
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if needle in text)
 
 
 @pytest.fixture(scope="module")
@@ -194,15 +111,16 @@ def test_json_shape(dir_json):
 def test_directory_targets_and_statuses(dir_json):
     _, report = dir_json
     by_name = {t["target"]: t for t in report["targets"]}
-    # Net and the module-level instance; not Block (inside Net), not Wide (needs an argument)
+    # Net and the module-level instances; not Block (inside Net), not Wide (needs an argument)
     assert sorted(by_name) == ["models/bad.py:Deep", "models/good.py:Net",
-                               "models/good.py:instance", "models/sub/broken.py"]
-    assert [by_name[n]["status"] for n in sorted(by_name)] == ["ok", "ok", "ok", "error"]
+                               "models/good.py:instance", "models/good.py:tagged",
+                               "models/sub/broken.py"]
+    assert [by_name[n]["status"] for n in sorted(by_name)] == ["ok", "ok", "ok", "ok", "error"]
     error = by_name["models/sub/broken.py"]["error"]
     assert "boom at import" in error and "models/sub/broken.py:3" in error
     assert "\n" not in error
     # the deep sigmoid stack: AL101 (structure) and AL105 (the estimated gradient)
-    assert report["summary"] == {**report["summary"], "targets": 4, "errors": 1,
+    assert report["summary"] == {**report["summary"], "targets": 5, "errors": 1,
                                  "findings": {"error": 0, "warning": 2, "info": 0}}
 
 
@@ -244,7 +162,7 @@ def test_layers_list_every_module_owning_a_matrix(dir_json, project):
 def test_nothing_but_the_module_body_runs(dir_json, project):
     assert not (project / "MAIN_RAN").exists()
     assert not (project / "models" / "MAIN_RAN").exists()
-    assert not (project / "HELPER_CALLED").exists()
+    assert not (project / "CALLED").exists()
 
 
 def test_text_format_and_exit_1(project):
@@ -257,7 +175,7 @@ def test_text_format_and_exit_1(project):
     assert len(finding) == 1
     assert re.fullmatch(rf"models/bad\.py:{line}:\d+: AL101 warning: .+ \[body\.1\]", finding[0])
     assert re.search(r"\b1 finding\b", lines[-1]) and "fx" in lines[-1]
-    assert "3 targets" in lines[-1]  # Deep, Net, instance
+    assert "4 targets" in lines[-1]  # Deep, Net, instance, tagged
 
 
 def test_exit_0_on_a_clean_file(project):
@@ -388,15 +306,8 @@ class NoInput(nn.Module):
 
 @pytest.fixture
 def inproc(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from archlint.cli import main
-
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "dd.py", DATA_DEPENDENT)
-
-    def invoke(*args):
-        return CliRunner().invoke(main, list(args), catch_exceptions=False)
     return invoke
 
 

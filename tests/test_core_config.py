@@ -3,49 +3,18 @@ pyproject's [tool.archlint], and command-line flags winning over the config."""
 
 from __future__ import annotations
 
-import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from archlint.cli import main
 from archlint.config import ConfigError, find_config, load_config
-
-SIGMOID_MODEL = """
-import torch.nn as nn
-
-
-class Deep(nn.Module):
-    def __init__(self):
-        super().__init__()
-        layers = []
-        for _ in range(6):
-            layers += [nn.Linear(8, 8), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.body(x)
-"""
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
-
+from helpers import SIGMOID_CHAIN, finding_codes, invoke, report_of, write
 
 def config_error(tmp_path: Path, text: str, name: str = ".archlint.yaml") -> str:
     path = write(tmp_path / name, text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     return str(info.value)
-
-
-def cli(*args: str):
-    """The CLI in-process (no torch import per call); returns click's Result."""
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 # ------------------------------------------------------------------------------ valid configs
@@ -95,35 +64,36 @@ def test_empty_config_file_is_the_default_config(tmp_path):
 
 # ------------------------------------------------------------------------------ errors
 
-def test_unknown_top_level_key(tmp_path):
-    msg = config_error(tmp_path, """
-        select: [AL101]
-        # a comment
-        selcet: [AL102]
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "selcet" in msg
-
-
-def test_rule_options_at_top_level_point_to_rules(tmp_path):
-    msg = config_error(tmp_path, """
-        fail-on: warning
-        AL101:
-          max-chain: 3
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "AL101" in msg and "rules" in msg
-
-
-def test_unknown_rule_option(tmp_path):
-    msg = config_error(tmp_path, """
-        rules:
-          AL101:
-            max-chain: 3
-            max-chains: 4
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "max-chains" in msg and "AL101" in msg
+@pytest.mark.parametrize("text,line,needles", [
+    pytest.param("select: [AL101]\n# a comment\nselcet: [AL102]\n", 3, ["selcet"],
+                 id="unknown-top-level-key"),
+    pytest.param("fail-on: warning\nAL101:\n  max-chain: 3\n", 2, ["AL101", "rules"],
+                 id="rule-options-at-top-level-point-to-rules"),
+    pytest.param("rules:\n  AL101:\n    max-chain: 3\n    max-chains: 4\n", 4,
+                 ["max-chains", "AL101"], id="unknown-rule-option"),
+    pytest.param("select: [AL1]\nrules:\n  AL102:\n    severity: fatal\n", 4,
+                 ["severity", "fatal"], id="bad-severity"),
+    pytest.param("select: [AL101]\nfail-on: critical\n", 2, ["fail-on"], id="bad-fail-on"),
+    pytest.param("rules:\n  AL101: {max-chain: 3}\n  AL999: {}\n", 3, ["AL999"],
+                 id="unknown-rule-under-rules"),
+    pytest.param("select: AL101\nexclude: 5\n", 2, ["exclude"], id="wrong-type-for-a-list"),
+    pytest.param("targets:\n  - a.py\n  - target: b.py:build\n    kwarg: {depth: 3}\n", 4,
+                 ["kwarg"], id="unknown-key-in-a-target-entry"),
+    pytest.param("targets:\n  - kwargs: {depth: 3}\n", 2, ["target"],
+                 id="target-entry-without-target"),
+    pytest.param("targets:\n  - target: a.py\n    input: {shape: [2, -3]}\n", 3,
+                 ["input", "shape"], id="bad-input-spec"),
+    pytest.param("input: {shape: [2, 3], dtype: float99}\n", 1, ["float99"],
+                 id="bad-input-dtype"),
+    pytest.param("select: [AL101]\nfail-on: error\nselect: [AL102]\n", 3, ["select"],
+                 id="duplicate-key"),
+    pytest.param("- AL101\n- AL102\n", 1, [], id="not-a-mapping"),
+])
+def test_config_error_names_file_key_and_line(tmp_path, text, line, needles):
+    msg = config_error(tmp_path, text)
+    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:{line}:"), msg
+    for needle in needles:
+        assert needle in msg, msg
 
 
 @pytest.mark.parametrize("value", ["three", "2.5", "true", "[3]"])
@@ -147,23 +117,6 @@ def test_float_option_accepts_an_integer(tmp_path):
     assert isinstance(cfg.rules["AL104"]["max-factor"], float)
 
 
-def test_bad_severity(tmp_path):
-    msg = config_error(tmp_path, """
-        select: [AL1]
-        rules:
-          AL102:
-            severity: fatal
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "severity" in msg and "fatal" in msg
-
-
-def test_bad_fail_on(tmp_path):
-    msg = config_error(tmp_path, "select: [AL101]\nfail-on: critical\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "fail-on" in msg
-
-
 @pytest.mark.parametrize("key", ["select", "ignore", "per-file-ignores"])
 def test_unknown_rule_code(tmp_path, key):
     body = ("per-file-ignores:\n  'x/*': [AL999]\n" if key == "per-file-ignores"
@@ -173,58 +126,6 @@ def test_unknown_rule_code(tmp_path, key):
     assert "AL999" in msg
     line = int(msg[len(str(tmp_path / ".archlint.yaml")) + 1:].split(":")[0])
     assert line in (2, 3)
-
-
-def test_unknown_rule_under_rules(tmp_path):
-    msg = config_error(tmp_path, """
-        rules:
-          AL101: {max-chain: 3}
-          AL999: {}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "AL999" in msg
-
-
-def test_wrong_type_for_a_list_key(tmp_path):
-    msg = config_error(tmp_path, "select: AL101\nexclude: 5\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "exclude" in msg
-
-
-def test_unknown_key_in_a_target_entry(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - a.py
-          - target: b.py:build
-            kwarg: {depth: 3}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:4:")
-    assert "kwarg" in msg
-
-
-def test_target_entry_without_target(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - kwargs: {depth: 3}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:2:")
-    assert "target" in msg
-
-
-def test_bad_input_spec_names_the_key(tmp_path):
-    msg = config_error(tmp_path, """
-        targets:
-          - target: a.py
-            input: {shape: [2, -3]}
-    """)
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "input" in msg and "shape" in msg
-
-
-def test_bad_input_dtype(tmp_path):
-    msg = config_error(tmp_path, "input: {shape: [2, 3], dtype: float99}\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:1:")
-    assert "float99" in msg
 
 
 @pytest.mark.parametrize("text,line", [
@@ -238,17 +139,6 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path, text, line):
     assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:{line}:"), msg
     assert "YAML" in msg
     assert "\n" not in msg
-
-
-def test_duplicate_key_is_reported(tmp_path):
-    msg = config_error(tmp_path, "select: [AL101]\nfail-on: error\nselect: [AL102]\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:3:")
-    assert "select" in msg
-
-
-def test_config_that_is_not_a_mapping(tmp_path):
-    msg = config_error(tmp_path, "- AL101\n- AL102\n")
-    assert msg.startswith(f"{tmp_path / '.archlint.yaml'}:1:")
 
 
 # ------------------------------------------------------------------------------ pyproject
@@ -331,13 +221,13 @@ def test_cli_uses_the_config_found_from_a_subdirectory(tmp_path, monkeypatch):
         rules:
           AL101: {severity: error}
     """)
-    write(tmp_path / "models" / "deep.py", SIGMOID_MODEL)
+    write(tmp_path / "models" / "deep.py", SIGMOID_CHAIN)
     (tmp_path / "work" / "here").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work" / "here")
     # only AL101: its severity is what the discovered config changes (AL105 also fires here)
-    result = cli("--format", "json", "--select", "AL101")
+    result = invoke("--format", "json", "--select", "AL101")
     assert result.exit_code == 1, result.output
-    report = json.loads(result.stdout)
+    report = report_of(result)
     [target] = report["targets"]
     assert target["target"].endswith("models/deep.py:Deep")
     assert [(f["code"], f["severity"]) for f in target["findings"]] == [("AL101", "error")]
@@ -346,21 +236,20 @@ def test_cli_uses_the_config_found_from_a_subdirectory(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------ CLI and config
 
+def codes_of(*args: str) -> list[str]:
+    return finding_codes(invoke(*args, "--format", "json"))
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    write(tmp_path / "deep.py", SIGMOID_MODEL)
+    write(tmp_path / "deep.py", SIGMOID_CHAIN)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def codes_of(result) -> list[str]:
-    report = json.loads(result.stdout)
-    return [f["code"] for t in report["targets"] for f in t["findings"]]
-
-
 def test_config_error_exits_2_with_file_and_line(project):
     write(project / ".archlint.yaml", "select: [AL101]\nrules:\n  AL101:\n    max-chain: x\n")
-    result = cli("deep.py")
+    result = invoke("deep.py")
     assert result.exit_code == 2
     assert ".archlint.yaml:4:" in result.stderr
     assert "max-chain" in result.stderr
@@ -370,70 +259,70 @@ def test_config_error_exits_2_with_file_and_line(project):
 def test_explicit_config_path_wins_over_discovery(project):
     write(project / ".archlint.yaml", "select: [AL102]\n")
     other = write(project / "conf" / "strict.yaml", "rules:\n  AL101: {max-chain: 10}\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == []          # AL101 not selected
+    assert codes_of("deep.py") == []          # AL101 not selected
     # the discovered select is not applied (every rule runs: AL105 on the 6-sigmoid stack), and
     # the explicit config's max-chain is: no AL101 (6 <= 10)
-    assert codes_of(cli("deep.py", "--format", "json", "--config", str(other))) == ["AL105"]
-    assert codes_of(cli("deep.py", "--format", "json", "--isolated")) == ["AL105", "AL101"]
+    assert codes_of("deep.py", "--config", str(other)) == ["AL105"]
+    assert codes_of("deep.py", "--isolated") == ["AL105", "AL101"]
     bad = write(project / "conf" / "bad.yaml", "selec: [AL101]\n")
-    result = cli("deep.py", "--config", str(bad))
+    result = invoke("deep.py", "--config", str(bad))
     assert result.exit_code == 2
     assert "bad.yaml:1:" in result.stderr
 
 
 def test_cli_select_and_ignore_override_the_config(project):
     write(project / ".archlint.yaml", "select: [AL102, AL103]\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == []
-    assert codes_of(cli("deep.py", "--format", "json", "--select", "AL101")) == ["AL101"]
+    assert codes_of("deep.py") == []
+    assert codes_of("deep.py", "--select", "AL101") == ["AL101"]
     # a prefix selects every AL1xx rule: the 6-sigmoid stack gets AL105 as well as AL101
-    assert codes_of(cli("deep.py", "--format", "json", "--select", "AL1")) == ["AL105", "AL101"]
+    assert codes_of("deep.py", "--select", "AL1") == ["AL105", "AL101"]
     write(project / ".archlint.yaml", "ignore: [AL101]\n")
-    assert codes_of(cli("deep.py", "--format", "json")) == ["AL105"]
+    assert codes_of("deep.py") == ["AL105"]
     # --ignore replaces the config's ignore list; --extend-ignore adds to it
-    assert codes_of(cli("deep.py", "--format", "json", "--ignore", "AL104")) == ["AL105", "AL101"]
-    assert codes_of(cli("deep.py", "--format", "json", "--extend-ignore", "AL104")) == ["AL105"]
+    assert codes_of("deep.py", "--ignore", "AL104") == ["AL105", "AL101"]
+    assert codes_of("deep.py", "--extend-ignore", "AL104") == ["AL105"]
 
 
 def test_cli_fail_on_overrides_the_config(project):
     # only AL101, whose severity the config changes (AL105, a warning, also fires here)
     only = ("--select", "AL101")
     write(project / ".archlint.yaml", "fail-on: error\n")
-    assert cli("deep.py", *only).exit_code == 0  # a warning does not fail
-    assert cli("deep.py", *only, "--fail-on", "warning").exit_code == 1
+    assert invoke("deep.py", *only).exit_code == 0  # a warning does not fail
+    assert invoke("deep.py", *only, "--fail-on", "warning").exit_code == 1
     write(project / ".archlint.yaml", "rules:\n  AL101: {severity: info}\n")
-    assert cli("deep.py", *only).exit_code == 0
-    assert cli("deep.py", *only, "--fail-on", "info").exit_code == 1
+    assert invoke("deep.py", *only).exit_code == 0
+    assert invoke("deep.py", *only, "--fail-on", "info").exit_code == 1
 
 
 def test_rule_options_from_the_config_apply(project):
     # only AL101, whose options the config sets (AL105 also fires on this model)
     only = ("--select", "AL101")
     write(project / ".archlint.yaml", "rules:\n  AL101: {max-chain: 6}\n")
-    assert codes_of(cli("deep.py", "--format", "json", *only)) == []
+    assert codes_of("deep.py", *only) == []
     write(project / ".archlint.yaml", "rules:\n  AL101: {max-chain: 5}\n")
-    assert codes_of(cli("deep.py", "--format", "json", *only)) == ["AL101"]
+    assert codes_of("deep.py", *only) == ["AL101"]
     write(project / ".archlint.yaml", "rules:\n  AL101: {severity: 'off'}\n")
-    assert codes_of(cli("deep.py", "--format", "json", *only)) == []
+    assert codes_of("deep.py", *only) == []
 
 
 def test_unknown_rule_on_the_command_line_exits_2(project):
-    result = cli("deep.py", "--select", "AL999")
+    result = invoke("deep.py", "--select", "AL999")
     assert result.exit_code == 2
     assert "AL999" in result.stderr
 
 
 def test_exclude_from_config_and_command_line(project):
-    write(project / "models" / "a.py", SIGMOID_MODEL)
-    write(project / "models" / "legacy" / "b.py", SIGMOID_MODEL)
-    write(project / "models" / "scratch_c.py", SIGMOID_MODEL)
+    write(project / "models" / "a.py", SIGMOID_CHAIN)
+    write(project / "models" / "legacy" / "b.py", SIGMOID_CHAIN)
+    write(project / "models" / "scratch_c.py", SIGMOID_CHAIN)
 
     def targets(result):
-        return sorted(t["target"] for t in json.loads(result.stdout)["targets"])
+        return sorted(t["target"] for t in report_of(result)["targets"])
 
-    assert targets(cli("models", "--format", "json")) == [
+    assert targets(invoke("models", "--format", "json")) == [
         "models/a.py:Deep", "models/legacy/b.py:Deep", "models/scratch_c.py:Deep"]
     write(project / ".archlint.yaml", "exclude: [legacy, 'scratch_*']\n")
-    assert targets(cli("models", "--format", "json")) == ["models/a.py:Deep"]
+    assert targets(invoke("models", "--format", "json")) == ["models/a.py:Deep"]
     # --exclude replaces the config's patterns
-    assert targets(cli("models", "--format", "json", "--exclude", "a.py")) == [
+    assert targets(invoke("models", "--format", "json", "--exclude", "a.py")) == [
         "models/legacy/b.py:Deep", "models/scratch_c.py:Deep"]

@@ -3,25 +3,19 @@
 
 from __future__ import annotations
 
-import json
-import textwrap
-from pathlib import Path
-
 import pytest
 import torch
-from click.testing import CliRunner
 
-from archlint.cli import main
 from archlint.loading.inputs import InputError, parse_input, parse_shape
-from conftest import codes
+from helpers import codes, graph_of, invoke, model_source, report_of, two_inputs, write
 
 
-def spec_of(analysis):
-    return analysis.graph.input_spec
+def spec_of(result):
+    return graph_of(result).input_spec
 
 
-def input_nodes(analysis):
-    return {n.target: (n.shape, n.dtype) for n in analysis.graph.input_nodes}
+def input_nodes(result):
+    return {n.target: (n.shape, n.dtype) for n in graph_of(result).input_nodes}
 
 
 # ------------------------------------------------------------------------------ inference
@@ -37,190 +31,116 @@ def input_nodes(analysis):
     ("nn.LSTM(6, 4)", (32, 8, 6)),
 ])
 def test_input_inferred_from_the_first_layer(first, shape, lint):
-    src = f"""
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.first = {first}
-
-        def forward(self, x):
-            return self.first(x)
-    """
-    r, a = lint(src, analysis=True)
+    r = lint(model_source(f"self.first = {first}", "return self.first(x)"))
     assert r.status == "ok", r.error
-    spec = spec_of(a).tensors[None]
+    spec = spec_of(r).tensors[None]
     assert spec.shape == shape
     assert spec.dtype == torch.float32
     assert "inferred from first" in r.input
-    assert input_nodes(a)["x"][0] == shape
+    assert input_nodes(r)["x"][0] == shape
 
 
 def test_first_layer_is_the_one_reading_the_input_not_the_first_defined(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = nn.Linear(16, 2)
-            self.stem = nn.Conv2d(3, 16, 3, padding=1)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-
-        def forward(self, x):
-            return self.head(self.pool(self.stem(x)).flatten(1))
-    """
-    r, a = lint(src, analysis=True)
-    assert spec_of(a).tensors[None].shape == (8, 3, 32, 32)
+    r = lint(model_source("""
+        self.head = nn.Linear(16, 2)
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+    """, "return self.head(self.pool(self.stem(x)).flatten(1))"))
+    assert spec_of(r).tensors[None].shape == (8, 3, 32, 32)
     assert "stem" in r.input
 
 
 def test_embedding_first_model_gets_integer_ids(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(37, 16)
-            self.head = nn.Linear(16, 37)
-
-        def forward(self, ids):
-            return self.head(self.embed(ids))
-    """
-    r, a = lint(src, analysis=True)
+    r = lint(model_source("""
+        self.embed = nn.Embedding(37, 16)
+        self.head = nn.Linear(16, 37)
+    """, "return self.head(self.embed(ids))", args="ids"))
     assert r.status == "ok", r.error
-    spec = spec_of(a).tensors[None]
+    spec = spec_of(r).tensors[None]
     assert spec.dtype == torch.int64
     assert (spec.low, spec.high) == (0, 37)
     assert len(spec.shape) == 2
-    assert input_nodes(a)["ids"][1] == torch.int64
+    assert input_nodes(r)["ids"][1] == torch.int64
     ids = spec.make()
     assert ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 37
     # ids carry no gradient: the embedding is where the gradient paths end
-    assert a.graph.input_nodes[0].users[0].grad_parents() == []
+    assert graph_of(r).input_nodes[0].users[0].grad_parents() == []
 
 
 def test_embedding_first_model_through_the_exec_tracer(lint):
     # the forward really runs here: float or out-of-range ids would make it fail
-    src = """
-    import torch
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(1000, 8)
-            self.head = nn.Linear(8, 2)
-
-        def forward(self, ids):
-            if ids.max() >= 1000 or ids.dtype != torch.long:
-                raise ValueError("bad ids")
-            return self.head(self.embed(ids).mean(1))
-    """
-    r, a = lint(src, analysis=True)
+    r = lint(model_source("""
+        self.embed = nn.Embedding(1000, 8)
+        self.head = nn.Linear(8, 2)
+    """, """
+        if ids.max() >= 1000 or ids.dtype != torch.long:
+            raise ValueError("bad ids")
+        return self.head(self.embed(ids).mean(1))
+    """, args="ids"))
     assert r.status == "ok", r.error
     assert r.tracer == "exec"
-    assert spec_of(a).tensors[None].high == 1000
+    assert spec_of(r).tensors[None].high == 1000
 
 
 def test_functional_first_layer_on_a_parameter(lint):
-    src = """
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.randn(12, 5) / 5 ** 0.5)
-
-        def forward(self, x):
-            return F.linear(x, self.w)
-    """
-    assert spec_of(lint(src, analysis=True)[1]).tensors[None].shape == (8, 5)
-    matmul = src.replace("torch.randn(12, 5)", "torch.randn(5, 12)").replace(
-        "F.linear(x, self.w)", "x @ self.w")
-    assert spec_of(lint(matmul, analysis=True)[1]).tensors[None].shape == (8, 5)
+    linear = model_source("self.w = nn.Parameter(torch.randn(12, 5) / 5 ** 0.5)",
+                          "return torch.nn.functional.linear(x, self.w)")
+    assert spec_of(lint(linear)).tensors[None].shape == (8, 5)
+    matmul = model_source("self.w = nn.Parameter(torch.randn(5, 12) / 5 ** 0.5)",
+                          "return x @ self.w")
+    assert spec_of(lint(matmul)).tensors[None].shape == (8, 5)
 
 
 # ------------------------------------------------------------------------------ given inputs
 
-MULTI = """
-import torch
-import torch.nn as nn
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(20, 8)
-        self.rnn = nn.RNN(6, 8, batch_first=True)
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, feats, ids):
-        GUARD
-        out, _ = self.rnn(feats)
-        return self.head(out[:, -1] + self.embed(ids).mean(1))
-"""
-
-
 @pytest.mark.parametrize("tracer", ["fx", "exec"])
 def test_several_inputs_from_a_mapping_are_passed_by_name(tracer, lint):
     guard = "pass" if tracer == "fx" else "assert ids.dtype == torch.long and ids.max() < 20"
-    src = MULTI.replace("GUARD", guard)
+    src = two_inputs(guard=guard)
     # given in the other order than forward's arguments: bound by name
-    r, a = lint(src, input={"ids": {"shape": [3, 7], "dtype": "int64", "high": 20},
-                            "feats": {"shape": [3, 90, 6]}}, analysis=True)
+    r = lint(src, input={"ids": {"shape": [3, 7], "dtype": "int64", "high": 20},
+                         "feats": {"shape": [3, 90, 6]}})
     assert r.status == "ok", r.error
     assert r.tracer == tracer
-    assert input_nodes(a) == {"feats": ((3, 90, 6), torch.float32),
+    assert input_nodes(r) == {"feats": ((3, 90, 6), torch.float32),
                               "ids": ((3, 7), torch.int64)}
     # the sequence length of the argument that feeds the RNN is the one used
     assert codes(r) == ["AL107"]
     assert r.findings[0].data["steps"] == 90
-    assert "(config)" in r.input
+    assert "(example_input)" in r.input
 
 
 def test_several_inputs_are_inferred_per_argument(lint):
-    r, a = lint(MULTI.replace("GUARD", "pass"), analysis=True)
+    r = lint(two_inputs())
     assert r.status == "ok", r.error
-    spec = spec_of(a)
+    spec = spec_of(r)
     assert set(spec.tensors) == {"feats", "ids"}
     assert spec.tensors["feats"].shape == (8, 32, 6)
     assert spec.tensors["ids"].dtype == torch.int64 and spec.tensors["ids"].high == 20
 
 
 def test_mapping_naming_an_unknown_argument_is_an_error(lint):
-    r = lint(MULTI.replace("GUARD", "pass"),
+    r = lint(two_inputs(),
              input={"feats": {"shape": [3, 9, 6]}, "idx": {"shape": [3, 7], "dtype": "int64"}})
     assert r.status == "error"
     assert "ids" in r.error or "idx" in r.error
     assert "\n" not in r.error
 
 
+def rnn_with_a_second_argument(name: str, rnn_input: str = "x", scale: str = "") -> str:
+    """An RNN classifier whose forward takes ``name`` besides ``x``."""
+    return model_source("""
+        self.rnn = nn.RNN(8, 32, batch_first=True)
+        self.head = nn.Linear(32, 2)
+    """, f"""
+        out, _ = self.rnn({rnn_input})
+        return self.head(out[:, -1]){scale}
+    """, args=f"x, {name}")
+
+
 def test_no_input_found_and_a_rule_needs_one_says_so(lint):
     # `temperature` reaches no layer, so no input can be inferred for it
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.RNN(8, 32, batch_first=True)
-            self.head = nn.Linear(32, 2)
-
-        def forward(self, x, temperature):
-            out, _ = self.rnn(x)
-            return self.head(out[:, -1]) / temperature
-    """
+    src = rnn_with_a_second_argument("temperature", scale=" / temperature")
     r = lint(src)
     assert r.status == "ok", r.error
     assert r.input is None
@@ -236,24 +156,10 @@ def test_no_input_found_and_a_rule_needs_one_says_so(lint):
 @pytest.mark.xfail(strict=True, reason="input inference walks through any op, so a boolean "
                    "mask argument borrows the float spec of the layer its *other* operand "
                    "feeds (here the RNN's [8, 32, 8] float32); a mask should get no spec "
-                   "(or a bool one) -- a heuristic/design question in loading.inputs.infer_input")
+                   "(or a bool one) -- a heuristic/design question in tracing.infer_input")
 def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
-    src = """
-    import torch.nn as nn
-
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.RNN(8, 32, batch_first=True)
-            self.head = nn.Linear(32, 2)
-
-        def forward(self, x, mask):
-            out, _ = self.rnn(x.masked_fill(mask, 0.0))
-            return self.head(out[:, -1])
-    """
-    r, a = lint(src, analysis=True)
-    spec = spec_of(a)
+    r = lint(rnn_with_a_second_argument("mask", rnn_input="x.masked_fill(mask, 0.0)"))
+    spec = spec_of(r)
     assert spec is None or "mask" not in spec.tensors or \
         spec.tensors["mask"].dtype == torch.bool
 
@@ -284,32 +190,25 @@ def test_parse_input_forms():
 
 # ------------------------------------------------------------------------------ command line
 
-RNN_FILE = """
-import torch.nn as nn
-
-
-class Seq(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.RNN(4, 16, batch_first=True)
-        self.head = nn.Linear(16, 2)
-
-    def forward(self, x):
-        out, _ = self.rnn(x)
-        return self.head(out[:, -1])
-"""
+RNN_FILE = model_source(name="Seq", init="""
+    self.rnn = nn.RNN(4, 16, batch_first=True)
+    self.head = nn.Linear(16, 2)
+""", forward="""
+    out, _ = self.rnn(x)
+    return self.head(out[:, -1])
+""")
 
 
 @pytest.fixture
 def rnn_project(tmp_path, monkeypatch):
-    (tmp_path / "seq.py").write_text(textwrap.dedent(RNN_FILE))
+    write(tmp_path / "seq.py", RNN_FILE)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def run_json(*args):
-    result = CliRunner().invoke(main, [*args, "--format", "json"], catch_exceptions=False)
-    return result, json.loads(result.stdout) if result.stdout.strip() else None
+    result = invoke(*args, "--format", "json")
+    return result, report_of(result) if result.stdout.strip() else None
 
 
 def test_input_shape_flag_is_used(rnn_project):
@@ -324,7 +223,7 @@ def test_input_shape_flag_is_used(rnn_project):
 
 
 def test_input_shape_flag_wins_over_the_config(rnn_project):
-    Path(".archlint.yaml").write_text("input: {shape: [2, 300, 4]}\n")
+    write(rnn_project / ".archlint.yaml", "input: {shape: [2, 300, 4]}\n")
     result, report = run_json("seq.py")
     assert report["targets"][0]["findings"][0]["data"]["steps"] == 300
     result, report = run_json("seq.py", "--input-shape", "2,5,4")
@@ -333,16 +232,17 @@ def test_input_shape_flag_wins_over_the_config(rnn_project):
 
 
 def test_per_target_input_in_the_config(rnn_project):
-    Path(".archlint.yaml").write_text(textwrap.dedent("""
+    write(rnn_project / ".archlint.yaml", """
         input: {shape: [2, 5, 4]}
         targets:
           - target: seq.py:Seq
             input: {shape: [2, 200, 4]}
-    """))
+    """)
     result, report = run_json()
     [t] = report["targets"]
     assert t["target"] == "seq.py:Seq"
     assert t["findings"][0]["data"]["steps"] == 200
+    assert t["input"].endswith("(config)")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -351,7 +251,7 @@ def test_per_target_input_in_the_config(rnn_project):
     (["--input-dtype", "int64"], "--input-shape"),
 ])
 def test_bad_input_flags_exit_2(rnn_project, args, needle):
-    result = CliRunner().invoke(main, ["seq.py", *args], catch_exceptions=False)
+    result = invoke("seq.py", *args)
     assert result.exit_code == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr

@@ -4,21 +4,14 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 from torch import nn
 
 from archlint.loading.build import LoadedModel, LoadFailure, load_target
 from archlint.loading.targets import TargetError, resolve
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text).lstrip("\n"))
-    return path
+from helpers import MIXED_MODELS as MODELS, line_of, model_source, write
 
 
 def load(spec: str, kwargs=None, excludes=()):
@@ -44,65 +37,6 @@ def failures(loaded) -> dict[str, str]:
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-MODELS = """
-import torch
-import torch.nn as nn
-from torch.nn import Linear                     # imported classes are not linted
-
-print("hello from import")                      # goes to stderr, never the report
-
-
-class Block(nn.Module):                         # only used inside Net: not linted alone
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(8, 8)
-
-    def forward(self, x):
-        return x + self.fc(torch.relu(x))
-
-
-class Net(nn.Module):
-    def __init__(self, depth=2):
-        super().__init__()
-        self.blocks = nn.Sequential(*[Block() for _ in range(depth)])
-        self.head = nn.Linear(8, 2)
-
-    def forward(self, x):
-        return self.head(self.blocks(x))
-
-
-class Wide(nn.Module):                          # needs an argument: skipped
-    def __init__(self, width):
-        super().__init__()
-        self.fc = nn.Linear(width, width)
-
-    def forward(self, x):
-        return self.fc(x)
-
-
-class Base(nn.Module):                          # no forward: not a model
-    pass
-
-
-class Tagged(Net):                              # built once, as the instance below
-    pass
-
-
-tagged = Tagged(depth=3)
-instance = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-inner = instance[0]                             # part of another instance: not linted alone
-
-
-def build():                                    # functions are called only when named
-    open("CALLED", "w").write("build")
-    return Net(depth=5)
-
-
-if __name__ == "__main__":
-    open("MAIN_RAN", "w").write("main")
-"""
 
 
 def test_file_lints_buildable_classes_and_module_level_instances(in_tmp, capsys):
@@ -247,35 +181,19 @@ def test_inner_blocks_of_several_models_are_not_linted(in_tmp):
 
 
 def test_class_that_fails_to_build_does_not_hide_the_others(in_tmp):
-    write(in_tmp / "m.py", """
-        import torch.nn as nn
-
-
-        class Good(nn.Module):
+    path = write(in_tmp / "m.py", model_source(name="Good", init="self.fc = nn.Linear(4, 4)",
+                                               forward="return self.fc(x)", after="""
+        class Bad(Good):
             def __init__(self):
                 super().__init__()
-                self.fc = nn.Linear(4, 4)
-
-            def forward(self, x):
-                return self.fc(x)
-
-
-        class Bad(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(4, 4)
                 raise RuntimeError("cannot build this one")
-
-            def forward(self, x):
-                return self.fc(x)
-    """)
+    """))
     loaded = load("m.py")
     assert list(ok(loaded)) == ["m.py:Good"]
     error = failures(loaded)["m.py:Bad"]
     assert "RuntimeError" in error and "cannot build this one" in error
-    source = (in_tmp / "m.py").read_text().splitlines()
-    line = next(i for i, text in enumerate(source, 1) if "raise RuntimeError" in text)
-    assert f"m.py:{line})" in error  # the raising line in the user's file
+    # the raising line in the user's file
+    assert f"m.py:{line_of(path, 'raise RuntimeError')})" in error
     assert "\n" not in error
 
 
@@ -330,10 +248,10 @@ def test_directory_is_searched_recursively_minus_excludes(in_tmp):
 
 
 @pytest.mark.parametrize("spec,needle", [
-    ("nope.py", "no such file"),
-    ("nope/", "no such file"),
-    ("justaword", "import path"),
-    ("not-a-module.x:fn", "dotted"),
+    pytest.param("nope.py", "no such file", id="missing-file"),
+    pytest.param("nope/", "no such file", id="missing-folder"),
+    pytest.param("justaword", "import path", id="neither-path-nor-import-path"),
+    pytest.param("not-a-module.x:fn", "dotted", id="bad-module-name"),
 ])
 def test_unresolvable_targets(in_tmp, spec, needle):
     with pytest.raises(TargetError) as info:

@@ -1,27 +1,19 @@
 """--measure and --plot end to end, and the estimate's agreement with a real probe."""
 
 import json
-import textwrap
 
 import pytest
 
-from conftest import run_cli
+from helpers import model_source, run_cli
 
-MODEL = textwrap.dedent("""
-    import torch.nn as nn
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            layers = []
-            for _ in range(8):
-                layers += [nn.Linear(32, 32), nn.Tanh()]
-            self.body = nn.Sequential(*layers)
-            self.head = nn.Linear(32, 4)
-
-        def forward(self, x):
-            return self.head(self.body(x))
-""")
+#: 8 Linear + Tanh and a head: 9 weight layers.
+MODEL = model_source("""
+    layers = []
+    for _ in range(8):
+        layers += [nn.Linear(32, 32), nn.Tanh()]
+    self.body = nn.Sequential(*layers)
+    self.head = nn.Linear(32, 4)
+""", "return self.head(self.body(x))")
 
 
 def test_measure_fills_measured_gradients_and_reports_the_error(tmp_path):

@@ -12,12 +12,12 @@ import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).resolve().parent / "golden" / "estimator"
+from helpers import ROOT, lint_model, run_cli
+
+GOLDEN = ROOT / "tests" / "golden" / "estimator"
 
 
 def _load_zoo():
@@ -37,10 +37,7 @@ RTOL = 1e-4
 
 
 def _snapshot(entry) -> dict:
-    import archlint
-
-    report = archlint.lint(entry.build(), example_input=entry.input, name=entry.name)
-    (target,) = report.targets
+    target = lint_model(entry.build(), entry.input, name=entry.name)
     assert target.status == "ok", target.error
     data = target.to_dict()
     return {
@@ -96,8 +93,6 @@ def test_every_core_entry_has_a_golden_file():
 
 def test_examples_output_matches_golden(request):
     """What a new user sees first: ``archlint --config examples/archlint.yaml``, byte for byte."""
-    from conftest import run_cli
-
     path = ROOT / "tests" / "golden" / "examples.txt"
     proc = run_cli("--config", "examples/archlint.yaml")
     assert proc.returncode == 1, proc.stderr

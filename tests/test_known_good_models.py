@@ -13,12 +13,8 @@ from __future__ import annotations
 import importlib
 
 import pytest
-import torch
 
-from archlint.engine import Settings, lint_model
-from archlint.loading.sites import recording_module_sites
-from archlint.loading.inputs import infer_input, parse_input
-from archlint.rules import ALL_RULES
+from helpers import lint_model
 
 pytestmark = pytest.mark.optional
 
@@ -32,11 +28,8 @@ def _have(module: str) -> bool:
 
 
 def _lint(build, spec):
-    torch.manual_seed(0)
-    with recording_module_sites():
-        model = build()
-    spec = parse_input(spec, "input") if spec else infer_input(model)
-    result = lint_model(model, "model", spec, Settings(rules=list(ALL_RULES)))
+    """All rules, through the public API (which builds the model with its sites recorded)."""
+    result = lint_model(build, spec)
     assert result.status == "ok", result.error
     return result
 

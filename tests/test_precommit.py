@@ -22,7 +22,7 @@ import pytest
 
 from archlint.rules.saturating_stack import SaturatingStack
 
-from conftest import ROOT
+from helpers import ROOT
 
 PRE_COMMIT = shutil.which("pre-commit") or str(Path(sys.executable).parent / "pre-commit")
 

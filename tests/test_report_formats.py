@@ -4,23 +4,18 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import jsonschema
 import pytest
-from click.testing import CliRunner
 
-from archlint.cli import main
-from archlint.config import Config
-from archlint.results import TargetResult
-from archlint.results import Finding
+from archlint.results import Finding, TargetResult
 from archlint.report.github import escape_data, escape_property, render_github
 from archlint.report.model import Report
 from archlint.report.sarif import sarif_log
 from archlint.report.statistics import render_statistics, statistics
 from archlint.rules import ALL_RULES
-from archlint.runner import RunOptions, run
+from helpers import invoke, line_of, run_paths, write
 
 SCHEMA = Path(__file__).parent / "data" / "sarif-schema-2.1.0.json"
 
@@ -29,12 +24,10 @@ import torch.nn as nn
 
 
 class Sigmoids(nn.Module):
-    def __init__(self):
+    def __init__(self, depth=8):
         super().__init__()
-        layers = []
-        for _ in range(8):
-            layers += [nn.Linear(32, 32), nn.Sigmoid()]  # chain
-        self.body = nn.Sequential(*layers)
+        self.body = nn.Sequential(*[m for _ in range(depth)
+                                    for m in (nn.Linear(32, 32), nn.Sigmoid())])  # chain
 
     def forward(self, x):
         return self.body(x)
@@ -77,26 +70,19 @@ rules:
 '''
 
 
-def line_of(path: Path, marker: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if marker in line)
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    (root / "models").mkdir()
-    (root / "models" / "net.py").write_text(textwrap.dedent(NET).lstrip())
-    (root / ".archlint.yaml").write_text(CONFIG)
+    write(root / "models" / "net.py", NET)
+    write(root / ".archlint.yaml", CONFIG)
     return root
 
 
 @pytest.fixture(scope="module")
 def report(project):
-    from archlint.config import load_config
-
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(project)
-        return run(load_config(project / ".archlint.yaml"), RunOptions(paths=["models"]))
+        return run_paths("models", config=project / ".archlint.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +167,8 @@ def test_sarif_fingerprints_do_not_depend_on_lines(report, project):
 
 def test_cli_writes_sarif_to_the_output_file(project, monkeypatch):
     monkeypatch.chdir(project)
-    result = CliRunner().invoke(main, ["check", "models/net.py:SmallInit", "--format", "sarif",
-                                       "--output", "out/archlint.sarif"])
+    result = invoke("check", "models/net.py:SmallInit", "--format", "sarif",
+                    "--output", "out/archlint.sarif")
     assert result.exit_code == 0, result.output  # AL104 is info here: below --fail-on
     assert result.stdout == ""
     log = json.loads((project / "out" / "archlint.sarif").read_text())
@@ -235,16 +221,16 @@ def test_statistics_counts_per_rule(report):
 
 def test_cli_statistics(project, monkeypatch):
     monkeypatch.chdir(project)
-    result = CliRunner().invoke(main, ["check", "models/net.py:SmallInit", "--statistics",
-                                       "--format", "json", "--select", "AL104"])
+    result = invoke("check", "models/net.py:SmallInit", "--statistics",
+                    "--format", "json", "--select", "AL104")
     assert json.loads(result.stdout) == [
         {"code": "AL104", "name": "poor-initialization", "count": 1, "severity": "info"}]
-    bad = CliRunner().invoke(main, ["check", "models", "--statistics", "--format", "sarif"])
+    bad = invoke("check", "models", "--statistics", "--format", "sarif")
     assert bad.exit_code == 2 and "--statistics" in bad.stderr
 
 
 def test_isolated_run_keeps_default_levels(project, monkeypatch):
     monkeypatch.chdir(project)
-    report = run(Config(), RunOptions(paths=["models/net.py:Sigmoids"]))
+    report = run_paths("models/net.py:Sigmoids")
     log = sarif_log(report, root=project)
     assert {r["level"] for r in log["runs"][0]["results"]} == {"warning"}

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from archlint.cli import main
 from archlint.rule_docs import REFERENCE_COMMAND, markdown_reference, summary
 from archlint.rules import ALL_RULES
 
-from conftest import ROOT
+from helpers import ROOT, invoke
 
 RULES_MD = ROOT / "docs" / "rules.md"
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args))
 
 
 def test_rules_lists_code_name_severity_and_summary():

@@ -1,4 +1,5 @@
-"""Suppression comments (# archlint: disable, # noqa: AL..., disable-file) and AL900."""
+"""Suppression comments (# archlint: disable, # noqa: AL..., disable-file) and AL900. (Which
+comments AL900 reports: tests/fixtures/rules/AL900.py.)"""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from archlint.config import Config
 from archlint.rules.unused_suppression import UnusedSuppression
-from archlint.runner import RunOptions, run
 from archlint.suppressions import parse_suppressions
+from helpers import (fixture_file, fixture_select, invoke, line_of, model_source, report_of,
+                     run_paths, write, write_model_using_a_block)
 
 # fc1 is initialised 1000x too small (AL104); body is a chain of 8 sigmoids (AL101).
 MODEL = '''
@@ -33,32 +34,22 @@ class Model(nn.Module):
 '''
 
 
-def write(tmp_path: Path, source: str, name: str = "model.py") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(source).lstrip())
-    return path
-
-
 def model(tmp_path: Path, fc1: str = "", body: str = "", header: str = "",
           name: str = "model.py") -> Path:
-    return write(tmp_path, header + MODEL.format(fc1=fc1, body=body), name)
+    return write(tmp_path / name, header + MODEL.format(fc1=fc1, body=body))
 
 
 #: The rules these models are written for (other rules may see more in them).
 RULES = ["AL101", "AL103", "AL104"]
 
 
-def lint(*paths: Path, config: Config | None = None, **options):
+def lint(*paths: Path, config: dict | None = None, **options):
     options.setdefault("select", RULES)
-    return run(config or Config(), RunOptions(paths=[str(p) for p in paths], **options))
+    return run_paths(*paths, config=config, **options)
 
 
 def codes(report) -> list[str]:
     return sorted(f.code for f in report.findings)
-
-
-def line_of(path: Path, text: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if text in line)
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -139,57 +130,26 @@ def test_ignore_noqa_brings_them_back(tmp_path):
 
 def test_comment_where_the_layer_is_defined_in_another_file(tmp_path):
     blocks = "blocks_" + tmp_path.name.replace("-", "_")
-    write(tmp_path, '''
-        import torch.nn as nn
-
-        class Block(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.fc = nn.Linear(32, 32)  # archlint: disable=AL104
-                nn.init.zeros_(self.fc.weight)
-
-            def forward(self, x):
-                return self.fc(x).relu()
-    ''', f"{blocks}.py")
-    path = write(tmp_path, f'''
-        import torch.nn as nn
-        from {blocks} import Block
-
-        class Net(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inp = nn.Linear(16, 32)
-                self.block = Block()
-                self.out = nn.Linear(32, 4)
-
-            def forward(self, x):
-                return self.out(self.block(self.inp(x)))
-    ''', "net.py")
+    path = write_model_using_a_block(tmp_path, blocks, "net", "  # archlint: disable=AL104")
     report = lint(path)
     assert report.suppressed >= 1
     assert "AL104" not in codes(report)
 
 
 def test_functional_op_is_silenced_on_its_forward_line(tmp_path):
-    source = '''
-        import torch
-        import torch.nn as nn
+    def source(comment: str) -> str:
+        return model_source("self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(8)])",
+                            f"""
+            for layer in self.layers:
+                x = torch.sigmoid(layer(x)){comment}
+            return x
+        """)
 
-        class Model(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.layers = nn.ModuleList([nn.Linear(32, 32) for _ in range(8)])
-
-            def forward(self, x):
-                for layer in self.layers:
-                    x = torch.sigmoid(layer(x)){comment}
-                return x
-    '''
-    plain = write(tmp_path, source.format(comment=""), "plain.py")
+    plain = write(tmp_path / "plain.py", source(""))
     found = lint(plain).findings
     assert [f.code for f in found] == ["AL101"]
     assert found[0].line == line_of(plain, "torch.sigmoid")
-    quiet = write(tmp_path, source.format(comment="  # archlint: disable=AL101"), "quiet.py")
+    quiet = write(tmp_path / "quiet.py", source("  # archlint: disable=AL101"))
     assert codes(lint(quiet)) == []
 
 
@@ -209,26 +169,22 @@ def test_unused_check_is_opt_in(tmp_path):
 
 def test_config_turns_the_unused_check_on_and_sets_its_severity(tmp_path):
     path = model(tmp_path, body="  # archlint: disable=AL104")
-    config = Config(report_unused_suppressions=True, rules={"AL900": {"severity": "warning"}})
+    config = {"report_unused_suppressions": True, "rules": {"AL900": {"severity": "warning"}}}
     report = lint(path, config=config)
     assert [f.severity for f in unused(report)] == ["warning"]
     assert report.exit_code() == 1
 
 
-def test_used_suppressions_and_other_tools_codes_are_not_reported(tmp_path):
-    path = model(tmp_path, fc1="  # archlint: disable=AL104  # noqa: E501",
-                 body="  # noqa: E731")
-    report = lint(path, report_unused_suppressions=True)
-    assert unused(report) == [] and codes(report) == ["AL101"]
-
-
-def test_unknown_codes_partly_unused_lines_and_file_level(tmp_path):
-    path = model(tmp_path, fc1="  # archlint: disable=AL104,AL101,AL999",
-                 header="# archlint: disable-file=AL103\n")
-    found = unused(lint(path, report_unused_suppressions=True))
-    by_line = {f.line: f.data for f in found}
-    assert by_line == {line_of(path, "self.fc1 ="): {"unused": ["AL101"], "unknown": ["AL999"]},
-                       1: {"unused": ["AL103"], "unknown": []}}
+def test_unused_suppression_data():
+    """What AL900 says of AL900.py's comments (which comments it reports: the fixture test)."""
+    path = fixture_file("AL900")
+    report = run_paths(path, select=fixture_select(path), report_unused_suppressions=True)
+    by_line = {f.line: f.data for f in unused(report)}
+    assert by_line[line_of(path, "disable=AL104,AL101,AL999")] == {"unused": ["AL101"],
+                                                                    "unknown": ["AL999"]}
+    assert by_line[line_of(path, "disable-file=AL103")] == {"unused": ["AL103"], "unknown": []}
+    assert by_line[line_of(path, "LEARNING_RATE")]["unused"] == ["*"]
+    assert all(f.severity == "info" for f in unused(report))
 
 
 def test_rules_that_did_not_run_are_not_judged(tmp_path):
@@ -237,21 +193,13 @@ def test_rules_that_did_not_run_are_not_judged(tmp_path):
     assert unused(report) == []
 
 
-def test_naming_al900_or_ignoring_it_keeps_a_comment(tmp_path):
-    kept = model(tmp_path, body="  # archlint: disable=AL104,AL900", name="kept.py")
-    assert unused(lint(kept, report_unused_suppressions=True)) == []
-    path = model(tmp_path, body="  # archlint: disable=AL104", name="ignored.py")
+def test_ignoring_al900_keeps_a_comment(tmp_path):
+    path = model(tmp_path, body="  # archlint: disable=AL104")
     assert unused(lint(path, report_unused_suppressions=True, ignore=["AL900"])) == []
 
 
-def test_disable_all_that_silences_nothing_is_reported(tmp_path):
-    path = model(tmp_path, body="", fc1="", header="x = 1  # archlint: disable\n")
-    found = unused(lint(path, report_unused_suppressions=True))
-    assert [(f.line, f.data["unused"]) for f in found] == [(1, ["*"])]
-
-
 def test_target_that_failed_is_not_judged(tmp_path):
-    path = write(tmp_path, '''
+    path = write(tmp_path / "model.py", '''
         import torch.nn as nn
 
         class Broken(nn.Module):
@@ -269,20 +217,15 @@ def test_target_that_failed_is_not_judged(tmp_path):
 
 def test_al900_examples(tmp_path):
     """AL900's own bad and good examples, linted as files (they need a whole run)."""
-    bad = write(tmp_path, UnusedSuppression.bad_example, "bad.py")
-    good = write(tmp_path, UnusedSuppression.good_example, "good.py")
+    bad = write(tmp_path / "bad.py", UnusedSuppression.bad_example)
+    good = write(tmp_path / "good.py", UnusedSuppression.good_example)
     assert "AL900" in codes(lint(bad, report_unused_suppressions=True))
     assert "AL900" not in codes(lint(good, report_unused_suppressions=True))
 
 
 def test_cli_flag(tmp_path):
-    from click.testing import CliRunner
-
-    from archlint.cli import main
-
     path = model(tmp_path, body="  # archlint: disable=AL104")
-    result = CliRunner().invoke(main, ["check", "--isolated", "--report-unused-suppressions",
-                                       "--select", ",".join(RULES), "--format", "json",
-                                       str(path)])
-    data = json.loads(result.stdout)
+    result = invoke("check", "--isolated", "--report-unused-suppressions",
+                    "--select", ",".join(RULES), "--format", "json", str(path))
+    data = report_of(result)
     assert "AL900" in [f["code"] for t in data["targets"] for f in t["findings"]]
