@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import probe
-from ..graph.derived import PARAM_ONLY, derived_weight, param_only_call
+from ..graph.derived import PARAM_ONLY, derived_weight, flatten_tensors, param_only_call
 from ..graph.ir import Kind, Node, Site
 from ..ops import carries_gradient, classify_call, classify_module
 from ..loading.sites import module_site
@@ -29,11 +29,7 @@ class InputMismatch(TraceError):
     mismatch = True
 
 
-def flatten_tensors(value: Any) -> list[torch.Tensor]:
-    """All tensors inside a (nested) tuple/list/dict/ModelOutput, in order."""
-    out: list[torch.Tensor] = []
-
-    def walk(v: Any) -> None:
+def walk(v: Any) -> None:
         if isinstance(v, torch.Tensor):
             out.append(v)
         elif isinstance(v, (list, tuple)):
