@@ -29,23 +29,6 @@ class InputMismatch(TraceError):
     mismatch = True
 
 
-def walk(v: Any) -> None:
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                walk(x)
-        elif isinstance(v, Mapping):
-            for x in v.values():
-                walk(x)
-        elif hasattr(v, "keys") and hasattr(v, "__getitem__"):
-            for k in v.keys():
-                walk(v[k])
-
-    walk(value)
-    return out
-
-
 def select_output(value: Any) -> Optional[torch.Tensor]:
     """The probe's y among a forward's outputs (:func:`archlint.probe.select_output`)."""
     return probe.select_output(value, torch.is_tensor)
