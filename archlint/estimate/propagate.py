@@ -109,6 +109,10 @@ class Propagation:
         self.unknown[node.op] = self.unknown.get(node.op, 0) + 1
         self.unknown_nodes.add(node)
 
+    def carries_signal(self, node: Node) -> bool:
+        """Does the value depend on the model's inputs or trainable parameters?"""
+        return self._carries_signal(node)
+
     def _carries_signal(self, node: Node) -> bool:
         """Does the value depend on the model's inputs or trainable parameters?"""
         cached = self._signal.get(node)

@@ -56,6 +56,8 @@ class Propagation(Protocol):
 
     def try_running(self, node: Node) -> bool: ...
 
+    def carries_signal(self, node: Node) -> bool: ...
+
 
 class Backward:
     """How a node passes the gradient statistics that reached it on to its inputs."""

@@ -78,6 +78,22 @@ class SelectPositions(Gains):
             start_selection(prop, src, self.sel, prop.g2.get(src, 0.0) - before)
 
 
+def estimate_where(prop: Propagation, node: Node) -> None:
+    """``torch.where(cond, a, b)``: a mask's fill value (a constant, ``finfo.min``) carries
+    nothing; the gradient goes to the operands that carry signal, each for its share."""
+    live = [k for k, i in enumerate(node.inputs)
+            if i in node.grad_parents() and prop.carries_signal(i)]
+    if not live:
+        passthrough(prop, node)
+        return
+    n = prop.numel(node)
+    sigs = [prop.s_in(node, k) for k in live]
+    share = 1.0 / len(live)
+    out = Sig(sum(s.q for s in sigs) * share, sum(s.m for s in sigs) * share,
+              sum(s.s for s in sigs) * share, n)
+    prop.out(node, out, Gains([(k, share * n / max(s.numel, 1)) for k, s in zip(live, sigs)]))
+
+
 def estimate_pad(prop: Propagation, node: Node) -> None:
     """Each input element lands in exactly one output element: its gradient passes as is."""
     x = prop.s_in(node)
@@ -328,7 +344,7 @@ register(
     *_moves(("type_as",), _type_as),
     *_moves(("float", "half", "double", "bfloat16"), dtype_shape),
     *_moves(("contiguous", "clone", "tril", "triu", "masked_fill", "flip", "roll"), same_shape),
-    *_moves(("where",), binary_shape),
+    *family(Kind.RESHAPE, ("where",), shape=binary_shape, estimate=estimate_where),
     *_moves(("narrow", "select", "index_select", "gather", "take_along_dim", "masked_select",
              "cpu", "cuda", "unfold", "fold", "as_strided", "diagonal", "contiguous_format")),
     Op(name="flatten", kind=Kind.RESHAPE, modules=(nn.Flatten,), functions=("flatten",),
