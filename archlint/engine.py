@@ -160,10 +160,13 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         estimate = gradient.estimate
         used = {n.module_path for n in graph.nodes if n.is_weight_layer}
         used.update(m.rsplit(".", 1)[0] for m in estimate.grad_rms if "." in m)
+        tied = _tied_names(model)
         for layer in result.layers:
-            # a layer the traced forward uses but no gradient reaches gets exactly zero
-            layer.grad_rms = estimate.grad_rms.get(
-                layer.module, 0.0 if layer.module in used else None)
+            # a layer the traced forward uses but no gradient reaches gets exactly zero; a layer
+            # whose weights are another's (tied embeddings) gets that layer's gradient
+            name = layer.module if layer.module in estimate.grad_rms else \
+                tied.get(layer.module, layer.module)
+            layer.grad_rms = estimate.grad_rms.get(name, 0.0 if layer.module in used else None)
         for key, flow in (("vanishing", gradient.vanishing), ("exploding", gradient.exploding)):
             if flow is not None:
                 result.gradient_flow[key] = Verdict(decades=flow.decades,
@@ -187,6 +190,19 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)
     return result, analysis
+
+
+def _tied_names(model: nn.Module) -> dict[str, str]:
+    """Module name -> the first module name owning the same weight (tied embeddings)."""
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, mod in named_modules(model):
+        for p in mod.parameters(recurse=False):
+            if p.dim() >= 2:
+                owner = first.setdefault(id(p), name)
+                if owner != name:
+                    out[name] = owner
+    return out
 
 
 def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:
