@@ -61,6 +61,7 @@ class Propagation:
         self.decades: dict[Node, float] = {}
         self.centring: set[Node] = set()
         self.stein: dict[Node, float] = {}
+        self.rescale: dict[Node, float] = {}
         #: Gradients concentrated on some positions (a class token read alone): where, and how
         #: much of each node's g2 is there (archlint.ops.positions).
         self.selection: dict[Node, Any] = {}

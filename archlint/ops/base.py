@@ -31,6 +31,9 @@ class Propagation(Protocol):
     decades: dict[Node, float]
     #: Batch-norm nodes: their backward removes the batch-common part of the gradient.
     centring: set[Node]
+    #: Per weight layer: a factor on the gradient it passes to its input (per-channel gains
+    #: downstream that its own weights undo, see archlint.ops.norms).
+    rescale: dict[Node, float]
     #: Gradients concentrated on some positions (archlint.ops.positions): where, how much.
     selection: dict[Node, Any]
     g2_selected: dict[Node, float]

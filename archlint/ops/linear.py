@@ -132,6 +132,8 @@ class WeightBackward(Backward):
             cs2 = self.shared_gain if self.shared_gain is not None else self.gain
             per_in = self.gain * (go - coh) + cs2 * coh
             a = cs2
+        rescale = prop.rescale.get(node, 1.0)  # per-channel gains the weights undo
+        per_in, a = per_in * rescale, a * rescale
         prop.g2[parent] = prop.g2.get(parent, 0.0) + per_in
         prop.gs[parent] = prop.gs.get(parent, 0.0) + a * gso
         prop.gsc[parent] = prop.gsc.get(parent, 0.0) + a * gsco

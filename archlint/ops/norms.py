@@ -131,7 +131,7 @@ def _affine_moments(node: Node) -> tuple[float, float, float, float, float]:
     return (mean(gamma) if gamma is not None else 1.0), g2, mean_sq(beta), mean(beta), eps
 
 
-def _channel_spread(node: Node) -> Optional[torch.Tensor]:
+def _channel_spread(node: Node) -> tuple[Optional[Node], Optional[torch.Tensor]]:
     """Each channel's share of the input variance, when the input comes straight from a weight
     layer (through a bias add or a view): its rows' squared norms over their mean. A depthwise
     convolution has only k*k weights per channel, so its channels' variances spread widely --
@@ -141,17 +141,17 @@ def _channel_spread(node: Node) -> Optional[torch.Tensor]:
         data = [i for i in src.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)]
         src = data[0] if len(data) == 1 else None
     if src is None or src.kind not in (Kind.CONV, Kind.LINEAR):
-        return None
+        return None, None
     w = src.weight()
     if w is None or w.dim() < 2:
-        return None
+        return None, None
     if src.op == "conv_transpose":
         w = w.transpose(0, 1)
     rows = w.detach().float().reshape(w.shape[0], -1).pow(2).sum(1)
     shape = node.shape or ()
     if len(shape) < 2 or rows.numel() != shape[1] or float(rows.mean()) <= 0:
-        return None
-    return rows / rows.mean()
+        return None, None
+    return src, rows / rows.mean()
 
 
 @lru_cache(maxsize=4096)
@@ -195,11 +195,15 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
         within = max(x.w - x.s, 0.0) / var if var > 0 else 0.0
         kept = var / (var + eps)  # eps comparable to the variance shrinks the output
         inverse = 1.0 / (var + eps)
-        spread = _channel_spread(node)
+        src, spread = _channel_spread(node)
         if spread is not None:  # each channel divided by its own variance
             per_channel = var * spread
             kept = float((per_channel / (per_channel + eps)).mean())
-            inverse = float((1.0 / (per_channel + eps)).mean())
+            weights = 1.0 / (per_channel + eps)
+            inverse = float(weights.mean())
+            # ... which the producing layer's own weights undo on the way to its input: a
+            # channel with small weights has a small variance and passes little back
+            prop.rescale[src] = float((spread * weights).mean()) / max(inverse, 1e-300)
         prop.out(node, Sig(g2 * kept + b2, bmean, b2, n).with_w(g2 * kept * within + b2),
                  Gains([(0, g2 * inverse * _pair_or_projection(M, var, eps))]))
         return
