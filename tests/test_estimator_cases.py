@@ -85,6 +85,31 @@ def test_functional_global_pool_on_a_healthy_cnn():
     _check(SmallCNN(), (8, 3, 32, 32), worst=0.3, spread=0.3, verdict=None)
 
 
+class AlexNetLike(nn.Module):
+    """Features that end smaller than the classifier's fixed pool size: the adaptive pool
+    copies each input position to several outputs (1x1 up to 6x6 here), so every feature
+    layer receives the gradients of all the copies."""
+
+    def __init__(self, pool: int = 6):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 5, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((pool, pool))
+        self.classifier = nn.Sequential(nn.Linear(64 * pool * pool, 256), nn.ReLU(),
+                                        nn.Linear(256, 10))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+@pytest.mark.parametrize("size", [64, 100])  # features end at 1x1 (copied 36 times) or 2x2
+def test_adaptive_pool_that_upsamples(size):
+    torch.manual_seed(0)
+    _check(AlexNetLike(), (4, 3, size, size), worst=0.25, spread=0.25, verdict=None)
+
+
 class TopKMoE(nn.Module):
     """Top-2 mixture of experts: router, topk, softmax over the top logits, boolean-mask
     dispatch, index_add_ back into the token stream."""

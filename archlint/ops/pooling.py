@@ -8,7 +8,7 @@ input ``1/K`` of the gradient of each output it feeds. Max pooling keeps the lar
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -41,6 +41,36 @@ def _pool_kernel(node: Node, default: float) -> float:
     return float(k) ** nd
 
 
+def _adaptive_windows(node: Node) -> Optional[tuple[float, float]]:
+    """An adaptive average pool's exact windows, dim by dim (output i reads inputs
+    floor(i*n/m) to ceil((i+1)*n/m)): the mean over outputs of 1/window, and the mean over
+    inputs of the sum of 1/window^2 over the outputs that read each -- a pool that upsamples
+    (1x1 to 6x6) hands every input the gradients of all its copies."""
+    shape_in = node.input_shapes[0] if node.input_shapes else None
+    shape_out = node.shape
+    if not shape_in or not shape_out or len(shape_in) != len(shape_out):
+        return None
+    name = type(node.module).__name__ if node.module is not None else str(node.target or "")
+    nd = int(name[-2]) if name[-2:-1].isdigit() else len(shape_out) - 2
+    if nd < 1:
+        return None
+    inv_size, gain = 1.0, 1.0
+    for n_in, n_out in zip(shape_in[-nd:], shape_out[-nd:]):
+        if n_in <= 0 or n_out <= 0:
+            return None
+        reads = [0.0] * n_in
+        total_inv = 0.0
+        for i in range(n_out):
+            lo, hi = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+            size = hi - lo
+            total_inv += 1.0 / size
+            for j in range(lo, hi):
+                reads[j] += 1.0 / (size * size)
+        inv_size *= total_inv / n_out
+        gain *= sum(reads) / n_in
+    return inv_size, gain
+
+
 def estimate_pool(prop: Propagation, node: Node) -> None:
     x = prop.s_in(node)
     n = prop.numel(node)
@@ -51,6 +81,10 @@ def estimate_pool(prop: Propagation, node: Node) -> None:
         q = x.w + (x.q - x.w) / kernel
         # each input element feeds (kernel / K) outputs, weight 1/kernel each
         gain = (kernel / K) / (kernel * kernel)
+        windows = _adaptive_windows(node) if node.op.startswith("adaptive") else None
+        if windows is not None:  # exact windows: they overlap, or repeat inputs when upsampling
+            inv_size, gain = windows
+            q = x.w + (x.q - x.w) * inv_size
         # a global average hands every position of a sample the same gradient
         spatial = (node.shape or ())[2:]
         shared = [(0, gain, gain)] if spatial and all(d == 1 for d in spatial) else None
