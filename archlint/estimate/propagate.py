@@ -59,8 +59,10 @@ class Propagation:
         #: Per-item gradients of tuple-valued nodes.
         self.items: dict[Node, dict[int, float]] = {}
         self.decades: dict[Node, float] = {}
-        self.centring: set[Node] = set()
         self.stein: dict[Node, float] = {}
+        #: Nodes whose gradient sums to zero over the batch and positions of each unit (all
+        #: of it comes through a batch norm's backward).
+        self.centred: set[Node] = set()
         self.rescale: dict[Node, float] = {}
         #: Gradients concentrated on some positions (a class token read alone): where, and how
         #: much of each node's g2 is there (archlint.ops.positions).
@@ -243,8 +245,6 @@ class Propagation:
             if rule is None:
                 continue
             gso, gsco = self.gs.get(node, 0.0), self.gsc.get(node, 0.0)
-            if node in self.centring:  # batch norm removes the batch-common part
-                gso, gsco = 0.0, gso + gsco
             if go <= 0.0 and not rule.per_item:
                 continue
             before = {p: self.g2.get(p, 0.0) for p in node.inputs}

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 from torch import nn
 
@@ -99,6 +101,66 @@ def _act_cached(op: str, q: float, m: float, s: float, params: tuple) -> tuple[f
             acc += w * activation_moments(op, m + sd * z, inner, **p).mean_out ** 2
         s_out = acc
     return mom.second_out, mom.mean_out, s_out, mom.grad_gain
+
+
+def _phi_values(op: str, key: tuple, h: "np.ndarray"
+                ) -> "Optional[tuple[np.ndarray, np.ndarray]]":
+    """(phi, phi'^2) at the points h."""
+    law = _law_for(op, key)
+    if law is None:
+        return None
+    if isinstance(law, Piecewise):
+        f, _, g2 = law.evaluate(h)
+        return np.asarray(f, dtype=float), np.asarray(g2, dtype=float)
+    f, df = law.fn(h)
+    return np.asarray(f, dtype=float), np.asarray(df, dtype=float) ** 2
+
+
+def _law_for(op: str, key: tuple) -> "Optional[Piecewise | Smooth]":
+    try:
+        return _law(op, _resolve_params(op, dict(key)))
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
+@lru_cache(maxsize=4096)
+def _max_after_cached(op: str, key: tuple, m: float, shared: float, fl: float,
+                      k: int) -> Optional[tuple[float, float, float]]:
+    grid = np.linspace(-12.0, 12.0, 2401)
+    values = _phi_values(op, key, grid)
+    if values is None or np.any(np.diff(values[0]) < -1e-9 * (1 + np.abs(values[0][:-1]))):
+        return None  # not monotone: the max does not commute with it
+    sd = math.sqrt(max(fl, 0.0))
+    z = np.linspace(-8.0, 8.0, 801)
+    pdf = np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    cdf = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    dens = k * pdf * np.clip(cdf, 0.0, 1.0) ** (k - 1)  # the max of k standard normals
+    integrate = np.trapezoid if hasattr(np, "trapezoid") else np.trapz
+    dens /= integrate(dens, z)
+    first = second = slope = 0.0
+    cs = math.sqrt(max(shared, 0.0))
+    for gz, gw in zip(GH_Z, GH_W):
+        val, g2 = _phi_values(op, key, m + cs * gz + sd * z)
+        first += gw * float(integrate(dens * val, z))
+        second += gw * float(integrate(dens * val * val, z))
+        slope += gw * float(integrate(dens * g2, z))
+    return first, second, slope
+
+
+def max_after(op: str, params: dict, pre: Sig, k: int
+              ) -> Optional[tuple[float, float, float]]:
+    """(E[max], E[max^2], E[phi'(argmax)^2]) of ``k`` outputs of a monotone activation whose inputs share the
+    per-unit part of ``pre`` and fluctuate independently around it: the max of phi(h) is
+    phi(max h), so it follows from the Gaussian pre-activation (a ReLU's output is far from
+    Gaussian: the max of 9 is 1.5 sd, not 0.4 + 1.5 x 0.58). The pool's gradient lands on the
+    maxima, where the slope is phi'(max h) (a ReLU passes nearly all of it, not half). None for
+    other activations."""
+    if k <= 1 or op not in SUPPORTED_OPS:
+        return None
+    key = tuple(sorted(law_params(op, params).items()))
+    shared = max(pre.w - pre.m * pre.m, 0.0)
+    fl = max(pre.q - pre.w, 0.0)
+    return _max_after_cached(op, key, rounded(pre.m), rounded(shared), rounded(fl), int(k))
 
 
 def law_params(op: str, params: dict) -> dict:

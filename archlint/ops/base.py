@@ -29,8 +29,8 @@ class Propagation(Protocol):
     gs: dict[Node, float]
     gsc: dict[Node, float]
     decades: dict[Node, float]
-    #: Batch-norm nodes: their backward removes the batch-common part of the gradient.
-    centring: set[Node]
+    #: Nodes whose gradient sums to zero over the batch and positions of each unit.
+    centred: set[Node]
     #: Per weight layer: a factor on the gradient it passes to its input (per-channel gains
     #: downstream that its own weights undo, see archlint.ops.norms).
     rescale: dict[Node, float]

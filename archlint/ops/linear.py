@@ -10,7 +10,7 @@ gradient is the output gradient times the column norms of the weight (fan-out x 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 import torch
@@ -92,6 +92,9 @@ class WeightBackward(Backward):
     derived: Optional[torch.Tensor] = None
     #: E[W^2]: the mean squared entry of the weight.
     entry_sq: Optional[float] = None
+    #: Convolution: the share of (output position, tap) pairs that read the input rather
+    #: than zero padding.
+    coverage: float = 1.0
 
     def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
               items: dict[int, float]) -> None:
@@ -103,18 +106,24 @@ class WeightBackward(Backward):
         # positions per sample whose gradients may be coherent (e.g. after global pooling)
         batch = node.shape[0] if node.shape else 1
         per_sample = max(self.rows / max(batch, 1), 1.0)
-        mean_sq_ = self.rows * coherent_pairing(go, gso, gsco, self.x, per_sample)
+        x = self.x
+        if node in prop.centred:
+            # the gradient sums to zero over the rows of each unit (a batch norm reads this
+            # output alone): the weight gradient pairs it with the input around its unit means
+            x = Sig(max(x.q - x.s, 0.0), 0.0, 0.0, x.numel).with_w(max(x.w - x.s, 0.0))
+        mean_sq_ = self.rows * self.coverage * coherent_pairing(go, gso, gsco, x, per_sample)
         along = 0.0
         stein = prop.stein.get(node, 0.0)
         if stein > 0.0 and self.entry_sq is not None:
             # phi'(h) correlates with the inputs that made h (Stein's lemma): under a gradient
             # shared by a sample's positions, the weight gradient sums coherently over them --
             # along each output unit's own weight vector
-            var_p = max(self.x.q - self.x.w, 0.0)
+            var_p = max(x.q - x.w, 0.0)
             along = self.rows * per_sample * stein * self.entry_sq * var_p * var_p
         if self.derived is not None:
             # the input's mean makes every entry of a row's gradient alike
-            flat = min(self.rows * self.x.m * self.x.m * (go + (per_sample - 1) * gso), mean_sq_)
+            flat = min(self.rows * self.coverage * x.m * x.m * (go + (per_sample - 1) * gso),
+                       mean_sq_)
             _record_sources(prop, node, self.derived, mean_sq_ - flat, along, flat)
         else:
             prop.record(node, mean_sq_ + along)
@@ -285,14 +294,27 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
                  WeightBackward(x_idx=x_idx, gain=back_gain, rows=rows, x=x, conv=True))
         return
     st = linear_stats(w, b)
+    cover, cover2 = _tap_coverage(node, x_idx, w.shape[2:], stride)
+    if cover < 1.0:  # taps that fall on zero padding read nothing
+        st = replace(st, a=st.a * cover, bm=st.bm * cover, brow=st.brow * cover,
+                     rowsum_mean=st.rowsum_mean * cover)
     out = linear_forward(x, st, prop.numel(node))
+    if cover2 < cover:
+        # a channel's response to its input's means differs between border and interior
+        # positions: only its average over positions is the channel's own mean
+        mm = x.m * x.m
+        lost = 1.0 - cover2 / cover
+        w_part = out.w_
+        out.s = max(out.s - lost * (st.a * max(x.s - mm, 0.0) + st.bm * mm), 0.0)
+        out.with_w(None if w_part is None else
+                   w_part - lost * (st.a * max(x.w - mm, 0.0) + st.bm * mm))
     out_ch = w.shape[0]
     rows = max(prop.numel(node) // max(out_ch, 1), 1)  # batch x output positions
     k = numel(w.shape[2:])
     groups = max(_groups(m, node), 1)
     in_positions = max(x.numel // max(w.shape[1] * groups, 1), 1)
     # each input element feeds the out/groups channels of its group at k offsets
-    gain = st.col2 * k / groups * rows / in_positions
+    gain = st.col2 * k / groups * rows / in_positions * cover
     cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
     spatial = node.input_shapes[x_idx][2:] if node.input_shapes and \
         node.input_shapes[x_idx] else ()
@@ -303,7 +325,62 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
     prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
                                        shared_gain=cs2, conv=True,
                                        derived=node.attrs.get("derived_weight"),
-                                       entry_sq=st.a / max(st.fan_in, 1)))
+                                       entry_sq=st.a / max(st.fan_in, 1) / cover,
+                                       coverage=cover))
+
+
+def _tap_coverage(node: Node, x_idx: int, kernel: Any, stride: Any) -> tuple[float, float]:
+    """The share of (output position, kernel tap) pairs that land inside the input, dim by
+    dim: 1 without zero padding, 4/9 for a 3x3 kernel on a 2x2 map. Small late-stage maps
+    (a 64-pixel image at stride 32) make most taps read padding. Second: the mean over taps
+    of the squared share of positions each tap reads (the response of a channel's mean)."""
+    m = node.module
+    mode = getattr(m, "padding_mode", "zeros") if m is not None else "zeros"
+    padding = getattr(m, "padding", None) if m is not None else kw(node, "padding", 4, 0)
+    dilation = getattr(m, "dilation", None) if m is not None else kw(node, "dilation", 5, 1)
+    shape = node.input_shapes[x_idx] if node.input_shapes and \
+        len(node.input_shapes) > x_idx else None
+    nd = len(kernel)
+    if mode != "zeros" or not shape or len(shape) < nd + 1 or padding is None:
+        return 1.0, 1.0
+    sizes = [int(v) for v in shape[-nd:]]
+    kernel = [int(v) for v in kernel]
+
+    def per_dim(value: Any, default: int) -> Optional[list[int]]:
+        if isinstance(value, int):
+            return [value] * nd
+        if isinstance(value, (tuple, list)) and len(value) == nd and \
+                all(isinstance(v, int) for v in value):
+            return [int(v) for v in value]
+        return None if value is not None else [default] * nd
+
+    strides, dilations = per_dim(stride, 1), per_dim(dilation, 1)
+    if strides is None or dilations is None:
+        return 1.0, 1.0
+    if padding == "same":
+        pads = [d * (k - 1) // 2 for k, d in zip(kernel, dilations)]
+    elif padding == "valid":
+        return 1.0, 1.0
+    else:
+        pads = per_dim(padding, 0)
+        if pads is None:
+            return 1.0, 1.0
+    cover, cover2 = 1.0, 1.0
+    for n, k, st, d, p in zip(sizes, kernel, strides, dilations, pads):
+        if p == 0 or k == 1:
+            continue
+        outs = (n + 2 * p - d * (k - 1) - 1) // st + 1
+        if outs <= 0:
+            return 1.0, 1.0
+        inside, squares = 0, 0.0
+        for t in range(k):  # outputs o whose tap t reads 0 <= o*st - p + t*d < n
+            lo = max(-((t * d - p) // st), 0)
+            hi = min((n - 1 + p - t * d) // st, outs - 1)
+            inside += max(hi - lo + 1, 0)
+            squares += (max(hi - lo + 1, 0) / outs) ** 2
+        cover *= inside / (outs * k)
+        cover2 *= squares / k
+    return max(cover, 1e-6), max(cover2, 1e-12)
 
 
 def estimate_embedding(prop: Propagation, node: Node) -> None:

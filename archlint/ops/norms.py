@@ -20,7 +20,7 @@ from torch import nn
 
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
-from .base import Gains, Propagation, kw
+from .base import Backward, Gains, Propagation, kw
 from .shape import ShapeMismatch, TensorShape, expect_float, same_module_shape, same_shape
 from .table import Op, module_op, register
 
@@ -172,12 +172,75 @@ def _two_value_gain(var: float, eps: float) -> float:
     return 0.5 * float(np.sum((f[1:] + f[:-1]) * np.diff(d)) / 2)
 
 
-def _pair_or_projection(count: int, var: float, eps: float) -> float:
-    """The factor that removing the mean and the scale of ``count`` values leaves of the
-    gradient: 1 - 2/count, or what eps lets through when there are only two."""
+@lru_cache(maxsize=4096)
+def _sample_inverse(count: int, ratio: float) -> float:
+    """E[(1 + r) / (s2 + r)] for s2 the biased variance of ``count`` N(0, 1) values
+    (chi-square with count - 1 degrees of freedom over count) and r = eps / var: dividing by
+    the variance of a few values divides by a small one often, M / (M - 3) on average for
+    eps = 0 (1.6 for eight values, a batch of 2 on a 2x2 map)."""
+    k = count - 1
+    if k > 400:
+        return (1 + ratio) / (1 + ratio - 3.0 / count)  # M/(M-3) with eps, to first order
+    lo, hi = math.log(1e-14), math.log(k + 60 * math.sqrt(2 * k) + 60)
+    t = np.linspace(lo, hi, 8001)
+    u = np.exp(t)
+    logdens = (k / 2 - 1) * t - u / 2 - (k / 2) * math.log(2) - math.lgamma(k / 2)
+    f = np.exp(logdens + t) * (1 + ratio) / (u / count + ratio)  # density in t = log u
+    return float(np.sum((f[1:] + f[:-1]) * np.diff(t)) / 2)
+
+
+def _small_sample(count: int, var: float, eps: float) -> float:
+    """How much larger 1/variance is on average over ``count`` values than 1/(their expected
+    variance); what eps lets through, relative to 1/(var + eps), when there are only two."""
     if count == 2:
         return _two_value_gain(var, eps) * (var + eps)
-    return max(1 - 2.0 / max(count, 1), 0.0)
+    if count < 3 or var <= 0:
+        return 1.0
+    return _sample_inverse(count, float(f"{eps / var:.3g}"))
+
+
+def _pair_or_projection(count: int, var: float, eps: float) -> float:
+    """The factor that removing the mean and the scale of ``count`` values leaves of an
+    incoherent gradient: 1 - 2/count, times the small-sample factor (:func:`_small_sample`)."""
+    if count == 2:
+        return _small_sample(count, var, eps)
+    return max(1 - 2.0 / max(count, 1), 0.0) * _small_sample(count, var, eps)
+
+
+@dataclass
+class BatchNormBackward(Backward):
+    """Batch norm in training mode: each channel's gradient loses its mean over the batch and
+    positions and its part along the normalised output. A gradient that the positions of a
+    sample share (behind a global pool) is mostly such a mean: only its variation across the
+    batch survives, minus what lines up with the output's own per-sample means. What survives
+    is centred over the batch (it pairs only with per-sample fluctuations upstream)."""
+
+    gain: float  # per-element gain before the projections: gamma^2 E[1/(s^2 + eps)]
+    count: int  # values per channel (batch x positions)
+    batch: int
+    #: The normalised output's share of energy in its per-sample positional means.
+    sample_mean_share: float
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        if go <= 0.0 or not node.inputs or node.inputs[0] not in set(node.grad_parents()):
+            return
+        parent = node.inputs[0]
+        coh = gso + gsco
+        if coh > go:
+            gso, gsco, coh = gso * go / coh, gsco * go / coh, go
+        if self.count == 2:  # two values: nothing but eps gets through, coherent or not
+            per_in, centred = self.gain * go, self.gain * coh
+        else:
+            keep = 1.0 - self.sample_mean_share
+            centred = self.gain * keep * (gso * (1.0 - 1.0 / max(self.batch, 1)) + gsco)
+            per_in = self.gain * (go - coh) * max(1.0 - 2.0 / self.count, 0.0) + centred
+        prop.g2[parent] = prop.g2.get(parent, 0.0) + per_in
+        prop.gsc[parent] = prop.gsc.get(parent, 0.0) + centred
+        if parent.users == [node]:
+            prop.centred.add(parent)
+        if per_in > 0:
+            prop.decades[node] = 0.5 * math.log10(per_in / go)
 
 
 def estimate_batch_norm(prop: Propagation, node: Node) -> None:
@@ -190,7 +253,6 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
     C = shape[1] if len(shape) > 1 else 1
     M = max(n // max(C, 1), 1)
     if training:
-        prop.centring.add(node)
         var = max(x.q - x.s, 0.0)
         within = max(x.w - x.s, 0.0) / var if var > 0 else 0.0
         kept = var / (var + eps)  # eps comparable to the variance shrinks the output
@@ -204,8 +266,11 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
             # ... which the producing layer's own weights undo on the way to its input: a
             # channel with small weights has a small variance and passes little back
             prop.rescale[src] = float((spread * weights).mean()) / max(inverse, 1e-300)
+        B = shape[0] if shape else 1
+        per_sample = max(M / max(B, 1), 1.0)
         prop.out(node, Sig(g2 * kept + b2, bmean, b2, n).with_w(g2 * kept * within + b2),
-                 Gains([(0, g2 * inverse * _pair_or_projection(M, var, eps))]))
+                 BatchNormBackward(g2 * inverse * _small_sample(M, var, eps), M, B,
+                                   min(within + (1.0 - within) / per_sample, 1.0)))
         return
     rv = getattr(node.module, "running_var", None)
     rvar = mean(rv) if rv is not None else 1.0

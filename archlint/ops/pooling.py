@@ -8,6 +8,7 @@ input ``1/K`` of the gradient of each output it feeds. Max pooling keeps the lar
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Optional
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig, max_moments, max_second_moment, top_moments
+from .activations import ActivationBackward, _act_params, max_after
 from .base import Gains, Propagation, kw, unknown
 from .shape import (NoRule, TensorShape, adaptive_shape, broadcast, pool_shape, reduce_shape,
                     same_module_shape, same_shape)
@@ -93,6 +95,19 @@ def estimate_pool(prop: Propagation, node: Node) -> None:
     k = int(round(kernel))
     q = max_second_moment(x, k)
     m_out = x.m + math.sqrt(max(x.q - x.s, 0.0)) * max_moments(k)[0]
+    src = node.inputs[0] if node.inputs else None
+    if src is not None and src.info is not None and src.info.law is not None and \
+            src.inputs and isinstance(prop.sig.get(src.inputs[0]), Sig):
+        # max(phi(h)) = phi(max(h)) for a monotone activation: from its Gaussian input
+        found = max_after(src.op, _act_params(src), prop.s_in(src), k)
+        if found is not None:
+            m_out, q = float(found[0]), float(found[1])
+            rule = prop.backward_of.get(src)
+            if src.users == [node] and isinstance(rule, ActivationBackward) and \
+                    len(rule.entries) == 1 and len(rule.entries[0]) == 2:
+                # the activation's gradient all comes from the maxima: their slope
+                prop.backward_of[src] = replace(rule, entries=[(rule.entries[0][0],
+                                                                float(found[2]))])
     prop.out(node, Sig(q, m_out, max(x.s, m_out * m_out), n), Gains([(0, n / max(x.numel, 1))]))
 
 
