@@ -257,6 +257,10 @@ def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> N
     if m.median_decades is not None:
         result.notes.append(f"estimate vs measured gradients: median error "
                             f"{m.median_decades:.3f} decades over {m.layers} layers")
+    if analysis.fixes:
+        from .fixes import measure_fixes
+
+        result.notes.extend(measure_fixes(loaded.model, spec, analysis.fixes))
 
 
 def _apply_per_file_ignores(result: TargetResult, config: Config,
