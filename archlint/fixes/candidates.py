@@ -229,34 +229,71 @@ def insert_norms(layers: list[Node], ctx: Context, rank: int = 10) -> list[Candi
     return out
 
 
+def _entry(layer: Node) -> Node:
+    """Where a block starting at ``layer`` begins: before the normalisation that feeds only it
+    (a pre-LN block's skip starts before its LayerNorm)."""
+    cur = layer
+    while True:
+        k = graphedit.data_input(cur)
+        src = cur.inputs[k] if k < len(cur.inputs) else None
+        if src is None or src.kind != Kind.NORM or \
+                len(src.users) != 1 or not src.inputs:
+            return cur
+        cur = src
+
+
 def _input_shape(node: Node) -> Optional[tuple]:
     k = graphedit.data_input(node)
     return node.inputs[k].shape if k < len(node.inputs) else None
 
 
 def add_skips(layers: list[Node], ctx: Context, rank: int = 20) -> list[Candidate]:
-    """Identity skips around each block between consecutive weight layers with equal input
-    shapes: the input of the first is added to the input of the second."""
-    pairs = []
-    for a, b in zip(layers, layers[1:]):
-        if a is b or a.kind not in (Kind.LINEAR, Kind.CONV) or \
-                b.kind not in (Kind.LINEAR, Kind.CONV):
+    """Identity skips around blocks of consecutive weight layers: each block runs from a layer
+    to the next layer whose input has the same shape, and that layer's input gets the block's
+    input added."""
+    layers = [n for n in layers if n.is_weight_layer and n.kind != Kind.EMBEDDING]
+    entries = [_entry(n) for n in layers]
+    pairs, members = [], []
+    i = 0
+    while i < len(layers):
+        sa = _input_shape(entries[i])
+        j = next((j for j in range(i + 1, len(layers))
+                  if sa is not None and _input_shape(entries[j]) == sa), None)
+        if j is None:
+            i += 1
             continue
-        sa, sb = _input_shape(a), _input_shape(b)
-        if sa is None or sa != sb:
-            continue
-        pairs.append((a, b))
+        if entries[i] is not entries[j]:
+            pairs.append((entries[i], entries[j]))
+            members.append(layers[i:j])
+        i = j
     if not pairs:
         return []
     blocks = [a for a, _ in pairs]
-    return [Candidate(
-        kind="add-skip",
-        description=f"add identity skips (x + f(x)) around {len(pairs)} block"
-                    f"{'s' if len(pairs) != 1 else ''}{_where(blocks)}",
-        modules=_names(blocks),
-        parameters={"blocks": [[a.location_module or a.name, b.location_module or b.name]
-                               for a, b in pairs]},
-        actions=[Action("skip", a, other=b) for a, b in pairs], rank=rank)]
+    where = _where(blocks)
+    count = f"{len(pairs)} block{'s' if len(pairs) != 1 else ''}{where}"
+    params = {"blocks": [[a.location_module or a.name, b.location_module or b.name]
+                         for a, b in pairs]}
+    skips = [Action("skip", a, other=b) for a, b in pairs]
+    out = [Candidate(kind="add-skip",
+                     description=f"add identity skips (x + f(x)) around {count}",
+                     modules=_names(blocks), parameters=params, actions=skips, rank=rank)]
+    # SkipInit / Fixup: each new branch's layer starts at zero, the network at the identity
+    zeroed = _unique(next((n for n in reversed(m) if _editable_layer(n)), None)
+                     for m in members)
+    if zeroed:
+        out.append(Candidate(
+            kind="add-skip",
+            description=f"add identity skips (x + f(x)) around {count}, each block's layer "
+                        "zero-initialised",
+            modules=_names(blocks), parameters={**params, "init": "zeros"},
+            actions=skips + [Action("weight", a, tensor=_zeros_of(a)) for a in zeroed],
+            rank=rank + 1))
+    return out
+
+
+def _zeros_of(node: Node) -> Callable[[], torch.Tensor]:
+    w = node.weight()
+    return lambda: torch.zeros(w.shape, dtype=w.dtype)
 
 
 def reinitialize(layers: list[Node], ctx: Context, schemes=("fit",),

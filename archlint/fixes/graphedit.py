@@ -204,8 +204,7 @@ def add_skip(graph: Graph, start: Node, end: Node) -> Node:
                inputs=[dst, src], grad_inputs=[0, 1], scope=end.scope,
                attrs={"args": (dst, src), "kwargs": {}, "function": "add"}, shape=dst.shape,
                dtype=dst.dtype, input_shapes=[dst.shape, src.shape], site=end.site, info=row)
-    end.inputs = list(end.inputs)
-    end.inputs[k] = new
+    end.inputs = [new if i is dst else i for i in end.inputs]  # q, k and v of attention alike
     end.attrs = _swap(end.attrs, dst, new)
     graph.nodes.insert(graph.nodes.index(end), new)
     graph.link_users()

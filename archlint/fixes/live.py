@@ -220,8 +220,6 @@ class LiveFix:
 
     def _before(self, node: Node, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         if node.module is not None:
-            if node.kind not in (Kind.LINEAR, Kind.CONV):
-                raise LiveEditError(f"{node.module_path}: not a linear or conv layer")
             mid = id(self._copy_of(node.module))
             self._pre.setdefault(mid, {}).setdefault(self._occurrence(node), []).append(fn)
             return
@@ -232,8 +230,10 @@ class LiveFix:
             raise LiveEditError(f"{node.name}: its data input is not a positional argument")
 
         def call(func, args, kwargs, position=position):
-            args = list(args)
-            args[position] = fn(args[position])
+            original = args[position]
+            x = fn(original)
+            args = [x if a is original else a for a in args]
+            kwargs = {k: (x if v is original else v) for k, v in kwargs.items()}
             return func(*args, **kwargs)
         self.calls.add(node, self._occurrence(node), call)
 
@@ -250,10 +250,13 @@ class LiveFix:
                     return None
                 if not args:
                     raise LiveEditError("a layer called without positional input")
-                x = args[0]
+                x = original = args[0]
                 for fn in fns:
                     x = fn(x)
-                return (x, *args[1:]), kwargs
+                # the same tensor passed twice (attention's query, key and value) changes alike
+                args = tuple(x if a is original else a for a in args)
+                kwargs = {k: (x if v is original else v) for k, v in kwargs.items()}
+                return args, kwargs
             module.register_forward_pre_hook(pre_hook, with_kwargs=True)
         else:
             def hook(mod, args, out):

@@ -114,8 +114,11 @@ def _finite(x: Optional[float]) -> bool:
 
 
 def rank(outcomes: list[Outcome]) -> list[Outcome]:
-    """The acceptable outcomes, best first; one per description."""
+    """The acceptable outcomes, best first, one per description; those that leave a gradient
+    verdict beyond its limit only when no candidate brings every verdict within."""
     kept = sorted((o for o in outcomes if o.acceptable), key=Outcome.sort_key)
+    if any(o.healthy for o in kept):
+        kept = [o for o in kept if o.healthy]
     seen, out = set(), []
     for o in kept:
         if o.candidate.description in seen:
