@@ -9,11 +9,11 @@ from .model import Report
 
 
 def _decades(x: Optional[float]) -> str:
-    """Decades as the findings say them: how far below (no sign) or above (``+``) the earliest
-    layers' gradient is."""
+    """Decades as the findings say them: how far the earliest layers' gradient is below the
+    last layers' -- or, marked ``+``, clearly above (half a decade or more)."""
     if x is None:
         return "?"
-    return f"+{x:.1f}" if x >= 0.05 else f"{abs(x):.1f}"
+    return f"+{x:.1f}" if x >= 0.5 else f"{abs(x):.1f}"
 
 
 def fix_line(fx: Fix, now: Optional[float]) -> str:
