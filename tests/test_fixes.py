@@ -256,3 +256,99 @@ def test_measure_puts_measured_beside_predicted():
                                 "json", cwd=ROOT).stdout)
     fx = report["targets"][0]["findings"][0]["fixes"][0]
     assert abs(fx["measured_gradient_decades"] - fx["predicted_gradient_decades"]) < AGREE
+
+
+# ----------------------------------------------------------------------------- --diff, SARIF
+
+def test_diff_shows_plain_substitutions_and_applies_nothing(tmp_path):
+    path = ROOT / "examples" / "deep_sigmoid_mlp.py"
+    before = path.read_text()
+    out = run_cli("examples/deep_sigmoid_mlp.py", "--diff", cwd=ROOT).stdout
+    assert path.read_text() == before  # shown, never applied
+    assert "--- a/examples/deep_sigmoid_mlp.py" in out
+    assert "-        layers = [nn.Linear(784, width), nn.Sigmoid()]" in out
+    assert "+        layers = [nn.Linear(784, width), nn.ReLU()]" in out
+    assert '+        nn.init.kaiming_normal_(layers[0].weight, nonlinearity="relu")' in out
+    assert '+            nn.init.kaiming_normal_(layers[-2].weight, nonlinearity="relu")' in out
+    assert out.count("--- a/") == 1  # AL101 and AL105 share the fix: one diff
+    # the diff, applied to a copy, gives the model the prediction was made for
+    applied = _apply(before, out)
+    (tmp_path / "fixed.py").write_text(applied)
+    from conftest import load_source
+
+    mod, _ = load_source(tmp_path, applied)
+    model = mod.DeepSigmoidMLP()
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 10
+    first = model.body[0].weight
+    assert abs(float(first.detach().std()) - (2 / 784) ** 0.5) < 0.005  # He
+
+
+def _apply(text: str, diff: str) -> str:
+    """Apply a one-file unified diff (lines starting -/+ inside hunks) to ``text``."""
+    import re
+
+    lines = text.splitlines(keepends=True)
+    out, pos = [], 0
+    hunks = re.split(r"(?m)^@@ -(\d+),?(\d*) \+\d+,?\d* @@.*\n", diff.split("+++ ", 1)[1])
+    for k in range(1, len(hunks), 3):
+        start = int(hunks[k]) - 1
+        out += lines[pos:start]
+        pos = start
+        for line in hunks[k + 2].splitlines(keepends=True):
+            if line.startswith("+"):
+                out.append(line[1:])
+            elif line.startswith("-"):
+                pos += 1
+            elif line.startswith(" "):
+                out.append(lines[pos])
+                pos += 1
+            else:
+                break
+    return "".join(out + lines[pos:])
+
+
+NOT_PLAIN = """
+import torch.nn as nn
+
+def xavier(m):
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(*[m for _ in range(8) for m in (nn.Linear(16, 16), nn.Tanh())])
+        self.apply(xavier)
+
+    def forward(self, x):
+        return self.body(x)
+"""
+
+
+def test_no_diff_where_the_fix_is_not_a_plain_substitution(tmp_path):
+    from conftest import load_source
+
+    _, path = load_source(tmp_path, NOT_PLAIN)
+    out = run_cli(str(path), "--diff", "--select", "AL101", cwd=tmp_path).stdout
+    assert "fix: replace the 8 Tanh in body with ReLU + He init" in out
+    assert "--- a/" not in out
+
+
+def test_sarif_carries_the_fixes_and_stays_valid():
+    import jsonschema
+
+    sarif = json.loads(run_cli("examples/deep_sigmoid_mlp.py", "--diff", "--format", "sarif",
+                               cwd=ROOT).stdout)
+    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema, format_checker=jsonschema.FormatChecker()).validate(sarif)
+    result = sarif["runs"][0]["results"][0]
+    assert result["properties"]["fixes"][0]["description"].startswith("replace the 10 Sigmoid")
+    (change,) = result["fixes"][0]["artifactChanges"]
+    assert change["artifactLocation"]["uri"] == "examples/deep_sigmoid_mlp.py"
+    assert "nn.ReLU()" in change["replacements"][0]["insertedContent"]["text"]
+
+
+def test_explain_and_the_reference_list_the_fixes():
+    out = run_cli("explain", "AL101", cwd=ROOT).stdout
+    assert "## Fixes" in out and "ReLU (or GELU)" in out
+    assert "### Fixes" in (ROOT / "docs" / "rules.md").read_text()

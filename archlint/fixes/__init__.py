@@ -63,12 +63,15 @@ def fix_documentation(code: str) -> str:
     items = DESCRIPTIONS.get(code)
     if not items:
         return ""
-    lines = ["## Fixes",
-             "archlint proposes these changes, predicts each one's effect by re-running the "
+    import textwrap
+
+    intro = ("archlint proposes these changes, predicts each one's effect by re-running the "
              "estimate on the edited graph, and shows those that bring the finding within its "
              "limit, best first (`fixes` in the JSON report; `--measure` also measures them on "
-             "an edited copy of the model, `--diff` prints the plain source substitutions):"]
-    lines += [f"- {item}" for item in items]
+             "an edited copy of the model, `--diff` prints the plain source substitutions):")
+    lines = ["## Fixes", textwrap.fill(intro, 96)]
+    lines += [textwrap.fill(item, 96, initial_indent="- ", subsequent_indent="  ")
+              for item in items]
     return "\n".join(lines)
 
 
@@ -145,5 +148,25 @@ def measure_fixes(model: Any, spec: Any, proposed: list[Proposed]) -> list[str]:
     return notes
 
 
-__all__ = ["measure_fixes", "DESCRIPTIONS", "Proposed", "fix_documentation", "propose_fixes", "register",
+def add_diffs(proposed: list[Proposed]) -> list[str]:
+    """``--diff``: a unified diff on every kept fix that is a plain source substitution.
+    Returns notes (libcst missing)."""
+    from .source import NoDiff, available, diff_for
+
+    if not proposed:
+        return []
+    if not available():
+        return ["--diff needs libcst: pip install 'archlint[diff]'"]
+    for p in proposed:
+        for fix, outcome in zip(p.finding.fixes, p.outcomes):
+            try:
+                fix.diff = diff_for(outcome.candidate.source) or None
+            except NoDiff:
+                continue
+            except Exception:  # a file libcst cannot parse: no diff, the fix stands
+                continue
+    return []
+
+
+__all__ = ["add_diffs", "measure_fixes", "DESCRIPTIONS", "Proposed", "fix_documentation", "propose_fixes", "register",
            "Context"]

@@ -161,16 +161,24 @@ def _init_of(facts: GraphFacts) -> dict[Node, LayerInit]:
     return {li.node: li for li in facts.init.layers}
 
 
-def _sources(nodes: list[Node], edit: str, **extra) -> list[dict]:
-    """Where the source says what a node is: its site, for the --diff."""
+def _sources(nodes: list[Node], edit: str, graph: Graph, **extra) -> list[dict]:
+    """Where the source says what each node is (its site), for ``--diff``. ``whole``: every
+    node of the graph defined at that site is among ``nodes`` (an edit there changes no other
+    layer)."""
+    chosen = {id(n.module) if n.module is not None else id(n) for n in nodes}
     out = []
     for n in nodes:
         if n.site is None:
             continue
-        out.append({"edit": edit, "path": n.site.path, "line": n.site.line,
-                    "column": n.site.column, "module": n.module_path,
-                    "function": n.attrs.get("function") if n.module is None else None,
-                    "op": n.op, **extra})
+        same = [m for m in graph.nodes if m.site == n.site and m.op == n.op]
+        entry = {"edit": edit, "path": n.site.path, "line": n.site.line,
+                 "column": n.site.column, "module": n.module_path,
+                 "function": n.attrs.get("function") if n.module is None else None,
+                 "class": type(n.module).__name__ if n.module is not None else None,
+                 "op": n.op, "whole": all((id(m.module) if m.module is not None else id(m))
+                                          in chosen for m in same)}
+        entry.update(extra)
+        out.append(entry)
     return out
 
 
@@ -198,8 +206,9 @@ def swap_activations(acts: list[Node], ctx: Context) -> list[Candidate]:
             modules=_names(acts),
             parameters={"activation": label, "init": "he", "layers": _names(feeding)},
             actions=actions, rank=rank,
-            source=_sources(acts, "activation", to=op) + _sources(
-                feeding, "init", scheme="he", target=None)))
+            source=_sources(acts, "activation", ctx.graph, to=op) + _sources(
+                [n for n in feeding if initializer(n, "he") is not None], "init", ctx.graph,
+                scheme="he")))
     return out
 
 
@@ -306,7 +315,7 @@ def reinitialize(layers: list[Node], ctx: Context, schemes=("fit",),
         return []
     out = []
     for k, scheme in enumerate(schemes):
-        actions, used = [], set()
+        actions, used, sources = [], set(), []
         for n in layers:
             li = init.get(n)
             target = li.target_sigma_w2 if li is not None else 1.0
@@ -316,6 +325,7 @@ def reinitialize(layers: list[Node], ctx: Context, schemes=("fit",),
                 continue
             used.add(SCHEMES[chosen][0])
             actions.append(Action("weight", n, tensor=t))
+            sources += _sources([n], "init", ctx.graph, scheme=chosen, gain=target ** 0.5)
         if not actions:
             continue
         label = "/".join(sorted(used))
@@ -325,8 +335,7 @@ def reinitialize(layers: list[Node], ctx: Context, schemes=("fit",),
             modules=_names(layers),
             parameters={"init": scheme if scheme != "fit" else label.lower(),
                         "layers": _names(layers)},
-            actions=actions, rank=rank + k,
-            source=_sources(layers, "init", scheme=scheme)))
+            actions=actions, rank=rank + k, source=sources))
     return out
 
 
@@ -359,7 +368,8 @@ def zero_init_branches(ctx: Context, rank: int = 40) -> list[Candidate]:
         description=f"zero-initialise the last layer of the {len(ends)} residual branch"
                     f"{'es' if len(ends) != 1 else ''}{_where(ends)}",
         modules=_names(ends), parameters={"layers": _names(ends)}, actions=actions, rank=rank,
-        source=_sources([n for n in ends if n.kind != Kind.NORM], "init", scheme="zeros"))]
+        source=_sources([n for n in ends if n.kind != Kind.NORM], "init", ctx.graph,
+                        scheme="zeros"))]
 
 
 def _branch_end(node: Node) -> Optional[Node]:

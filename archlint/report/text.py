@@ -31,6 +31,29 @@ def fix_line(fx: Fix, now: Optional[float]) -> str:
     return text
 
 
+def _diffs(report: Report) -> list[str]:
+    """``--diff``: the best fix of each finding that is a plain source substitution, once per
+    distinct diff."""
+    shown: dict[str, list[str]] = {}
+    order: list[tuple[str, str]] = []
+    for t in report.targets:
+        for f in t.findings:
+            fx = next((x for x in f.fixes if x.diff), None)
+            if fx is None:
+                continue
+            where = f"{f.code} at {f.path}:{f.line}" if f.path else f"{f.code} in {t.target}"
+            if fx.diff not in shown:
+                shown[fx.diff] = []
+                order.append((fx.diff, fx.description))
+            shown[fx.diff].append(where)
+    lines = []
+    for diff, description in order:
+        lines.append(f"fix for {', '.join(shown[diff])}: {description} (not applied: review "
+                     "it before you apply it)")
+        lines += diff.rstrip("\n").split("\n")
+    return lines
+
+
 def render_text(report: Report, verbose: bool = False) -> str:
     lines: list[str] = []
     for t in report.targets:
@@ -57,6 +80,7 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 if ("skipped" in note or "failed" in note
                         or note.startswith("estimate vs measured")):
                     lines.append(f"{t.target}: note: {note}")
+    lines += _diffs(report)
     for note in report.notes:
         lines.append(f"note: {note}")
     c = report.counts()
