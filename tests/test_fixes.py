@@ -352,3 +352,40 @@ def test_explain_and_the_reference_list_the_fixes():
     out = run_cli("explain", "AL101", cwd=ROOT).stdout
     assert "## Fixes" in out and "ReLU (or GELU)" in out
     assert "### Fixes" in (ROOT / "docs" / "rules.md").read_text()
+
+
+DEAD_UNITS = """
+import torch
+import torch.nn as nn
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(64, 64) for _ in range(4)])
+        for layer in self.layers:
+            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+            nn.init.constant_(layer.bias, -2.0)
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.head(x)
+"""
+
+
+def test_dead_unit_findings_get_bias_and_activation_fixes(tmp_path):
+    """AL110 (dead ReLU units, issue 11) plugs in by its code: a finding naming the layers gets
+    biases at zero, or GELU / LeakyReLU, predicted and measured."""
+    from archlint.fixes import propose_fixes
+    from archlint.results import Finding
+
+    _, analysis = lint_source(tmp_path, DEAD_UNITS, analysis=True)
+    finding = Finding(code="AL110", name="dead-units", severity="warning", message="dead",
+                      data={"layers": [{"module": f"layers.{i}"} for i in range(4)]})
+    proposed = propose_fixes([finding], analysis, Settings(rules=selected_rules(None, [])))
+    assert [fx.edit["kind"] for fx in finding.fixes][:1] == ["reinitialize"]
+    assert finding.fixes[0].description == "initialise the biases of the 4 Linear in layers at 0"
+    assert not measure_fixes(analysis.graph.model, analysis.graph.input_spec, proposed)
+    for fx in finding.fixes:
+        assert abs(fx.predicted_gradient_decades - fx.measured_gradient_decades) < AGREE

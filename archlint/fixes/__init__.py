@@ -48,6 +48,10 @@ DESCRIPTIONS: dict[str, list[str]] = {
         "add identity skips around its blocks",
         "re-initialise its weight layers (He/LeCun, orthogonal)",
     ],
+    "AL110": [
+        "initialise the biases of the layers whose units are dead at zero",
+        "replace their ReLU with GELU or LeakyReLU",
+    ],
     "AL106": [
         "re-initialise the weight layers on the dominant gradient path (He/LeCun, orthogonal)",
         "insert normalisation after them",

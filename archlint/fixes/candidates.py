@@ -484,6 +484,36 @@ def _al105(finding: Finding, ctx: Context) -> list[Candidate]:
             + reinitialize(layers, ctx))
 
 
+@register("AL110")
+def _al110(finding: Finding, ctx: Context) -> list[Candidate]:
+    """Dead ReLU units (a shifted bias, a norm's shift): biases at zero, or an activation that
+    passes gradient where ReLU passes none."""
+    names = {d.get("module") for d in finding.data.get("layers") or () if isinstance(d, dict)}
+    layers = [n for n in ctx.graph.nodes if n.kind in (Kind.LINEAR, Kind.CONV)
+              and n.module is not None and n.module_path in names]
+    acts = [n for n in ctx.graph.nodes if n.kind == Kind.ACTIVATION
+            and n.op in ("relu", "relu6") and producer(n) in layers]
+    out = []
+    biased = [n for n in _unique(layers) if isinstance(getattr(n.module, "bias", None),
+                                                       torch.Tensor)]
+    if biased:
+        out.append(Candidate(
+            kind="reinitialize", description=f"initialise the biases of the {_what(biased)} at 0",
+            modules=_names(biased), parameters={"init": "zeros", "parameter": "bias",
+                                                "layers": _names(biased)},
+            actions=[Action("bias", n, tensor=torch.zeros_like(n.module.bias.detach()))
+                     for n in biased],
+            source=_sources(biased, "init", ctx.graph, scheme="zeros", parameter="bias")))
+    for k, (op, label) in enumerate((("gelu", "GELU"), ("leaky_relu", "LeakyReLU"))):
+        if acts:
+            out.append(Candidate(
+                kind="replace-activation", description=f"replace the {_what(acts)} with {label}",
+                modules=_names(acts), parameters={"activation": label, "layers": []},
+                actions=[Action("activation", a, op=op) for a in acts], rank=k + 1,
+                source=_sources(acts, "activation", ctx.graph, to=op)))
+    return out
+
+
 @register("AL106")
 def _al106(finding: Finding, ctx: Context) -> list[Candidate]:
     layers, acts = _flow_region(ctx.gradient.exploding if ctx.gradient else None, ctx)

@@ -72,7 +72,8 @@ def data_input(node: Node) -> int:
 
 # --------------------------------------------------------------------------- activations
 
-ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+ACTIVATION_MODULES = {"relu": nn.ReLU, "gelu": nn.GELU, "leaky_relu": nn.LeakyReLU,
+                      "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
 def set_activation(graph: Graph, node: Node, op: str,

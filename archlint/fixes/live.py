@@ -33,7 +33,8 @@ from .graphedit import ACTIVATION_MODULES, data_input, weight_param_node
 from .plan import Action, Candidate
 
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-_FUNCTIONS: dict[str, Callable] = {"relu": torch.relu, "gelu": F.gelu}
+_FUNCTIONS: dict[str, Callable] = {"relu": torch.relu, "gelu": F.gelu,
+                                   "leaky_relu": F.leaky_relu}
 
 
 class LiveEditError(Exception):
@@ -143,6 +144,9 @@ class LiveFix:
             self._activation(k, node, a.op)
         elif a.kind in ("weight", "norm_scale"):
             self._set_weight(node, a.value())
+        elif a.kind == "bias":
+            with torch.no_grad():
+                self._copy_of(node.module).bias.copy_(a.value())
         elif a.kind == "norm_after":
             norm = a.make()
             norm.train()

@@ -8,6 +8,7 @@ estimate, :func:`apply_to_graph`) and on a deep copy of the live model (to measu
 - ``weight``: the weight layer gets ``tensor`` as its weight (a re-initialisation: the tensor is
   drawn once and used by both);
 - ``norm_scale``: the normalisation layer gets ``tensor`` as its scale;
+- ``bias``: the layer gets ``tensor`` as its bias;
 - ``norm_after``: a new normalisation layer (``make()``) after the node;
 - ``skip``: the data input of ``node`` is added to the data input of ``other``.
 """
@@ -76,6 +77,8 @@ def apply_to_graph(candidate: Candidate, graph: Graph) -> Graph:
             graphedit.set_weight(edited, node, a.value(), clones=clones)
         elif a.kind == "norm_scale":
             graphedit.set_weight(edited, node, a.value(), clones=clones)
+        elif a.kind == "bias":
+            graphedit.set_weight(edited, node, a.value(), name="bias", clones=clones)
         elif a.kind == "norm_after":
             graphedit.insert_after(edited, node, a.make(), a.op, "fixnorm")
         elif a.kind == "skip":

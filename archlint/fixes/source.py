@@ -136,7 +136,7 @@ def _activation_call(found: list, e: dict):
             continue
         if e.get("class") is not None and attr.value == e["class"] and not call.args:
             return call, attr  # nn.Sigmoid() -> nn.ReLU()
-        if e.get("class") is None and attr.value in _FUNCTIONS and \
+        if e.get("class") is None and attr.value in _FUNCTIONS | {"relu", "relu6"} and \
                 attr.value.rstrip("_") in (e["function"] or "", e["op"]):
             if e["to"] != "relu":
                 raise NoDiff(f"torch has no function for {e['to']} to call here")
@@ -146,7 +146,7 @@ def _activation_call(found: list, e: dict):
 
 def _new_name(e: dict, old: str) -> str:
     if e.get("class") is not None:
-        return {"relu": "ReLU", "gelu": "GELU"}[e["to"]]
+        return {"relu": "ReLU", "gelu": "GELU", "leaky_relu": "LeakyReLU"}[e["to"]]
     return "relu_" if old.endswith("_") else "relu"
 
 
@@ -244,7 +244,7 @@ def _final_name(func) -> Optional[str]:
 
 
 def _init_line(nn: str, layer: str, e: dict) -> str:
-    w = f"{layer}.weight"
+    w = f"{layer}.{e.get('parameter', 'weight')}"
     scheme = e.get("scheme")
     if scheme == "he":
         return f'{nn}.init.kaiming_normal_({w}, nonlinearity="relu")'
