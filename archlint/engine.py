@@ -195,7 +195,8 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         from .fixes import propose_fixes
 
         try:
-            analysis.fixes = propose_fixes(result.findings, analysis, settings, display)
+            analysis.fixes = propose_fixes(result.findings, analysis, settings, display,
+                                           notes=result.notes)
         except Exception as exc:  # the findings stand without their fixes
             result.notes.append(f"fixes failed: {type(exc).__name__}: {exc}"[:300])
     return result, analysis

@@ -88,9 +88,10 @@ class Proposed:
 
 
 def propose_fixes(findings: list[Finding], analysis: Any, settings: Any, target: str = "",
-                  limit: int = 5) -> list[Proposed]:
+                  limit: int = 5, notes: Optional[list[str]] = None) -> list[Proposed]:
     """Fill ``finding.fixes`` for each finding with fixes predicted to bring it within its
-    limit (at most ``limit``, best first); returns the live outcomes for --measure / --diff."""
+    limit (at most ``limit``, best first); returns the live outcomes for --measure / --diff.
+    A finding whose candidates cannot be generated keeps no fixes (and a line in ``notes``)."""
     graph = analysis.graph
     ctx = Context(graph=graph, facts=analysis.facts, gradient=analysis.gradient)
     rules = {r.code: r for r in settings.rules}
@@ -111,7 +112,9 @@ def propose_fixes(findings: list[Finding], analysis: Any, settings: Any, target:
         try:
             cands = candidates_for(finding, ctx)
         except Exception as exc:  # never lose the finding over its fixes
-            finding.data.setdefault("fixes_error", f"{type(exc).__name__}: {exc}"[:200])
+            if notes is not None:
+                notes.append(f"fixes for {finding.code} failed: {type(exc).__name__}: "
+                             f"{exc}"[:300])
             continue
         options = settings.options_for(rule) if rule is not None else {}
         severity = settings.severity_for(rule) if rule is not None else finding.severity
@@ -145,7 +148,7 @@ def measure_fixes(model: Any, spec: Any, proposed: list[Proposed]) -> list[str]:
                                             spec, list(flow.earliest), list(flow.last))
                 except (LiveEditError, Exception) as exc:
                     done[key] = None
-                    notes.append(f"fix not measured ({fix.description}): "
+                    notes.append(f"measuring the fix failed ({fix.description}): "
                                  f"{type(exc).__name__}: {exc}"[:300])
             fix.measured = True
             fix.measured_gradient_decades = done[key]

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..graph.ir import Graph, Kind, Node
+from ..graph.ir import Graph, Node
 from ..loading.inputs import InputSpec
 from ..loading.sites import user_site
 from ..measure import measure_grad_rms
