@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -24,7 +28,49 @@ from archlint.loading.inputs import infer_input, parse_input
 from archlint.loading.targets import resolve
 from archlint.rules import ALL_RULES, selected_rules
 
-from conftest import ROOT, lint_source, run_cli
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# Self-contained helpers (the shared test helpers are being reorganised on another branch).
+
+def load_source(tmp_path: Path, source: str, name: Optional[str] = None):
+    """Write ``source`` under tmp_path and import it with construction sites recorded."""
+    import importlib.util
+    import uuid
+
+    from archlint.loading.sites import recording_module_sites
+
+    name = name or f"fixes_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    with recording_module_sites():
+        spec.loader.exec_module(module)
+    return module, path
+
+
+def lint_source(tmp_path: Path, source: str, analysis: bool = False):
+    """Build ``Model`` from ``source`` and lint it with every rule: the result (and the live
+    analysis)."""
+    from archlint.loading.sites import recording_module_sites
+
+    module, _ = load_source(tmp_path, source)
+    with recording_module_sites():
+        torch.manual_seed(0)
+        model = module.Model()
+    raw = getattr(module, "INPUT", None)
+    spec = parse_input(raw, "test input") if raw is not None else infer_input(model)
+    result, live = lint_and_analyse(model, "Model", spec,
+                                    Settings(rules=selected_rules(None, [])))
+    return (result, live) if analysis else result
+
+
+def run_cli(*args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "archlint", *args], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=600, env=env)
 
 LIMIT = 3.0
 AGREE = 0.5
@@ -151,8 +197,6 @@ def test_no_fixes_when_turned_off(tmp_path):
     module_source = SIGMOID_MLP
     result = lint_source(tmp_path, module_source)
     assert any(f.fixes for f in result.findings)
-    from conftest import load_source
-
     mod, _ = load_source(tmp_path, module_source)
     model = mod.Model()
     quiet = lint_model(model, "Model", infer_input(model),
@@ -274,8 +318,6 @@ def test_diff_shows_plain_substitutions_and_applies_nothing(tmp_path):
     # the diff, applied to a copy, gives the model the prediction was made for
     applied = _apply(before, out)
     (tmp_path / "fixed.py").write_text(applied)
-    from conftest import load_source
-
     mod, _ = load_source(tmp_path, applied)
     model = mod.DeepSigmoidMLP()
     assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 10
@@ -326,8 +368,6 @@ class Model(nn.Module):
 
 
 def test_no_diff_where_the_fix_is_not_a_plain_substitution(tmp_path):
-    from conftest import load_source
-
     _, path = load_source(tmp_path, NOT_PLAIN)
     out = run_cli(str(path), "--diff", "--select", "AL101", cwd=tmp_path).stdout
     assert "fix: replace the 8 Tanh in body with ReLU + He init" in out
