@@ -15,6 +15,7 @@ the actions) stay with the target's :class:`~archlint.engine.Analysis` for ``--m
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -87,8 +88,14 @@ class Proposed:
     outcomes: list[Outcome]
 
 
+#: Seconds of candidate evaluation per target: past it, the remaining findings keep no fixes
+#: (and a note says so). Each candidate re-runs the estimate: on a large model that adds up.
+BUDGET = 30.0
+
+
 def propose_fixes(findings: list[Finding], analysis: Any, settings: Any, target: str = "",
-                  limit: int = 5, notes: Optional[list[str]] = None) -> list[Proposed]:
+                  limit: int = 5, notes: Optional[list[str]] = None,
+                  budget: float = BUDGET) -> list[Proposed]:
     """Fill ``finding.fixes`` for each finding with fixes predicted to bring it within its
     limit (at most ``limit``, best first); returns the live outcomes for --measure / --diff.
     A finding whose candidates cannot be generated keeps no fixes (and a line in ``notes``)."""
@@ -105,9 +112,15 @@ def propose_fixes(findings: list[Finding], analysis: Any, settings: Any, target:
               g.exploding.decades if g is not None and g.exploding else None)
     out: list[Proposed] = []
     cache: dict = {}
+    start = time.monotonic()
     for finding in findings:
         if finding.code not in GENERATORS:
             continue
+        if time.monotonic() - start > budget:
+            if notes is not None:
+                notes.append(f"fixes: stopped after {budget:g} s of predictions; "
+                             f"{finding.code} and the findings after it have none")
+            break
         rule = rules.get(finding.code)
         try:
             cands = candidates_for(finding, ctx)
