@@ -37,7 +37,7 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
          select: Optional[Iterable[str] | str] = None, ignore: Optional[Iterable[str] | str] = None,
          options: Optional[Mapping[str, Mapping[str, Any]]] = None, name: Optional[str] = None,
          fail_on: str = "warning", suppressions: bool = True,
-         local_rules: Iterable[type[Rule]] = ()) -> Report:
+         local_rules: Iterable[type[Rule]] = (), fixes: bool = True) -> Report:
     """Lint one model and return the report.
 
     ``model``: an ``nn.Module``, or a class / factory taking no arguments (archlint builds it and
@@ -53,7 +53,8 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     ``options``: per-rule options as in the config's ``rules:`` table, e.g.
     ``{"AL101": {"max-chain": 6, "severity": "error"}}``. ``name`` labels the target in the
     report (default: the class name). ``local_rules``: your own rule classes, usable like the
-    built-in ones (as the config's ``local-rules`` makes them). Raises ``ValueError`` on a bad
+    built-in ones (as the config's ``local-rules`` makes them). ``fixes``: propose fixes for
+    the findings with their effect predicted (``finding.fixes``). Raises ``ValueError`` on a bad
     argument; a model that cannot be traced is a report whose target has
     ``status == "error"``.
     """
@@ -63,7 +64,8 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     if not isinstance(model, nn.Module):
         model = _build(model)
     spec = to_input_spec(example_input, model) or infer_input(model)
-    settings = Settings(rules=selected_rules(sel, ign, rules), rule_options=rule_options)
+    settings = Settings(rules=selected_rules(sel, ign, rules), rule_options=rule_options,
+                        fixes=fixes)
     display = name or type(model).__name__
     with recovered_sites(model):
         result = lint_model(model, display, spec, settings)

@@ -153,6 +153,12 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
 @click.option("--measure", is_flag=True,
               help="Also run the probe for real (one forward and backward on CPU): fills "
                    "measured_grad_rms and reports the estimator's error per target.")
+@click.option("--fixes/--no-fixes", "fixes", default=True, show_default=True,
+              help="Propose fixes under each finding, their effect predicted by the estimate "
+                   "(with --measure: also measured on an edited copy of the model).")
+@click.option("--diff", "diff", is_flag=True,
+              help="Also print the fixes that are plain source substitutions as a unified "
+                   "diff (shown, never applied; needs libcst).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a gradient-flow plot (.png, .svg, .pdf or .html; needs matplotlib).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
@@ -162,7 +168,7 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           statistics: bool, baseline_path: Optional[str], update_baseline: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
           input_dtype: Optional[str], input_high: Optional[int], measure: bool,
-          plot_path: Optional[str], verbose: bool) -> None:
+          fixes: bool, diff: bool, plot_path: Optional[str], verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -212,7 +218,7 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
-                      measure=measure)
+                      measure=measure, fixes=fixes, diff=diff and fixes)
     try:
         report = run(config, opts)
     except UsageError as exc:

@@ -33,6 +33,8 @@ class Settings:
     rules: list[type[Rule]]
     #: Rule code -> option overrides (and "severity").
     rule_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Propose fixes for the findings, with their effect predicted (archlint.fixes).
+    fixes: bool = True
 
     def options_for(self, rule: type[Rule]) -> dict[str, Any]:
         opts = dict(rule.options)
@@ -65,6 +67,9 @@ class Analysis:
     facts: GraphFacts
     gradient: Optional[GradientFacts] = None
     notes: list[str] = field(default_factory=list)
+    #: The findings' fixes with their edited graphs (archlint.fixes.Proposed), for --measure
+    #: and --diff.
+    fixes: list[Any] = field(default_factory=list)
 
 
 def analyse(graph: Graph) -> Analysis:
@@ -189,6 +194,14 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         except Exception as exc:
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)
+    if settings.fixes and result.findings:
+        from .fixes import propose_fixes
+
+        try:
+            analysis.fixes = propose_fixes(result.findings, analysis, settings, display,
+                                           notes=result.notes)
+        except Exception as exc:  # the findings stand without their fixes
+            result.notes.append(f"fixes failed: {type(exc).__name__}: {exc}"[:300])
     return result, analysis
 
 

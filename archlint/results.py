@@ -36,6 +36,39 @@ class Site:
 
 
 @dataclass
+class Fix:
+    """A change that would bring a finding within its limit, with its effect predicted by the
+    estimate on the edited graph (and, with ``--measure``, measured on an edited copy of the
+    model)."""
+
+    description: str
+    #: Machine-readable: ``kind`` (replace-activation, insert-normalization, add-skip,
+    #: reinitialize, zero-init-residual, norm-scale), ``modules``, ``parameters``.
+    edit: dict[str, Any]
+    #: The target's ``gradient_decades`` after the edit (None without a gradient verdict).
+    predicted_gradient_decades: Optional[float] = None
+    #: The same, measured by the real probe on an edited copy of the model (``--measure``).
+    measured_gradient_decades: Optional[float] = None
+    measured: bool = False
+    #: A unified diff of the source, for fixes that are plain substitutions (``--diff``).
+    diff: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"description": self.description, "edit": self.edit,
+                             "predicted_gradient_decades": _round(
+                                 self.predicted_gradient_decades)}
+        if self.measured:
+            d["measured_gradient_decades"] = _round(self.measured_gradient_decades)
+        if self.diff is not None:
+            d["diff"] = self.diff
+        return d
+
+
+def _round(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(x, 3)
+
+
+@dataclass
 class Finding:
     code: str
     name: str
@@ -49,11 +82,14 @@ class Finding:
     hint: Optional[str] = None
     #: Extra machine-readable facts (decades, chain members...).
     data: dict[str, Any] = field(default_factory=dict)
+    #: Changes predicted to bring the finding within its limit, best first (archlint.fixes).
+    fixes: list[Fix] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         if not d["data"]:
             d.pop("data")
+        d["fixes"] = [fx.to_dict() for fx in self.fixes]
         return d
 
     def sort_key(self) -> tuple:

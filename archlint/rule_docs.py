@@ -78,10 +78,20 @@ def rule_info(rule: type[Rule]) -> RuleInfo:
                     options=dict(rule.options))
 
 
+def documentation(rule: type[Rule]) -> str:
+    """The rule's documentation, with the fixes archlint can propose for it (archlint.fixes)
+    after its own sections."""
+    from .fixes import fix_documentation
+
+    doc = rule.documentation()
+    fixes = fix_documentation(rule.code)
+    return doc + ("\n\n" + fixes if fixes else "")
+
+
 def explain(rule: type[Rule]) -> str:
     """What ``archlint explain CODE`` prints."""
     text = f"# {rule.code} {rule.name} (default severity: {rule.severity})\n\n"
-    text += rule.documentation() + "\n"
+    text += documentation(rule) + "\n"
     if rule.options:
         text += "\n## Defaults\n" + "\n".join(f"- {k}: {v}" for k, v in rule.options.items())
         text += "\n"
@@ -128,6 +138,6 @@ def markdown_reference(rules: Iterable[type[Rule]]) -> str:
             line += " Option defaults: " + ", ".join(f"`{k}: {v}`" for k, v in r.options.items())
             line += "."
         out += ["", f"## {r.code} {r.name}", "", line, ""]
-        for doc_line in r.documentation().splitlines():
+        for doc_line in documentation(r).splitlines():
             out.append("#" + doc_line if doc_line.startswith("## ") else doc_line)
     return "\n".join(out).rstrip() + "\n"

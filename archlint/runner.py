@@ -46,6 +46,10 @@ class RunOptions:
     on_result: Optional[Callable[[TargetResult], None]] = None
     #: Also run the probe for real on each analysed target (``--measure``).
     measure: bool = False
+    #: Propose fixes with their effect predicted (archlint.fixes); ``diff``: also as unified
+    #: diffs where they are plain source substitutions (``--diff``).
+    fixes: bool = True
+    diff: bool = False
 
 
 class UsageError(ValueError):
@@ -56,7 +60,7 @@ def settings_from(config: Config, opts: RunOptions) -> Settings:
     select = opts.select if opts.select is not None else config.select
     ignore = (opts.ignore if opts.ignore is not None else config.ignore) + opts.extend_ignore
     return Settings(rules=selected_rules(select, ignore, config.available_rules),
-                    rule_options=config.rules)
+                    rule_options=config.rules, fixes=opts.fixes)
 
 
 def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
@@ -235,6 +239,10 @@ def _lint_loaded(loaded: LoadedModel, config: Config, settings: Settings, opts: 
     result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, settings)
     if opts.measure and analysis is not None:
         _measure(loaded, analysis, result)
+    if opts.diff and analysis is not None and analysis.fixes:
+        from .fixes import add_diffs
+
+        result.notes.extend(add_diffs(analysis.fixes))
     return result, analysis
 
 
@@ -257,6 +265,10 @@ def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> N
     if m.median_decades is not None:
         result.notes.append(f"estimate vs measured gradients: median error "
                             f"{m.median_decades:.3f} decades over {m.layers} layers")
+    if analysis.fixes:
+        from .fixes import measure_fixes
+
+        result.notes.extend(measure_fixes(loaded.model, spec, analysis.fixes))
 
 
 def _apply_per_file_ignores(result: TargetResult, config: Config,

@@ -52,7 +52,8 @@ def run(filters: list[str], verbose: bool) -> int:
             continue
         t0 = time.perf_counter()
         try:
-            report = archlint.lint(entry.build(), example_input=entry.input, name=entry.name)
+            report = archlint.lint(entry.build(), example_input=entry.input, name=entry.name,
+                                   fixes=False)
         except Exception as exc:  # report, keep going
             print(f"{entry.name:24s} LINT FAILED: {type(exc).__name__}: {exc}")
             rows.append(None)

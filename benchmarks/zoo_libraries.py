@@ -647,7 +647,8 @@ def run_model(library: str, name: str, send: Callable[[dict], None]) -> dict:
 
     t1 = time.perf_counter()
     try:
-        report = archlint.lint(model, example_input=prep.spec, name=f"{library}:{name}")
+        report = archlint.lint(model, example_input=prep.spec, name=f"{library}:{name}",
+                               fixes=False)
         target = report.targets[0].to_dict()
     except Exception as exc:  # noqa: BLE001 -- lint() is meant to never raise for a model
         rec["lint_s"] = round(time.perf_counter() - t1, 2)

@@ -25,7 +25,7 @@ LAYERS = [
     {"analysis"},
     {"estimate"},
     {"rules"},
-    {"rule_docs", "engine", "measure", "measure_step"},
+    {"rule_docs", "engine", "measure", "measure_step", "fixes"},
     {"config"},
     {"runner", "api", "testing"},
     {"cli", "__main__"},

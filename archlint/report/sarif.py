@@ -124,8 +124,44 @@ def _result(f: Finding, target: str, index: dict[str, int], root: Path) -> dict[
         props["module"] = f.module
     if f.hint:
         props["hint"] = f.hint
+    if f.fixes:
+        # every fix with its predicted (and measured) effect; those that are plain source
+        # substitutions (--diff) are SARIF fixes too, as replacements a viewer can offer
+        props["fixes"] = [{k: v for k, v in fx.to_dict().items() if k != "diff"}
+                          for fx in f.fixes]
+        fixes = [{"description": {"text": fx.description},
+                  "artifactChanges": _changes(fx.diff, root)} for fx in f.fixes if fx.diff]
+        fixes = [fx for fx in fixes if fx["artifactChanges"]]
+        if fixes:
+            res["fixes"] = fixes
     res["properties"] = props
     return res
+
+
+def _changes(diff: str, root: Path) -> list[dict[str, Any]]:
+    """A unified diff (archlint.fixes.source) as SARIF artifact changes: one replacement per
+    hunk, its old lines deleted and its new lines inserted."""
+    changes: list[dict[str, Any]] = []
+    current: Optional[dict[str, Any]] = None
+    hunk: Optional[dict[str, Any]] = None
+    for line in diff.splitlines():
+        if line.startswith("--- a/"):
+            name = line[len("--- a/"):]
+            path = name if (root / name).exists() else "/" + name
+            current = {"artifactLocation": _artifact(path, root), "replacements": []}
+            changes.append(current)
+            hunk = None
+        elif line.startswith("+++ "):
+            continue
+        elif line.startswith("@@") and current is not None:
+            old = line.split()[1][1:].split(",")
+            start, length = int(old[0]), int(old[1]) if len(old) > 1 else 1
+            hunk = {"deletedRegion": {"startLine": start, "endLine": start + length - 1},
+                    "insertedContent": {"text": ""}}
+            current["replacements"].append(hunk)
+        elif hunk is not None and line[:1] in (" ", "+"):
+            hunk["insertedContent"]["text"] += line[1:] + "\n"
+    return [c for c in changes if c["replacements"]]
 
 
 def _notification(target: str, error: str, root: Path) -> dict[str, Any]:
