@@ -1,7 +1,8 @@
 """Command line: ``archlint PATH...``, ``archlint rules``, ``archlint explain CODE``.
 
 Exit codes: 0 nothing at or above the failing severity; 1 findings; 2 usage, config or
-analysis error.
+analysis error -- an error inside archlint included: it is one line on stderr, never a traceback,
+and never exit 1, which CI reads as "findings". 130: interrupted (Ctrl-C).
 
 torch is imported only when there is a model to lint: ``archlint script.py`` on files that define
 no class and build nothing at top level (what pre-commit passes on most commits) answers at once.
@@ -9,9 +10,12 @@ no class and build nothing at top level (what pre-commit passes on most commits)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional
 
 import click
 
@@ -33,6 +37,58 @@ class _DefaultGroup(click.Group):
                                                                           "--version")):
             args = ["check", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The last line of defence: an error inside archlint is one line on stderr and exit
+        2, never a traceback; Ctrl-C is exit 130 (click would say "Aborted!" and exit 1)."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("archlint: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            click.echo(f"archlint: internal error: {_internal_error(exc)}; please report it "
+                       "with the command and the model", err=True)
+            sys.exit(2)
+
+
+def _internal_error(exc: BaseException) -> str:
+    """``KeyError: 'x' (archlint/engine.py:120)``: the exception and archlint's innermost
+    frame, on one line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+    here = str(Path(__file__).resolve().parent)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(here)]
+    if frames:
+        f = frames[-1]
+        text += f" (archlint/{Path(f.filename).resolve().relative_to(here).as_posix()}:{f.lineno})"
+    return text
+
+
+@contextlib.contextmanager
+def _stdout_is_stderr() -> Iterator[None]:
+    """While models run, file descriptor 1 is stderr too: what user code writes there by any
+    means (C extensions, child processes) stays out of the report. Only for the real stdout
+    of a process (not under click's test runner)."""
+    try:
+        real = sys.stdout is sys.__stdout__ and sys.stdout.fileno() == 1 and \
+            sys.stderr.fileno() == 2
+    except (AttributeError, ValueError, OSError):
+        real = False
+    if not real:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,6 +211,13 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
                    "measured_grad_rms and reports the estimator's error per target.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a gradient-flow plot (.png, .svg, .pdf or .html; needs matplotlib).")
+@click.option("--timeout", type=click.FloatRange(min=0),
+              help="Seconds each model may take to build and be analysed (default 120, or "
+                   "'timeout' in the config; 0: no limit). Past it, that model is an error.")
+@click.option("--subprocess/--no-subprocess", "subprocess_mode", default=None,
+              help="Lint each target in a child process of its own: survives models that call "
+                   "os._exit, crash the interpreter or hang in C code (slower: each child "
+                   "imports torch). Default: 'subprocess' in the config, else off.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
@@ -162,7 +225,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           statistics: bool, baseline_path: Optional[str], update_baseline: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
           input_dtype: Optional[str], input_high: Optional[int], measure: bool,
-          plot_path: Optional[str], verbose: bool) -> None:
+          plot_path: Optional[str], timeout: Optional[float], subprocess_mode: Optional[bool],
+          verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -212,9 +276,10 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
-                      measure=measure)
+                      measure=measure, timeout=timeout, subprocess=subprocess_mode)
     try:
-        report = run(config, opts)
+        with _stdout_is_stderr():
+            report = run(config, opts)
     except UsageError as exc:
         _fail(str(exc))
         return

@@ -18,11 +18,11 @@ from torch import nn
 from .analysis import GraphFacts, analyse_graph
 from .estimate import GradientFacts, estimate_gradients
 from .results import Finding, LayerInfo, TargetResult, Verdict
-from .graph.ir import Graph
+from .graph.ir import Graph, Kind
 from .ops import op_info
 from .ops.opaque import named_modules, see_through
 from .loading.sites import module_site
-from .loading.inputs import InputSpec
+from .loading.inputs import InputError, InputSpec
 from .rules import Rule, RuleContext
 from .loading.targets import display_path
 from .tracing import TraceError, trace_model
@@ -139,6 +139,10 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.status = "error"
         result.error = str(exc) if exc.mismatch else f"cannot trace: {exc}"
         return result, None
+    except InputError as exc:  # the example input does not fit forward()'s arguments
+        result.status = "error"
+        result.error = str(exc)
+        return result, None
     result.tracer = graph.tracer
     used_spec = graph.input_spec
     result.input = f"{used_spec.describe()} ({used_spec.origin})" if used_spec is not None \
@@ -146,6 +150,11 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
     result.notes.extend(graph.fallback_reasons)
     if graph.output is None:
         result.notes.append("no tensor output found; gradient paths are unknown")
+    else:
+        why = _no_gradient(graph)
+        if why is not None:
+            result.notes.append(f"no gradient analysis: {why}, so no gradient flows back "
+                                "into the model from it (structural rules only)")
     result.layers = weight_layers_of(model)
     try:
         analysis = analyse(graph)
@@ -187,6 +196,21 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
             result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
     result.findings = merge_same_site(result.findings)
     return result, analysis
+
+
+def _no_gradient(graph: Graph) -> Optional[str]:
+    """Why the model's output carries no gradient (None when it may): it returns nothing
+    tensor-like, or integers (argmax ids) / booleans."""
+    out = graph.output
+    if out is None:
+        return None
+    if out.kind == Kind.OUTPUT and not out.inputs:
+        return "forward returns no tensor (None or plain values)"
+    if out.dtype is not None and not (out.dtype.is_floating_point or out.dtype.is_complex):
+        dtype = str(out.dtype).replace("torch.", "")
+        what = f"{out.op} ids" if out.op in ("argmax", "argmin", "argsort", "topk") else "values"
+        return f"forward returns {dtype} {what}"
+    return None
 
 
 def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:

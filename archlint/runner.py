@@ -1,8 +1,11 @@
 """Resolve the targets of a run, build and lint each one, and collect the report.
 
-Every failure is confined to its target: a file that cannot be imported, a class that cannot be
-built or traced becomes a target with ``status: "error"`` and a one-line reason; the other
-targets are still analysed.
+Every failure is confined to its target: a path that does not exist, a file that cannot be
+imported, a class that cannot be built, traced or analysed in time, user code that calls
+``sys.exit`` becomes a target with ``status: "error"`` and a one-line reason; the other targets
+are still analysed (:mod:`archlint.pipeline`). In the subprocess mode each target is linted in a
+child process (:mod:`archlint.worker`), which also survives ``os._exit``, crashes and C code
+that never returns.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from typing import Callable, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Analysis, Settings, lint_and_analyse
-from .results import Finding, TargetResult, target_file
-from .loading.inputs import InputSpec, infer_input
-from .loading.build import LoadedModel, LoadFailure, load_target
+from .engine import Settings
+from .guard import watch_interrupts
+from .pipeline import Item, Job, error, lint_target
+from .results import Finding, TargetResult, Unbuilt, target_file
+from .loading.inputs import InputSpec
 from .report.model import Report
 from .rule_docs import rule_info
 from .rules import code_prefixes, matches, selected_rules
@@ -46,6 +50,10 @@ class RunOptions:
     on_result: Optional[Callable[[TargetResult], None]] = None
     #: Also run the probe for real on each analysed target (``--measure``).
     measure: bool = False
+    #: Seconds per model (None: the config's ``timeout``; 0: no limit).
+    timeout: Optional[float] = None
+    #: Lint each target in a child process (None: the config's ``subprocess``).
+    subprocess: Optional[bool] = None
 
 
 class UsageError(ValueError):
@@ -59,9 +67,18 @@ def settings_from(config: Config, opts: RunOptions) -> Settings:
                     rule_options=config.rules)
 
 
-def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
+@dataclass
+class Unresolved:
+    """A command-line path or config entry that names nothing (a missing file): its own error
+    target; the other targets are still analysed."""
+
+    display: str
+    error: str
+
+
+def collect_targets(config: Config, opts: RunOptions) -> list[Target | Unresolved]:
     excludes = opts.exclude if opts.exclude is not None else config.exclude
-    targets: list[Target] = []
+    targets: list[Target | Unresolved] = []
     if opts.paths:
         for p in opts.paths:
             # A file named without ':Name' is not "explicit": one that defines no class and
@@ -69,8 +86,8 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
             try:
                 targets.extend(resolve(p, excludes, input_spec=opts.input))
             except TargetError as exc:
-                raise UsageError(str(exc)) from None
-        _attach_config_entries(targets, config)
+                targets.append(Unresolved(p, _without_prefix(str(exc), split_spec(p)[0])))
+        _attach_config_entries([t for t in targets if isinstance(t, Target)], config)
         return targets
     if not config.targets:
         raise UsageError("no targets: pass a file, directory or package.module:callable, or "
@@ -81,12 +98,19 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
             found = resolve(spec, excludes, kwargs=entry.kwargs,
                             input_spec=opts.input or entry.input, explicit=True)
         except TargetError as exc:
-            raise UsageError(f"{config.path}: targets: {exc}") from None
+            targets.append(Unresolved(entry.target, f"{config.path}: targets: {exc}"))
+            continue
         for t in found:
             if t.import_path is not None:
                 t.search_path = config.root  # package.module:fn is relative to the config too
         targets.extend(found)
     return targets
+
+
+def _without_prefix(message: str, left: str) -> str:
+    """``nope.py: no such file or directory`` -> ``no such file or directory`` (the target's
+    name is printed before it anyway)."""
+    return message[len(left) + 2:] if message.startswith(left + ": ") else message
 
 
 def _config_relative(spec: str, root: Path) -> str:
@@ -124,23 +148,28 @@ def run(config: Config, opts: RunOptions) -> Report:
     targets = collect_targets(config, opts)
     suppressions = SuppressionIndex(code_prefixes(rules)) if opts.respect_suppressions else None
     coverage = _Coverage()
-    for target in targets:
-        for loaded in load_target(target):
-            analysis = None
-            if isinstance(loaded, LoadFailure):
-                result = TargetResult(target=loaded.display, status="error", error=loaded.error)
-            else:
-                result, analysis = _lint_loaded(loaded, config, settings, opts)
-            coverage.add(result, target, analysis)
-            if suppressions is not None:
-                result.findings, silenced = suppressions.filter(result.findings)
-                report.suppressed += silenced
-            _apply_per_file_ignores(result, config, target.path)
-            if opts.baseline is not None:
-                report.baselined += opts.baseline.filter(result)
-            report.targets.append(result)
-            if opts.on_result is not None:
-                opts.on_result(result)
+    timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
+    in_children = config.subprocess if opts.subprocess is None else opts.subprocess
+    pool = None
+    if in_children:
+        from .worker import ChildPool
+
+        pool = ChildPool(config.path, settings, measure=opts.measure, timeout=timeout)
+    try:
+        with watch_interrupts():
+            for target in targets:
+                if isinstance(target, Unresolved):
+                    _collect(report, error(target.display, target.error), None, coverage,
+                             suppressions, config, opts)
+                    continue
+                job = Job(target, settings, default_input=config.input, measure=opts.measure,
+                          timeout=timeout)
+                items = pool.lint(job) if pool is not None else lint_target(job)
+                for item in items:
+                    _collect(report, item, target, coverage, suppressions, config, opts)
+    finally:
+        if pool is not None:
+            pool.close()
     unused = opts.report_unused_suppressions
     if unused is None:
         unused = config.report_unused_suppressions
@@ -157,6 +186,25 @@ def run(config: Config, opts: RunOptions) -> Report:
     return report
 
 
+def _collect(report: Report, item: Item, target: Optional[Target], coverage: _Coverage,
+             suppressions: Optional[SuppressionIndex], config: Config, opts: RunOptions) -> None:
+    """One model's outcome into the report: suppressions, per-file ignores, baseline."""
+    if isinstance(item, Unbuilt):
+        report.unbuilt.append(item)
+        return
+    result = item.result
+    coverage.add(result, target, item.files)
+    if suppressions is not None:
+        result.findings, silenced = suppressions.filter(result.findings)
+        report.suppressed += silenced
+    _apply_per_file_ignores(result, config, target.path if target is not None else None)
+    if opts.baseline is not None:
+        report.baselined += opts.baseline.filter(result)
+    report.targets.append(result)
+    if opts.on_result is not None:
+        opts.on_result(result)
+
+
 class _Coverage:
     """Which source files each result's rules looked at: where suppressions can be judged."""
 
@@ -165,16 +213,14 @@ class _Coverage:
         self.rules_run: dict[Path, set[str]] = {}
         self.unsure: set[Path] = set()  # files of targets that could not be analysed
 
-    def add(self, result: TargetResult, target: Target, analysis: Optional[Analysis]) -> None:
+    def add(self, result: TargetResult, target: Optional[Target], sites: list[str]) -> None:
         own = _target_file(result.target, target)
         if result.status != "ok":
             if own is not None:
                 self.unsure.add(own)
             return
         files = {own} if own is not None else set()
-        if analysis is not None:
-            files.update(Path(n.site.path).resolve() for n in analysis.graph.nodes
-                         if n.site is not None)
+        files.update(Path(f).resolve() for f in sites)
         files.update(Path(layer.path).resolve() for layer in result.layers if layer.path)
         for f in files:
             if not f.is_file() or not _user_file(f):
@@ -191,11 +237,11 @@ def _user_file(path: Path) -> bool:
     return not any(part in ("site-packages", "dist-packages") for part in path.parts)
 
 
-def _target_file(display: str, target: Target) -> Optional[Path]:
+def _target_file(display: str, target: Optional[Target]) -> Optional[Path]:
     own = target_file(display)
     if own is not None:
         return Path(own).resolve()
-    return target.path.resolve() if target.path is not None else None
+    return target.path.resolve() if target is not None and target.path is not None else None
 
 
 def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverage: _Coverage,
@@ -227,36 +273,6 @@ def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverag
         touched[id(result)] = result
     for result in touched.values():
         result.findings.sort(key=Finding.sort_key)
-
-
-def _lint_loaded(loaded: LoadedModel, config: Config, settings: Settings, opts: RunOptions
-                 ) -> tuple[TargetResult, Optional[Analysis]]:
-    spec = loaded.input or config.input or infer_input(loaded.model)
-    result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, settings)
-    if opts.measure and analysis is not None:
-        _measure(loaded, analysis, result)
-    return result, analysis
-
-
-def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> None:
-    """``--measure``: the probe's gradients into the layers, the error figure into the result."""
-    from .measure_step import measure_target
-
-    spec = analysis.graph.input_spec
-    if spec is None:
-        result.notes.append("--measure skipped: no example input")
-        return
-    try:
-        measured = measure_target(loaded.model, spec, result.layers)
-    except Exception as exc:  # keep the other targets
-        result.notes.append(f"measure_target failed: {type(exc).__name__}: {exc}"[:300])
-        return
-    for layer in result.layers:
-        layer.measured_grad_rms = measured.grad_rms.get(layer.module)
-    result.measurement = m = measured.measurement
-    if m.median_decades is not None:
-        result.notes.append(f"estimate vs measured gradients: median error "
-                            f"{m.median_decades:.3f} decades over {m.layers} layers")
 
 
 def _apply_per_file_ignores(result: TargetResult, config: Config,

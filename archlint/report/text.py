@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+from ..results import unbuilt_note
 from .model import Report
+
+#: Notes about how a model was traced: shown with -v only (the model was analysed anyway).
+TRACER_NOTES = ("fx:", "torch.fx")
+
+
+def shown_by_default(note: str) -> bool:
+    """Whether a target's note is printed without -v: what the user must know (a rule or the
+    estimate that could not run, why there is no gradient analysis, --measure's figure), not
+    the tracer's internals."""
+    if note.startswith(TRACER_NOTES):
+        return False
+    return ("skipped" in note or "failed" in note or note.startswith("no gradient analysis")
+            or note.startswith("no tensor output") or note.startswith("estimate vs measured"))
 
 
 def render_text(report: Report, verbose: bool = False) -> str:
@@ -25,9 +39,12 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 lines.append(f"    note: {note}")
         else:
             for note in t.notes:
-                if ("skipped" in note or "failed" in note
-                        or note.startswith("estimate vs measured")):
+                if shown_by_default(note):
                     lines.append(f"{t.target}: note: {note}")
+    errors = {t.target for t in report.errors}
+    for path, entries in report.unbuilt_by_file().items():
+        if path not in errors:  # else its error line says the same
+            lines.append(f"{path}: note: {unbuilt_note(entries)}")
     for note in report.notes:
         lines.append(f"note: {note}")
     c = report.counts()
