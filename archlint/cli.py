@@ -10,12 +10,11 @@ no class and build nothing at top level (what pre-commit passes on most commits)
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import click
 
@@ -67,28 +66,35 @@ def _internal_error(exc: BaseException) -> str:
     return text
 
 
-@contextlib.contextmanager
-def _stdout_is_stderr() -> Iterator[None]:
+class _StdoutToStderr:
     """While models run, file descriptor 1 is stderr too: what user code writes there by any
     means (C extensions, child processes) stays out of the report. Only for the real stdout
     of a process (not under click's test runner)."""
-    try:
-        real = sys.stdout is sys.__stdout__ and sys.stdout.fileno() == 1 and \
-            sys.stderr.fileno() == 2
-    except (AttributeError, ValueError, OSError):
-        real = False
-    if not real:
-        yield
-        return
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
+
+    def __init__(self) -> None:
+        self.saved: Optional[int] = None
+
+    def __enter__(self) -> "_StdoutToStderr":
+        try:
+            real = sys.stdout is sys.__stdout__ and sys.stdout.fileno() == 1 and \
+                sys.stderr.fileno() == 2
+        except (AttributeError, ValueError, OSError):
+            real = False
+        if real:
+            sys.stdout.flush()
+            self.saved = os.dup(1)
+            os.dup2(2, 1)
+        return self
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            sys.__stdout__.flush()
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+            self.saved = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -271,34 +277,57 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
             baseline = load_baseline(config.baseline)
         except BaselineError as exc:
             _fail(str(exc))
+    redirect = _StdoutToStderr()
+    stdout = sys.stdout  # the report's, whatever user code's prints are redirected to
+
+    def finish(report: Report) -> NoReturn:
+        """Print the report and exit (also from the watchdog's thread, see abandoned)."""
+        if plot_path:
+            from .report.plot import PlotError, render_plot
+
+            try:
+                render_plot(report.targets, plot_path,
+                            float(config.rules.get("AL105", {}).get("max-decades", 3.0)))
+            except PlotError as exc:
+                _fail(str(exc))
+        if update_baseline:
+            _update_baseline(report, target)
+        _write(_render(report, fmt, statistics, verbose), output)
+        for t in report.errors:
+            if fmt != "text" or output or statistics:
+                click.echo(f"archlint: {t.target}: {t.error}", err=True)
+        sys.exit(report.exit_code())
+
+    def abandoned(report: Report) -> None:
+        """The main thread is stuck in a model's C code: print the report from this thread and
+        end the process."""
+        code = 2
+        try:
+            redirect.restore()
+            sys.stdout = stdout
+            finish(report)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+        except BaseException as exc:  # pragma: no cover - last resort
+            click.echo(f"archlint: internal error: {_internal_error(exc)}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     opts = RunOptions(paths=list(paths), select=sel, ignore=ign,
                       extend_ignore=_split(extend_ignore) or [],
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
-                      measure=measure, timeout=timeout, subprocess=subprocess_mode)
+                      measure=measure, timeout=timeout, subprocess=subprocess_mode,
+                      on_abandoned=abandoned)
     try:
-        with _stdout_is_stderr():
+        with redirect:
             report = run(config, opts)
     except UsageError as exc:
         _fail(str(exc))
         return
-    if plot_path:
-        from .report.plot import PlotError, render_plot
-
-        try:
-            render_plot(report.targets, plot_path,
-                        float(config.rules.get("AL105", {}).get("max-decades", 3.0)))
-        except PlotError as exc:
-            _fail(str(exc))
-    if update_baseline:
-        _update_baseline(report, target)
-        return
-    _write(_render(report, fmt, statistics, verbose), output)
-    for t in report.errors:
-        if fmt != "text" or output or statistics:
-            click.echo(f"archlint: {t.target}: {t.error}", err=True)
-    sys.exit(report.exit_code())
+    finish(report)
 
 
 def _update_baseline(report: Report, path: Path) -> None:

@@ -28,7 +28,8 @@ from .results import TargetResult, Unbuilt, unbuilt_note
 #: Seconds each model may take to build and be analysed (and a file to be imported).
 DEFAULT_TIMEOUT = 120.0
 
-#: Called before each step: (kind "import" | "build" | "lint", what it is about, its limit).
+#: Called when a step starts: (kind "import" | "build" | "lint", what it is about, its limit),
+#: and with ("idle", "", None) when it is over.
 StepListener = Callable[[str, str, Optional[float]], None]
 
 
@@ -76,6 +77,8 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     except StepError as exc:
         yield error(target.display, str(exc))
         return
+    finally:
+        step("idle", "", None)
     built: list = []
     spent: dict[str, float] = {}
     for cand in plan.candidates:
@@ -88,6 +91,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
                             user_file=cand.user_file)
         except StepError as exc:
             model = LoadFailure(cand.display, str(exc))
+        step("idle", "", None)
         spent[cand.display] = time.monotonic() - t0
         built.append((cand, model))
     kept, unbuilt = plan.keep(built)
@@ -103,8 +107,10 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
             continue
         limit = _remaining(job.timeout, spent.get(item.display, 0.0))
         step("lint", item.display, limit)
-        yield lint_model_guarded(item, job, limit, target.path)
-        del item
+        outcome = lint_model_guarded(item, job, limit, target.path)
+        step("idle", "", None)
+        yield outcome
+        del item, outcome
     yield from unbuilt
 
 

@@ -14,13 +14,15 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from .baseline import Baseline
 from .config import Config
 from .engine import Settings
-from .guard import watch_interrupts
+from .guard import can_interrupt, watch_interrupts
 from .pipeline import Item, Job, error, lint_target
+from .watchdog import Watchdog
+from .worker import ChildPool
 from .results import Finding, TargetResult, Unbuilt, target_file
 from .loading.inputs import InputSpec
 from .report.model import Report
@@ -54,6 +56,10 @@ class RunOptions:
     timeout: Optional[float] = None
     #: Lint each target in a child process (None: the config's ``subprocess``).
     subprocess: Optional[bool] = None
+    #: In-process, when a model hangs in C code past its time limit the run is finished in
+    #: another thread, which calls this with the report; it must end the process (the main
+    #: thread stays stuck). None: no such rescue (the run waits).
+    on_abandoned: Optional[Callable[[Report], None]] = None
 
 
 class UsageError(ValueError):
@@ -141,68 +147,152 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
 
 
 def run(config: Config, opts: RunOptions) -> Report:
-    settings = settings_from(config, opts)
-    rules = config.available_rules
-    report = Report(fail_on=opts.fail_on or config.fail_on,
-                    rules=[rule_info(r) for r in rules])
-    targets = collect_targets(config, opts)
-    suppressions = SuppressionIndex(code_prefixes(rules)) if opts.respect_suppressions else None
-    coverage = _Coverage()
-    timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
-    in_children = config.subprocess if opts.subprocess is None else opts.subprocess
-    pool = None
-    if in_children:
-        from .worker import ChildPool
-
-        pool = ChildPool(config.path, settings, measure=opts.measure, timeout=timeout)
-    try:
-        with watch_interrupts():
-            for target in targets:
-                if isinstance(target, Unresolved):
-                    _collect(report, error(target.display, target.error), None, coverage,
-                             suppressions, config, opts)
-                    continue
-                job = Job(target, settings, default_input=config.input, measure=opts.measure,
-                          timeout=timeout)
-                items = pool.lint(job) if pool is not None else lint_target(job)
-                for item in items:
-                    _collect(report, item, target, coverage, suppressions, config, opts)
-    finally:
-        if pool is not None:
-            pool.close()
-    unused = opts.report_unused_suppressions
-    if unused is None:
-        unused = config.report_unused_suppressions
-    if unused and suppressions is not None:
-        _report_unused_suppressions(report, suppressions, coverage, config, settings, opts)
-    if opts.baseline is not None:
-        stale = opts.baseline.stale(t.target for t in report.targets)
-        if stale:
-            report.notes.append(f"{stale} finding{'s' if stale != 1 else ''} of "
-                                f"{opts.baseline.path} no longer occur; shrink the baseline with "
-                                "--update-baseline")
-    if not report.targets and opts.paths:
-        report.notes.append(NO_MODELS)
-    return report
+    return _Run(config, opts).execute()
 
 
-def _collect(report: Report, item: Item, target: Optional[Target], coverage: _Coverage,
-             suppressions: Optional[SuppressionIndex], config: Config, opts: RunOptions) -> None:
-    """One model's outcome into the report: suppressions, per-file ignores, baseline."""
-    if isinstance(item, Unbuilt):
-        report.unbuilt.append(item)
-        return
-    result = item.result
-    coverage.add(result, target, item.files)
-    if suppressions is not None:
-        result.findings, silenced = suppressions.filter(result.findings)
-        report.suppressed += silenced
-    _apply_per_file_ignores(result, config, target.path if target is not None else None)
-    if opts.baseline is not None:
-        report.baselined += opts.baseline.filter(result)
-    report.targets.append(result)
-    if opts.on_result is not None:
-        opts.on_result(result)
+class _Run:
+    """One run: the targets in order, each model's outcome collected into the report as it
+    comes (from :func:`~archlint.pipeline.lint_target` in-process, or from child processes)."""
+
+    def __init__(self, config: Config, opts: RunOptions) -> None:
+        self.config, self.opts = config, opts
+        self.settings = settings_from(config, opts)
+        rules = config.available_rules
+        self.report = Report(fail_on=opts.fail_on or config.fail_on,
+                             rules=[rule_info(r) for r in rules])
+        self.targets = collect_targets(config, opts)
+        self.next = 0
+        self.suppressions = SuppressionIndex(code_prefixes(rules)) \
+            if opts.respect_suppressions else None
+        self.coverage = _Coverage()
+        self.timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
+        self.in_children = config.subprocess if opts.subprocess is None else opts.subprocess
+        self.pool: Optional[ChildPool] = None
+        #: The target being linted and the models of it already reported.
+        self.current: Optional[Target] = None
+        self.reported: set[str] = set()
+
+    def job(self, target: Target, skip: frozenset = frozenset(),
+            done: frozenset = frozenset()) -> Job:
+        return Job(target, self.settings, default_input=self.config.input,
+                   measure=self.opts.measure, timeout=self.timeout, skip=skip, done=done)
+
+    def children(self) -> ChildPool:
+        if self.pool is None:
+            self.pool = ChildPool(self.config.path, self.settings, measure=self.opts.measure,
+                                  timeout=self.timeout)
+        return self.pool
+
+    def execute(self) -> Report:
+        watchdog = None
+        if not self.in_children and self.timeout and self.opts.on_abandoned is not None \
+                and can_interrupt():
+            watchdog = Watchdog(self._take_over)
+        steps = _steps_to(watchdog) if watchdog is not None else None
+        try:
+            with watch_interrupts():
+                while self.next < len(self.targets):
+                    target = self.targets[self.next]
+                    self.next += 1
+                    if self.in_children:
+                        self.lint(target, self.children().lint)
+                    else:
+                        self.lint(target, lambda job: lint_target(job, on_step=steps))
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+            if self.pool is not None:
+                self.pool.close()
+        return self.finish()
+
+    def lint(self, target: Target | Unresolved,
+             linter: Callable[[Job], Iterator[Item]]) -> None:
+        if isinstance(target, Unresolved):
+            self.collect(error(target.display, target.error), None)
+            return
+        self.current, self.reported = target, set()
+        for item in linter(self.job(target)):
+            self.collect(item, target)
+
+    def _take_over(self, kind: str, what: str, limit: float) -> None:
+        """In the watchdog's thread, the main one being stuck in C code: the stuck model is a
+        timeout error, the rest of the run goes to child processes, the command line gets the
+        report (and ends the process)."""
+        assert self.opts.on_abandoned is not None
+        try:
+            reason = (f"did not finish within {limit:g} s and could not be interrupted (C "
+                      "code?); archlint carried on with the other models in child processes")
+            target = self.current
+            assert target is not None
+            if kind == "import":
+                self.collect(error(target.display, f"cannot import {target.display}: {reason}"),
+                             target)
+            else:
+                verb = f"build {what}" if kind == "build" else "analyse"
+                self.collect(error(what, f"cannot {verb}: {reason}"), target)
+                job = self.job(target, skip=frozenset({what} if kind == "build" else ()),
+                               done=frozenset(self.reported | {what}))
+                for item in self.children().lint(job):
+                    self.collect(item, target)
+            while self.next < len(self.targets):
+                target = self.targets[self.next]
+                self.next += 1
+                self.lint(target, self.children().lint)
+            if self.pool is not None:
+                self.pool.close()
+            report = self.finish()
+        except BaseException as exc:  # pragma: no cover - last resort
+            report = self.report
+            report.notes.append(f"archlint could not finish the run after a model hung: "
+                                f"{type(exc).__name__}: {exc}"[:300])
+        self.opts.on_abandoned(report)
+
+    def collect(self, item: Item, target: Optional[Target]) -> None:
+        """One model's outcome into the report: suppressions, per-file ignores, baseline."""
+        report, opts = self.report, self.opts
+        if isinstance(item, Unbuilt):
+            report.unbuilt.append(item)
+            return
+        result = item.result
+        self.reported.add(result.target)
+        self.coverage.add(result, target, item.files)
+        if self.suppressions is not None:
+            result.findings, silenced = self.suppressions.filter(result.findings)
+            report.suppressed += silenced
+        _apply_per_file_ignores(result, self.config,
+                                target.path if target is not None else None)
+        if opts.baseline is not None:
+            report.baselined += opts.baseline.filter(result)
+        report.targets.append(result)
+        if opts.on_result is not None:
+            opts.on_result(result)
+
+    def finish(self) -> Report:
+        report, opts, config = self.report, self.opts, self.config
+        unused = opts.report_unused_suppressions
+        if unused is None:
+            unused = config.report_unused_suppressions
+        if unused and self.suppressions is not None:
+            _report_unused_suppressions(report, self.suppressions, self.coverage, config,
+                                        self.settings, opts)
+        if opts.baseline is not None:
+            stale = opts.baseline.stale(t.target for t in report.targets)
+            if stale:
+                report.notes.append(f"{stale} finding{'s' if stale != 1 else ''} of "
+                                    f"{opts.baseline.path} no longer occur; shrink the baseline "
+                                    "with --update-baseline")
+        if not report.targets and opts.paths:
+            report.notes.append(NO_MODELS)
+        return report
+
+
+def _steps_to(watchdog: Watchdog) -> Callable[[str, str, Optional[float]], None]:
+    def step(kind: str, what: str, limit: Optional[float]) -> None:
+        if kind == "idle":
+            watchdog.idle()
+        else:
+            watchdog.step(kind, what, limit)
+    return step
 
 
 class _Coverage:

@@ -176,8 +176,8 @@ class ChildPool:
         return self.child
 
     def lint(self, job: Job) -> Iterator[Item]:
-        done: set[str] = set()
-        skip: set[str] = set()
+        done: set[str] = set(job.done)
+        skip: set[str] = set(job.skip)
         while True:
             child = self._live_child()
             if child is None:
@@ -210,7 +210,9 @@ class ChildPool:
                     self.child = None
                     break
                 kind = event.get("event")
-                if kind == "step":
+                if kind == "step" and event["kind"] == "idle":
+                    step = deadline = None  # between steps: archlint's own code
+                elif kind == "step":
                     step = event
                     limit = event.get("limit")
                     deadline = time.monotonic() + limit + GRACE if limit else None
@@ -223,7 +225,10 @@ class ChildPool:
                 elif kind == "done":
                     return
             # the child is gone: blame the step it was running, carry on with the rest
-            if step is None or step["kind"] == "import":
+            if step is None:
+                yield error(job.target.display, f"stopped between steps: {failure}")
+                return
+            if step["kind"] == "import":
                 yield error(job.target.display, f"cannot import {job.target.display}: {failure}")
                 return
             display = step["what"]

@@ -27,7 +27,7 @@ LAYERS = [
     {"rules"},
     {"rule_docs", "engine", "measure", "measure_step"},
     {"config"},
-    {"runner", "api", "testing", "pipeline", "worker"},
+    {"runner", "api", "testing", "pipeline", "worker", "watchdog"},
     {"cli", "__main__"},
 ]
 MAX_LINES = 700

@@ -49,15 +49,19 @@ class LoadFailure:
 
 @contextlib.contextmanager
 def _user_code(extra_path: Optional[Path]) -> Iterator[None]:
-    """Run user code: prints to stderr, its folder importable, module sites recorded."""
+    """Run user code: prints to stderr, its folder importable, module sites recorded, and no
+    bytecode cache written next to the user's files (archlint writes only its outputs)."""
     added = False
     if extra_path is not None and str(extra_path) not in sys.path:
         sys.path.insert(0, str(extra_path))
         added = True
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         with contextlib.redirect_stdout(sys.stderr), recording_module_sites():
             yield
     finally:
+        sys.dont_write_bytecode = no_bytecode
         if added and str(extra_path) in sys.path:
             sys.path.remove(str(extra_path))
 

@@ -451,6 +451,8 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
             elif user.op == "call_function" or user.op == "call_method":
                 fname = canonical_name(user.target)
                 weights = [a for a in user.all_input_nodes if a.op == "get_attr"]
+                if fname in _FUNCTIONAL_LAYERS and fname != "matmul":
+                    weights = _computed_from(user, node) or weights  # the weight argument
                 if weights and fname in _FUNCTIONAL_LAYERS:
                     w = _tensor_attribute(model, str(weights[0].target))
                     if fname == "matmul" and w is not None and w.dim() == 2:
@@ -462,6 +464,26 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
                             return spec
             queue.append(user)
     return None
+
+
+def _computed_from(call: torch.fx.Node, data: torch.fx.Node) -> list[torch.fx.Node]:
+    """The parameter a functional layer's weight argument is (or is computed from:
+    ``F.conv2d(x, self.weight - self.weight.mean(...))``), when the input is not."""
+    weight = call.args[1] if len(call.args) > 1 else call.kwargs.get("weight")
+    if not isinstance(weight, torch.fx.Node) or weight is data:
+        return []
+    queue, seen = deque([weight]), {weight}
+    while queue:
+        node = queue.popleft()
+        if node.op == "get_attr":
+            return [node]
+        if node.op == "placeholder":
+            return []
+        for a in node.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                queue.append(a)
+    return []
 
 
 def _tensor_attribute(model: nn.Module, qualified_name: str) -> Optional[torch.Tensor]:
