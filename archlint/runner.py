@@ -198,6 +198,10 @@ class _Run:
                         self.lint(target, self.children().lint)
                     else:
                         self.lint(target, lambda job: lint_target(job, on_step=steps))
+        except BaseException:  # Ctrl-C: no child outlives the run
+            if self.pool is not None:
+                self.pool.abort()
+            raise
         finally:
             if watchdog is not None:
                 watchdog.stop()

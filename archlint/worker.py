@@ -165,7 +165,11 @@ class ChildPool:
     def _live_child(self) -> Optional[_Child]:
         if self.child is not None and self.child.proc.poll() is None:
             return self.child
-        self.child = _Child(self.setup)
+        try:
+            self.child = _Child(self.setup)
+        except OSError as exc:
+            print(f"archlint: cannot start a child process: {exc}", file=sys.stderr)
+            return None
         try:
             event = self.child.next_event(time.monotonic() + STARTUP)
         except queue.Empty:
@@ -246,6 +250,11 @@ class ChildPool:
     def close(self) -> None:
         if self.child is not None:
             self.child.close()
+            self.child = None
+
+    def abort(self) -> None:
+        if self.child is not None:
+            self.child.kill()
             self.child = None
 
 

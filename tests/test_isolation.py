@@ -309,10 +309,17 @@ def test_layer_subclasses_of_a_model_are_not_targets_and_others_are_listed(proje
 
 
 def test_unbuilt_models_in_sarif_and_github(project):
+    import jsonschema
+
     write(project / "m.py", LAYERS)
-    sarif = report(invoke("m.py", "--format", "sarif"))
+    write(project / "broken.py", "import torch.nn as nn\nraise ValueError('no')\n\n\n"
+          "class M(nn.Module):\n    pass\n")
+    sarif = report(invoke("m.py", "broken.py", "--format", "sarif"))
+    schema = json.loads((Path(__file__).parent / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.validators.validator_for(schema)(schema).validate(sarif)
     notes = sarif["runs"][0]["invocations"][0]["toolExecutionNotifications"]
-    assert any("need arguments" in n["message"]["text"] for n in notes)
+    assert any("need arguments" in n["message"]["text"] and n["level"] == "warning"
+               for n in notes)
     gh = invoke("m.py", "--format", "github").stdout
     assert "::notice file=m.py,title=archlint::2 models need arguments" in gh
 
@@ -507,3 +514,53 @@ def test_in_process_a_model_stuck_in_c_code_does_not_hang_the_run(project):
     assert "could not be interrupted" in ts["a.py:Stuck"]["error"]
     assert ts["a.py:After"]["status"] == "ok" and ts["b.py:Good"]["status"] == "ok"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("mode", [[], ["--subprocess"]])
+def test_ctrl_c_ends_the_run_with_130_and_no_child_left(project, mode):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    write(project / "slow.py", '''
+        import sys
+        import time
+        import torch.nn as nn
+
+
+        class Slow(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(8, 2)
+                print("building", file=sys.stderr, flush=True)
+                time.sleep(120)
+
+            def forward(self, x):
+                return self.fc(x)
+        ''')
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "archlint", "slow.py", "--isolated", *mode],
+                            cwd=project, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "building" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "archlint: interrupted" in err and "Traceback" not in err
+    if Path("/proc").is_dir():  # Linux: no archlint process is left working in the project
+        import time
+
+        time.sleep(0.5)
+        left = []
+        for pid in Path("/proc").iterdir():
+            try:
+                if pid.name.isdigit() and int(pid.name) != os.getpid() and \
+                        (pid / "cwd").resolve() == project.resolve():
+                    left.append((pid / "cmdline").read_bytes().replace(b"\0", b" "))
+            except OSError:
+                continue
+        assert not left, left
