@@ -140,6 +140,7 @@ def watch_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        _interrupts.typed = False
 
 
 def user_typed_ctrl_c() -> bool:

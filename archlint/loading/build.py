@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -96,13 +97,17 @@ def _package_root(path: Path) -> tuple[Path, str]:
     return folder, ".".join(parts)
 
 
-def _library_file(file: str) -> bool:
+@functools.lru_cache(maxsize=1)
+def _stdlib_dirs() -> tuple[str, ...]:
     import sysconfig
 
+    return tuple({sysconfig.get_path(k) for k in ("stdlib", "platstdlib")} - {None})
+
+
+def _library_file(file: str) -> bool:
     if any(part in ("site-packages", "dist-packages") for part in Path(file).parts):
         return True
-    stdlib = {sysconfig.get_path(k) for k in ("stdlib", "platstdlib")} - {None}
-    return any(file.startswith(str(d)) for d in stdlib)
+    return file.startswith(_stdlib_dirs())
 
 
 def _record_user_modules(before: set[str]) -> None:
