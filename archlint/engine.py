@@ -17,6 +17,7 @@ from torch import nn
 
 from .analysis import GraphFacts, analyse_graph
 from .estimate import GradientFacts, estimate_gradients
+from .guard import one_line_error
 from .results import Finding, LayerInfo, TargetResult, Verdict
 from .graph.ir import Graph, Kind
 from .ops import op_info
@@ -65,6 +66,8 @@ class Analysis:
     facts: GraphFacts
     gradient: Optional[GradientFacts] = None
     notes: list[str] = field(default_factory=list)
+    #: Why part of the analysis could not be done (the gradient estimate failed), or None.
+    failure: Optional[str] = None
 
 
 def analyse(graph: Graph) -> Analysis:
@@ -78,8 +81,9 @@ def analyse(graph: Graph) -> Analysis:
         return analysis
     try:
         analysis.gradient = estimate_gradients(graph, analysis.facts)
-    except Exception as exc:  # the structural rules still run
-        analysis.notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # the structural rules still run; the target is an error
+        analysis.failure = f"gradient estimate failed: {one_line_error(exc)}"[:300]
+        analysis.notes.append(analysis.failure)
         return analysis
     ran = analysis.gradient.estimate.ran
     if ran:
@@ -178,6 +182,7 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
                 result.gradient_flow[key] = Verdict(decades=flow.decades,
                                                     earliest=list(flow.earliest),
                                                     last=list(flow.last))
+    failed: list[str] = []
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
@@ -192,9 +197,15 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         try:
             result.findings.extend(rule().check(ctx))
             result.rules_run.append(rule.code)
-        except Exception as exc:
-            result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # the other rules still run; the target is an error
+            failed.append(f"{rule.code} ({rule.name}) failed: {one_line_error(exc)}"[:300])
+            result.notes.append(failed[-1])
     result.findings = merge_same_site(result.findings)
+    problems = ([analysis.failure] if analysis.failure else []) + failed
+    if problems:  # never a silent pass: what could not be checked makes the target an error
+        result.status = "error"
+        result.error = problems[0] + (f" (and {len(problems) - 1} more: see the notes)"
+                                      if len(problems) > 1 else "")
     return result, analysis
 
 

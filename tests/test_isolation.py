@@ -564,3 +564,21 @@ def test_ctrl_c_ends_the_run_with_130_and_no_child_left(project, mode):
             except OSError:
                 continue
         assert not left, left
+
+
+def test_a_rule_that_crashes_makes_the_target_an_error_and_keeps_the_rest(project, monkeypatch):
+    from archlint.rules.vanishing_gradient import VanishingGradient
+
+    def broken(self, ctx):
+        raise ZeroDivisionError("a bug in a rule")
+
+    monkeypatch.setattr(VanishingGradient, "check", broken)
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    r = invoke(str(examples / "deep_sigmoid_mlp.py"), "--format", "json")
+    assert r.exit_code == 2  # not 1: part of the analysis is missing
+    [t] = report(r)["targets"]
+    assert t["status"] == "error"
+    assert t["error"].startswith("AL105 (vanishing-gradient) failed: ZeroDivisionError")
+    assert "AL101" in {f["code"] for f in t["findings"]}  # the other rules' findings are kept
+    text = invoke(str(examples / "deep_sigmoid_mlp.py")).stdout
+    assert "AL101 warning" in text and "error: AL105 (vanishing-gradient) failed" in text

@@ -30,6 +30,9 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 lines.append(f"    hint: {f.hint}")
         if t.status != "ok":
             lines.append(f"{t.target}: error: {t.error}")
+            for note in t.notes:
+                if note != t.error and (verbose or shown_by_default(note)):
+                    lines.append(f"{t.target}: note: {note}")
         elif verbose:
             detail = f"traced with {t.tracer}"
             if t.input:
