@@ -217,13 +217,14 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
                    "measured_grad_rms and reports the estimator's error per target.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a gradient-flow plot (.png, .svg, .pdf or .html; needs matplotlib).")
-@click.option("--timeout", type=click.FloatRange(min=0),
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
               help="Seconds each model may take to build and be analysed (default 120, or "
                    "'timeout' in the config; 0: no limit). Past it, that model is an error.")
 @click.option("--subprocess/--no-subprocess", "subprocess_mode", default=None,
-              help="Lint each target in a child process of its own: survives models that call "
-                   "os._exit, crash the interpreter or hang in C code (slower: each child "
-                   "imports torch). Default: 'subprocess' in the config, else off.")
+              help="Lint in a child process (a new one after each that dies): survives "
+                   "models that call os._exit, crash the interpreter or hang in C code (slower "
+                   "to start: the child imports torch). Default: 'subprocess' in the config, "
+                   "else off.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
