@@ -93,11 +93,14 @@ class _Child:
         self.send({"setup": setup})
 
     def _read(self, stream: IO[bytes]) -> None:
-        for line in stream:
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                continue  # not ours
+        try:
+            for line in stream:
+                try:
+                    self.events.put(json.loads(line))
+                except ValueError:
+                    continue  # not ours
+        except (OSError, ValueError):  # the pipe broke: the same as the child ending
+            pass
         self.events.put(None)  # end of stream: the child is gone
 
     def send(self, message: dict[str, Any]) -> bool:
