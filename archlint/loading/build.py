@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,12 +400,10 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
             if (site is not None and Path(site.path).resolve() == path) or attr in assigned:
                 instances.append((attr, obj))
         elif inspect.isfunction(obj) and obj.__module__ == module.__name__ \
-                and required_arguments(obj) is None and not attr.startswith("_"):
-            plan.factories.append(attr)
+                and not attr.startswith("_") and _FACTORY_WORDS.search(attr) \
+                and required_arguments(obj) is None:
+            plan.factories.append(attr)  # only a hint: never called unless named
     plan.need_arguments.sort(key=_models_first(path))
-    plan.factories.sort(key=lambda f: (not any(w in f.lower() for w in
-                                               ("build", "make", "create", "model", "get")),
-                                       f))
     instance_types = {type(m) for _, m in instances}
     for attr, obj in instances:
         plan.candidates.append(Candidate(f"{disp}:{attr}", obj, target.input, found=True))
@@ -413,6 +412,10 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
             continue  # the module-level instance is linted instead
         plan.candidates.append(Candidate(f"{disp}:{attr}", cls, target.input, user_file=path,
                                          found=True))
+
+
+#: Function names that look like model factories (``build``, ``make_model``, ``resnet18``...).
+_FACTORY_WORDS = re.compile(r"build|make|create|model|net|get", re.IGNORECASE)
 
 
 def _models_first(path: Path) -> Callable[[tuple[type, str]], tuple]:
