@@ -21,8 +21,11 @@ from torch import nn
 
 from .config import ConfigError, _Located, validate_rule_options
 from .engine import Settings, lint_model
-from .loading.inputs import (InputError, InputSpec, TensorSpec, forward_parameters, infer_input,
-                             parse_input, parse_tensor_spec)
+from .guard import StepError, guarded
+from .loading.inputs import (ArgList, InputError, InputSpec, TensorSpec, all_forward_parameters,
+                             forward_parameters, infer_input, parse_input, parse_tensor_spec,
+                             uninferable_input)
+from .results import TargetResult
 from .report.model import Report
 from .rule_docs import rule_info
 from .rules import (ALL_RULES, Rule, RuleError, checked, code_prefixes, known_selector,
@@ -37,7 +40,8 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
          select: Optional[Iterable[str] | str] = None, ignore: Optional[Iterable[str] | str] = None,
          options: Optional[Mapping[str, Mapping[str, Any]]] = None, name: Optional[str] = None,
          fail_on: str = "warning", suppressions: bool = True,
-         local_rules: Iterable[type[Rule]] = (), fixes: bool = True) -> Report:
+         local_rules: Iterable[type[Rule]] = (), fixes: bool = True,
+         timeout: Optional[float] = None) -> Report:
     """Lint one model and return the report.
 
     ``model``: an ``nn.Module``, or a class / factory taking no arguments (archlint builds it and
@@ -55,20 +59,31 @@ def lint(model: Union[nn.Module, Callable[[], nn.Module]], example_input: Exampl
     report (default: the class name). ``local_rules``: your own rule classes, usable like the
     built-in ones (as the config's ``local-rules`` makes them). ``fixes``: propose fixes for
     the findings with their effect predicted (``finding.fixes``). Raises ``ValueError`` on a bad
-    argument; a model that cannot be traced is a report whose target has
-    ``status == "error"``.
+    argument; a model that cannot be traced -- or whose code raises, calls ``sys.exit`` or runs
+    past ``timeout`` seconds (None: no limit) -- gives a report whose target has
+    ``status == "error"``. The model's prints go to stderr while it is linted.
     """
     rules = _rules(local_rules)
     sel, ign = _codes(select, "select", rules), _codes(ignore, "ignore", rules) or []
     rule_options = _rule_options(options, rules)
     if not isinstance(model, nn.Module):
         model = _build(model)
-    spec = to_input_spec(example_input, model) or infer_input(model)
+    given = to_input_spec(example_input, model)
     settings = Settings(rules=selected_rules(sel, ign, rules), rule_options=rule_options,
                         fixes=fixes)
     display = name or type(model).__name__
-    with recovered_sites(model):
-        result = lint_model(model, display, spec, settings)
+
+    def work() -> TargetResult:
+        spec = given or infer_input(model)
+        if spec is None and uninferable_input(model) is not None:
+            return TargetResult(target=display, status="error", error=uninferable_input(model))
+        with recovered_sites(model):
+            return lint_model(model, display, spec, settings)
+
+    try:  # whatever the model's code does (sys.exit included) is the target's error
+        result = guarded(work, "cannot analyse", timeout)
+    except StepError as exc:
+        result = TargetResult(target=display, status="error", error=str(exc))
     for f in result.findings:
         if in_torch(f.path):  # a location inside torch says nothing: keep the module path only
             f.path = f.line = f.column = None
@@ -167,6 +182,11 @@ def to_input_spec(example: ExampleInput, model: nn.Module) -> Optional[InputSpec
             if not specs:
                 raise InputError(f"{where}: empty mapping")
             return InputSpec(specs)
+        if isinstance(example, (tuple, list)) and any(
+                p.kind == p.VAR_POSITIONAL for p in all_forward_parameters(model)):
+            items = [_one(v, f"{where}[{i}]") for i, v in enumerate(example)]
+            return InputSpec({None: items[0] if len(items) == 1 else
+                              ArgList(items, origin=where)})  # type: ignore[arg-type]
         if isinstance(example, (tuple, list)):
             names = [p.name for p in forward_parameters(model)]
             if len(example) > len(names):

@@ -1,7 +1,8 @@
 """Command line: ``archlint PATH...``, ``archlint rules``, ``archlint explain CODE``.
 
 Exit codes: 0 nothing at or above the failing severity; 1 findings; 2 usage, config or
-analysis error.
+analysis error -- an error inside archlint included: it is one line on stderr, never a traceback,
+and never exit 1, which CI reads as "findings". 130: interrupted (Ctrl-C).
 
 torch is imported only when there is a model to lint: ``archlint script.py`` on files that define
 no class and build nothing at top level (what pre-commit passes on most commits) answers at once.
@@ -9,9 +10,11 @@ no class and build nothing at top level (what pre-commit passes on most commits)
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
 
 import click
 
@@ -33,6 +36,65 @@ class _DefaultGroup(click.Group):
                                                                           "--version")):
             args = ["check", *args]
         return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The last line of defence: an error inside archlint is one line on stderr and exit
+        2, never a traceback; Ctrl-C is exit 130 (click would say "Aborted!" and exit 1)."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("archlint: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            click.echo(f"archlint: internal error: {_internal_error(exc)}; please report it "
+                       "with the command and the model", err=True)
+            sys.exit(2)
+
+
+def _internal_error(exc: BaseException) -> str:
+    """``KeyError: 'x' (archlint/engine.py:120)``: the exception and archlint's innermost
+    frame, on one line."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:300]
+    here = str(Path(__file__).resolve().parent)
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(here)]
+    if frames:
+        f = frames[-1]
+        text += f" (archlint/{Path(f.filename).resolve().relative_to(here).as_posix()}:{f.lineno})"
+    return text
+
+
+class _StdoutToStderr:
+    """While models run, file descriptor 1 is stderr too: what user code writes there by any
+    means (C extensions, child processes) stays out of the report. Only for the real stdout
+    of a process (not under click's test runner)."""
+
+    def __init__(self) -> None:
+        self.saved: Optional[int] = None
+
+    def __enter__(self) -> "_StdoutToStderr":
+        try:
+            real = sys.stdout is sys.__stdout__ and sys.stdout.fileno() == 1 and \
+                sys.stderr.fileno() == 2
+        except (AttributeError, ValueError, OSError):
+            real = False
+        if real:
+            sys.stdout.flush()
+            self.saved = os.dup(1)
+            os.dup2(2, 1)
+        return self
+
+    def restore(self) -> None:
+        if self.saved is not None:
+            sys.__stdout__.flush()
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+            self.saved = None
+
+    def __exit__(self, *exc: Any) -> None:
+        self.restore()
 
 
 @click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -161,6 +223,14 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
                    "diff (shown, never applied; needs libcst).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write a gradient-flow plot (.png, .svg, .pdf or .html; needs matplotlib).")
+@click.option("--timeout", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="Seconds each model may take to build and be analysed (default 120, or "
+                   "'timeout' in the config; 0: no limit). Past it, that model is an error.")
+@click.option("--subprocess/--no-subprocess", "subprocess_mode", default=None,
+              help="Lint in a child process (a new one after each that dies): survives "
+                   "models that call os._exit, crash the interpreter or hang in C code (slower "
+                   "to start: the child imports torch). Default: 'subprocess' in the config, "
+                   "else off.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
@@ -168,7 +238,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           statistics: bool, baseline_path: Optional[str], update_baseline: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
           input_dtype: Optional[str], input_high: Optional[int], measure: bool,
-          fixes: bool, diff: bool, plot_path: Optional[str], verbose: bool) -> None:
+          fixes: bool, diff: bool, plot_path: Optional[str], timeout: Optional[float],
+          subprocess_mode: Optional[bool], verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -213,33 +284,57 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
             baseline = load_baseline(config.baseline)
         except BaselineError as exc:
             _fail(str(exc))
+    redirect = _StdoutToStderr()
+    stdout = sys.stdout  # the report's, whatever user code's prints are redirected to
+
+    def finish(report: Report) -> NoReturn:
+        """Print the report and exit (also from the watchdog's thread, see abandoned)."""
+        if plot_path:
+            from .report.plot import PlotError, render_plot
+
+            try:
+                render_plot(report.targets, plot_path,
+                            float(config.rules.get("AL105", {}).get("max-decades", 3.0)))
+            except PlotError as exc:
+                _fail(str(exc))
+        if update_baseline:
+            _update_baseline(report, target)
+        _write(_render(report, fmt, statistics, verbose), output)
+        for t in report.errors:
+            if fmt != "text" or output or statistics:
+                click.echo(f"archlint: {t.target}: {t.error}", err=True)
+        sys.exit(report.exit_code())
+
+    def abandoned(report: Report) -> None:
+        """The main thread is stuck in a model's C code: print the report from this thread and
+        end the process."""
+        code = 2
+        try:
+            redirect.restore()
+            sys.stdout = stdout
+            finish(report)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 2
+        except BaseException as exc:  # pragma: no cover - last resort
+            click.echo(f"archlint: internal error: {_internal_error(exc)}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     opts = RunOptions(paths=list(paths), select=sel, ignore=ign,
                       extend_ignore=_split(extend_ignore) or [],
                       exclude=_split(exclude), fail_on=fail_on, input=spec,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
-                      measure=measure, fixes=fixes, diff=diff and fixes)
+                      measure=measure, fixes=fixes, diff=diff and fixes, timeout=timeout,
+                      subprocess=subprocess_mode, on_abandoned=abandoned)
     try:
-        report = run(config, opts)
+        with redirect:
+            report = run(config, opts)
     except UsageError as exc:
         _fail(str(exc))
         return
-    if plot_path:
-        from .report.plot import PlotError, render_plot
-
-        try:
-            render_plot(report.targets, plot_path,
-                        float(config.rules.get("AL105", {}).get("max-decades", 3.0)))
-        except PlotError as exc:
-            _fail(str(exc))
-    if update_baseline:
-        _update_baseline(report, target)
-        return
-    _write(_render(report, fmt, statistics, verbose), output)
-    for t in report.errors:
-        if fmt != "text" or output or statistics:
-            click.echo(f"archlint: {t.target}: {t.error}", err=True)
-    sys.exit(report.exit_code())
+    finish(report)
 
 
 def _update_baseline(report: Report, path: Path) -> None:

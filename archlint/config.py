@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
 TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",
-            "per-file-ignores", "baseline", "report-unused-suppressions", "local-rules")
+            "per-file-ignores", "baseline", "report-unused-suppressions", "local-rules",
+            "timeout", "subprocess")
+#: Seconds each model may take to build and be analysed (``timeout``; 0: no limit).
+DEFAULT_TIMEOUT = 120.0
 TARGET_KEYS = ("target", "kwargs", "input")
 
 
@@ -53,6 +56,12 @@ class Config:
     report_unused_suppressions: bool = False
     #: The team's own rules, from the modules ``local-rules`` lists.
     local_rules: list[type[Rule]] = field(default_factory=list)
+    #: Seconds each model may take to build and be analysed, and a file to be imported
+    #: (None: no limit).
+    timeout: Optional[float] = DEFAULT_TIMEOUT
+    #: Lint each target in a child process (survives sys.exit, os._exit, crashes, C code that
+    #: never returns).
+    subprocess: bool = False
 
     @property
     def root(self) -> Path:
@@ -278,9 +287,32 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
             raise ConfigError(f"{loc.where(('report-unused-suppressions',))}: expected true or "
                               f"false, got {v!r}")
         cfg.report_unused_suppressions = v
+    if "timeout" in data:
+        cfg.timeout = parse_timeout(data["timeout"], loc.where(("timeout",)))
+    if "subprocess" in data:
+        v = data["subprocess"]
+        if not isinstance(v, bool):
+            raise ConfigError(f"{loc.where(('subprocess',))}: expected true or false, got {v!r}")
+        cfg.subprocess = v
     if "targets" in data:
         cfg.targets = _validate_targets(data["targets"], loc)
     return cfg
+
+
+def parse_timeout(value: Any, where: str) -> Optional[float]:
+    """Seconds (a positive number); 0 or none: no limit."""
+    if value is None or value is False or (isinstance(value, str) and
+                                           value.strip().lower() in ("none", "off")):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+            or value != value:
+        raise ConfigError(f"{where}: expected a number of seconds (0: no limit), got {value!r}")
+    return float(value) or None
 
 
 def validate_rule_options(raw: Any, loc: _Located, rules: list[type[Rule]]

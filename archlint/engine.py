@@ -17,12 +17,13 @@ from torch import nn
 
 from .analysis import GraphFacts, analyse_graph
 from .estimate import GradientFacts, estimate_gradients
+from .guard import one_line_error
 from .results import Finding, LayerInfo, TargetResult, Verdict
-from .graph.ir import Graph
+from .graph.ir import Graph, Kind
 from .ops import op_info
 from .ops.opaque import named_modules, see_through
 from .loading.sites import module_site
-from .loading.inputs import InputSpec
+from .loading.inputs import InputError, InputSpec
 from .rules import Rule, RuleContext
 from .loading.targets import display_path
 from .tracing import TraceError, trace_model
@@ -70,6 +71,8 @@ class Analysis:
     #: The findings' fixes with their edited graphs (archlint.fixes.Proposed), for --measure
     #: and --diff.
     fixes: list[Any] = field(default_factory=list)
+    #: Why part of the analysis could not be done (the gradient estimate failed), or None.
+    failure: Optional[str] = None
 
 
 def analyse(graph: Graph) -> Analysis:
@@ -83,8 +86,9 @@ def analyse(graph: Graph) -> Analysis:
         return analysis
     try:
         analysis.gradient = estimate_gradients(graph, analysis.facts)
-    except Exception as exc:  # the structural rules still run
-        analysis.notes.append(f"gradient estimate failed: {type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # the structural rules still run; the target is an error
+        analysis.failure = f"gradient estimate failed: {one_line_error(exc)}"[:300]
+        analysis.notes.append(analysis.failure)
         return analysis
     ran = analysis.gradient.estimate.ran
     if ran:
@@ -144,6 +148,10 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.status = "error"
         result.error = str(exc) if exc.mismatch else f"cannot trace: {exc}"
         return result, None
+    except InputError as exc:  # the example input does not fit forward()'s arguments
+        result.status = "error"
+        result.error = str(exc)
+        return result, None
     result.tracer = graph.tracer
     used_spec = graph.input_spec
     result.input = f"{used_spec.describe()} ({used_spec.origin})" if used_spec is not None \
@@ -151,6 +159,11 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
     result.notes.extend(graph.fallback_reasons)
     if graph.output is None:
         result.notes.append("no tensor output found; gradient paths are unknown")
+    else:
+        why = _no_gradient(graph)
+        if why is not None:
+            result.notes.append(f"no gradient analysis: {why}, so no gradient flows back "
+                                "into the model from it (structural rules only)")
     result.layers = weight_layers_of(model)
     try:
         analysis = analyse(graph)
@@ -177,6 +190,7 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
                 result.gradient_flow[key] = Verdict(decades=flow.decades,
                                                     earliest=list(flow.earliest),
                                                     last=list(flow.last))
+    failed: list[str] = []
     for rule in settings.rules:
         severity = settings.severity_for(rule)
         if severity == "off":
@@ -191,8 +205,9 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         try:
             result.findings.extend(rule().check(ctx))
             result.rules_run.append(rule.code)
-        except Exception as exc:
-            result.notes.append(f"{rule.code} failed: {type(exc).__name__}: {exc}"[:300])
+        except Exception as exc:  # the other rules still run; the target is an error
+            failed.append(f"{rule.code} ({rule.name}) failed: {one_line_error(exc)}"[:300])
+            result.notes.append(failed[-1])
     result.findings = merge_same_site(result.findings)
     if settings.fixes and result.findings:
         from .fixes import propose_fixes
@@ -202,6 +217,11 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
                                            notes=result.notes)
         except Exception as exc:  # the findings stand without their fixes
             result.notes.append(f"fixes failed: {type(exc).__name__}: {exc}"[:300])
+    problems = ([analysis.failure] if analysis.failure else []) + failed
+    if problems:  # never a silent pass: what could not be checked makes the target an error
+        result.status = "error"
+        result.error = problems[0] + (f" (and {len(problems) - 1} more: see the notes)"
+                                      if len(problems) > 1 else "")
     return result, analysis
 
 
@@ -216,6 +236,21 @@ def _tied_names(model: nn.Module) -> dict[str, str]:
                 if owner != name:
                     out[name] = owner
     return out
+
+
+def _no_gradient(graph: Graph) -> Optional[str]:
+    """Why the model's output carries no gradient (None when it may): it returns nothing
+    tensor-like, or integers (argmax ids) / booleans."""
+    out = graph.output
+    if out is None:
+        return None
+    if out.kind == Kind.OUTPUT and not out.inputs:
+        return "forward returns no tensor (None or plain values)"
+    if out.dtype is not None and not (out.dtype.is_floating_point or out.dtype.is_complex):
+        dtype = str(out.dtype).replace("torch.", "")
+        what = f"{out.op} ids" if out.op in ("argmax", "argmin", "argsort", "topk") else "values"
+        return f"forward returns {dtype} {what}"
+    return None
 
 
 def _describe_layers(layers: list[LayerInfo], analysis: Analysis) -> None:

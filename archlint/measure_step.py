@@ -13,7 +13,7 @@ from typing import Optional
 from torch import nn
 
 from .estimate.accuracy import compare
-from .loading.inputs import InputSpec
+from .loading.inputs import InputError, InputSpec, call_arguments
 from .measure import measure_grad_rms
 from .ops.opaque import see_through
 from .results import LayerInfo, Measurement
@@ -30,7 +30,10 @@ def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo]) -
     """One real probe on ``model`` with ``spec``'s tensors, compared with ``layers``' predicted
     ``grad_rms``."""
     with see_through(model, wrap_scripts=False) as seen:  # compiled modules are not compiled
-        measured = measure_grad_rms(seen, spec.bind(seen)).rms
+        args, kwargs = call_arguments(seen, spec.bind(seen))
+        if args and kwargs:
+            raise InputError("cannot call forward() with both *args and keyword arguments")
+        measured = measure_grad_rms(seen, args or kwargs).rms
     acc = compare({layer.module: layer.grad_rms for layer in layers}, measured)
     return Measured(grad_rms=measured,
                     measurement=Measurement(median_decades=acc.error, layers=acc.layers,

@@ -167,6 +167,36 @@ class Measurement:
 
 
 @dataclass
+class Unbuilt:
+    """A model a file defines that archlint could not build by itself (its constructor needs
+    arguments): listed, never skipped silently."""
+
+    #: The file, as displayed.
+    path: str
+    #: The class name.
+    name: str
+    #: How it is called: ``ResNet(cfg)``.
+    call: str
+    reason: str
+    #: How to lint it anyway (a factory to name, kwargs in the config).
+    hint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def unbuilt_note(entries: list[Unbuilt], hint: Optional[str] = None) -> str:
+    """``2 models need arguments: ResNet(cfg), Block(cin, cout); name a factory ...``: one
+    file's entries."""
+    if hint is None:
+        hint = entries[0].hint if entries else ""
+    n = len(entries)
+    text = (f"{n} model{'s' if n != 1 else ''} need{'s' if n == 1 else ''} arguments: "
+            + ", ".join(e.call for e in entries))
+    return text + (f"; {hint}" if hint else "")
+
+
+@dataclass
 class TargetResult:
     target: str
     status: str = "ok"  # "ok" | "error"
@@ -205,3 +235,16 @@ class TargetResult:
         if self.measurement is not None:
             d["estimate_error"] = self.measurement.to_dict()
         return d
+
+
+def result_from_dict(d: dict[str, Any]) -> TargetResult:
+    """The :class:`TargetResult` that ``dataclasses.asdict(result)`` describes (the subprocess
+    mode sends results as plain JSON, never pickles)."""
+    d = dict(d)
+    d["findings"] = [Finding(**{**f, "fixes": [Fix(**fx) for fx in f.get("fixes") or []]})
+                     for f in d.get("findings", [])]
+    d["layers"] = [LayerInfo(**layer) for layer in d.get("layers", [])]
+    d["gradient_flow"] = {k: Verdict(**v) for k, v in (d.get("gradient_flow") or {}).items()}
+    if d.get("measurement") is not None:
+        d["measurement"] = Measurement(**d["measurement"])
+    return TargetResult(**d)

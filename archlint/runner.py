@@ -1,8 +1,11 @@
 """Resolve the targets of a run, build and lint each one, and collect the report.
 
-Every failure is confined to its target: a file that cannot be imported, a class that cannot be
-built or traced becomes a target with ``status: "error"`` and a one-line reason; the other
-targets are still analysed.
+Every failure is confined to its target: a path that does not exist, a file that cannot be
+imported, a class that cannot be built, traced or analysed in time, user code that calls
+``sys.exit`` becomes a target with ``status: "error"`` and a one-line reason; the other targets
+are still analysed (:mod:`archlint.pipeline`). In the subprocess mode each target is linted in a
+child process (:mod:`archlint.worker`), which also survives ``os._exit``, crashes and C code
+that never returns.
 """
 
 from __future__ import annotations
@@ -11,14 +14,17 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Analysis, Settings, lint_and_analyse
-from .results import Finding, TargetResult, target_file
-from .loading.inputs import InputSpec, infer_input
-from .loading.build import LoadedModel, LoadFailure, load_target
+from .engine import Settings
+from .guard import can_interrupt, watch_interrupts
+from .pipeline import Item, Job, error, lint_target
+from .watchdog import Watchdog
+from .worker import ChildPool
+from .results import Finding, TargetResult, Unbuilt, target_file
+from .loading.inputs import InputSpec
 from .report.model import Report
 from .rule_docs import rule_info
 from .rules import code_prefixes, matches, selected_rules
@@ -50,6 +56,14 @@ class RunOptions:
     #: diffs where they are plain source substitutions (``--diff``).
     fixes: bool = True
     diff: bool = False
+    #: Seconds per model (None: the config's ``timeout``; 0: no limit).
+    timeout: Optional[float] = None
+    #: Lint each target in a child process (None: the config's ``subprocess``).
+    subprocess: Optional[bool] = None
+    #: In-process, when a model hangs in C code past its time limit the run is finished in
+    #: another thread, which calls this with the report; it must end the process (the main
+    #: thread stays stuck). None: no such rescue (the run waits).
+    on_abandoned: Optional[Callable[[Report], None]] = None
 
 
 class UsageError(ValueError):
@@ -63,9 +77,18 @@ def settings_from(config: Config, opts: RunOptions) -> Settings:
                     rule_options=config.rules, fixes=opts.fixes)
 
 
-def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
+@dataclass
+class Unresolved:
+    """A command-line path or config entry that names nothing (a missing file): its own error
+    target; the other targets are still analysed."""
+
+    display: str
+    error: str
+
+
+def collect_targets(config: Config, opts: RunOptions) -> list[Target | Unresolved]:
     excludes = opts.exclude if opts.exclude is not None else config.exclude
-    targets: list[Target] = []
+    targets: list[Target | Unresolved] = []
     if opts.paths:
         for p in opts.paths:
             # A file named without ':Name' is not "explicit": one that defines no class and
@@ -73,8 +96,8 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
             try:
                 targets.extend(resolve(p, excludes, input_spec=opts.input))
             except TargetError as exc:
-                raise UsageError(str(exc)) from None
-        _attach_config_entries(targets, config)
+                targets.append(Unresolved(p, _without_prefix(str(exc), split_spec(p)[0])))
+        _attach_config_entries([t for t in targets if isinstance(t, Target)], config)
         return targets
     if not config.targets:
         raise UsageError("no targets: pass a file, directory or package.module:callable, or "
@@ -85,12 +108,19 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target]:
             found = resolve(spec, excludes, kwargs=entry.kwargs,
                             input_spec=opts.input or entry.input, explicit=True)
         except TargetError as exc:
-            raise UsageError(f"{config.path}: targets: {exc}") from None
+            targets.append(Unresolved(entry.target, f"{config.path}: targets: {exc}"))
+            continue
         for t in found:
             if t.import_path is not None:
                 t.search_path = config.root  # package.module:fn is relative to the config too
         targets.extend(found)
     return targets
+
+
+def _without_prefix(message: str, left: str) -> str:
+    """``nope.py: no such file or directory`` -> ``no such file or directory`` (the target's
+    name is printed before it anyway)."""
+    return message[len(left) + 2:] if message.startswith(left + ": ") else message
 
 
 def _config_relative(spec: str, root: Path) -> str:
@@ -121,44 +151,157 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
 
 
 def run(config: Config, opts: RunOptions) -> Report:
-    settings = settings_from(config, opts)
-    rules = config.available_rules
-    report = Report(fail_on=opts.fail_on or config.fail_on,
-                    rules=[rule_info(r) for r in rules])
-    targets = collect_targets(config, opts)
-    suppressions = SuppressionIndex(code_prefixes(rules)) if opts.respect_suppressions else None
-    coverage = _Coverage()
-    for target in targets:
-        for loaded in load_target(target):
-            analysis = None
-            if isinstance(loaded, LoadFailure):
-                result = TargetResult(target=loaded.display, status="error", error=loaded.error)
+    return _Run(config, opts).execute()
+
+
+class _Run:
+    """One run: the targets in order, each model's outcome collected into the report as it
+    comes (from :func:`~archlint.pipeline.lint_target` in-process, or from child processes)."""
+
+    def __init__(self, config: Config, opts: RunOptions) -> None:
+        self.config, self.opts = config, opts
+        self.settings = settings_from(config, opts)
+        rules = config.available_rules
+        self.report = Report(fail_on=opts.fail_on or config.fail_on,
+                             rules=[rule_info(r) for r in rules])
+        self.targets = collect_targets(config, opts)
+        self.next = 0
+        self.suppressions = SuppressionIndex(code_prefixes(rules)) \
+            if opts.respect_suppressions else None
+        self.coverage = _Coverage()
+        self.timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
+        self.in_children = config.subprocess if opts.subprocess is None else opts.subprocess
+        self.pool: Optional[ChildPool] = None
+        #: The target being linted and the models of it already reported.
+        self.current: Optional[Target] = None
+        self.reported: set[str] = set()
+
+    def job(self, target: Target, skip: frozenset = frozenset(),
+            done: frozenset = frozenset()) -> Job:
+        return Job(target, self.settings, default_input=self.config.input,
+                   measure=self.opts.measure, diff=self.opts.diff, timeout=self.timeout,
+                   skip=skip, done=done)
+
+    def children(self) -> ChildPool:
+        if self.pool is None:
+            self.pool = ChildPool(self.config.path, self.settings, measure=self.opts.measure,
+                                  timeout=self.timeout, diff=self.opts.diff)
+        return self.pool
+
+    def execute(self) -> Report:
+        watchdog = None
+        if not self.in_children and self.timeout and self.opts.on_abandoned is not None \
+                and can_interrupt():
+            watchdog = Watchdog(self._take_over)
+        steps = _steps_to(watchdog) if watchdog is not None else None
+        try:
+            with watch_interrupts():
+                while self.next < len(self.targets):
+                    target = self.targets[self.next]
+                    self.next += 1
+                    if self.in_children:
+                        self.lint(target, self.children().lint)
+                    else:
+                        self.lint(target, lambda job: lint_target(job, on_step=steps))
+        except BaseException:  # Ctrl-C: no child outlives the run
+            if self.pool is not None:
+                self.pool.abort()
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+            if self.pool is not None:
+                self.pool.close()
+        return self.finish()
+
+    def lint(self, target: Target | Unresolved,
+             linter: Callable[[Job], Iterator[Item]]) -> None:
+        if isinstance(target, Unresolved):
+            self.collect(error(target.display, target.error), None)
+            return
+        self.current, self.reported = target, set()
+        for item in linter(self.job(target)):
+            self.collect(item, target)
+
+    def _take_over(self, kind: str, what: str, limit: float) -> None:
+        """In the watchdog's thread, the main one being stuck in C code: the stuck model is a
+        timeout error, the rest of the run goes to child processes, the command line gets the
+        report (and ends the process)."""
+        assert self.opts.on_abandoned is not None
+        try:
+            reason = (f"did not finish within {limit:g} s and could not be interrupted (C "
+                      "code?); archlint carried on with the other models in child processes")
+            target = self.current
+            assert target is not None
+            if kind == "import":
+                self.collect(error(target.display, f"cannot import {target.display}: {reason}"),
+                             target)
             else:
-                result, analysis = _lint_loaded(loaded, config, settings, opts)
-            coverage.add(result, target, analysis)
-            if suppressions is not None:
-                result.findings, silenced = suppressions.filter(result.findings)
-                report.suppressed += silenced
-            _apply_per_file_ignores(result, config, target.path)
-            if opts.baseline is not None:
-                report.baselined += opts.baseline.filter(result)
-            report.targets.append(result)
-            if opts.on_result is not None:
-                opts.on_result(result)
-    unused = opts.report_unused_suppressions
-    if unused is None:
-        unused = config.report_unused_suppressions
-    if unused and suppressions is not None:
-        _report_unused_suppressions(report, suppressions, coverage, config, settings, opts)
-    if opts.baseline is not None:
-        stale = opts.baseline.stale(t.target for t in report.targets)
-        if stale:
-            report.notes.append(f"{stale} finding{'s' if stale != 1 else ''} of "
-                                f"{opts.baseline.path} no longer occur; shrink the baseline with "
-                                "--update-baseline")
-    if not report.targets and opts.paths:
-        report.notes.append(NO_MODELS)
-    return report
+                verb = f"build {what}" if kind == "build" else "analyse"
+                self.collect(error(what, f"cannot {verb}: {reason}"), target)
+                job = self.job(target, skip=frozenset({what} if kind == "build" else ()),
+                               done=frozenset(self.reported | {what}))
+                for item in self.children().lint(job):
+                    self.collect(item, target)
+            while self.next < len(self.targets):
+                target = self.targets[self.next]
+                self.next += 1
+                self.lint(target, self.children().lint)
+            if self.pool is not None:
+                self.pool.close()
+            report = self.finish()
+        except BaseException as exc:  # pragma: no cover - last resort
+            report = self.report
+            report.notes.append(f"archlint could not finish the run after a model hung: "
+                                f"{type(exc).__name__}: {exc}"[:300])
+        self.opts.on_abandoned(report)
+
+    def collect(self, item: Item, target: Optional[Target]) -> None:
+        """One model's outcome into the report: suppressions, per-file ignores, baseline."""
+        report, opts = self.report, self.opts
+        if isinstance(item, Unbuilt):
+            report.unbuilt.append(item)
+            return
+        result = item.result
+        self.reported.add(result.target)
+        self.coverage.add(result, target, item.files)
+        if self.suppressions is not None:
+            result.findings, silenced = self.suppressions.filter(result.findings)
+            report.suppressed += silenced
+        _apply_per_file_ignores(result, self.config,
+                                target.path if target is not None else None)
+        if opts.baseline is not None:
+            report.baselined += opts.baseline.filter(result)
+        report.targets.append(result)
+        if opts.on_result is not None:
+            opts.on_result(result)
+
+    def finish(self) -> Report:
+        report, opts, config = self.report, self.opts, self.config
+        unused = opts.report_unused_suppressions
+        if unused is None:
+            unused = config.report_unused_suppressions
+        if unused and self.suppressions is not None:
+            _report_unused_suppressions(report, self.suppressions, self.coverage, config,
+                                        self.settings, opts)
+        if opts.baseline is not None:
+            stale = opts.baseline.stale(t.target for t in report.targets)
+            if stale:
+                report.notes.append(f"{stale} finding{'s' if stale != 1 else ''} of "
+                                    f"{opts.baseline.path} no longer occur; shrink the baseline "
+                                    "with --update-baseline")
+        if not report.targets and opts.paths:
+            report.notes.append(NO_MODELS)
+        return report
+
+
+def _steps_to(watchdog: Watchdog) -> Callable[[str, str, Optional[float]], None]:
+    def step(kind: str, what: str, limit: Optional[float]) -> None:
+        if kind == "idle":
+            watchdog.idle()
+        else:
+            watchdog.step(kind, what, limit)
+    return step
 
 
 class _Coverage:
@@ -169,16 +312,14 @@ class _Coverage:
         self.rules_run: dict[Path, set[str]] = {}
         self.unsure: set[Path] = set()  # files of targets that could not be analysed
 
-    def add(self, result: TargetResult, target: Target, analysis: Optional[Analysis]) -> None:
+    def add(self, result: TargetResult, target: Optional[Target], sites: list[str]) -> None:
         own = _target_file(result.target, target)
         if result.status != "ok":
             if own is not None:
                 self.unsure.add(own)
             return
         files = {own} if own is not None else set()
-        if analysis is not None:
-            files.update(Path(n.site.path).resolve() for n in analysis.graph.nodes
-                         if n.site is not None)
+        files.update(Path(f).resolve() for f in sites)
         files.update(Path(layer.path).resolve() for layer in result.layers if layer.path)
         for f in files:
             if not f.is_file() or not _user_file(f):
@@ -195,11 +336,11 @@ def _user_file(path: Path) -> bool:
     return not any(part in ("site-packages", "dist-packages") for part in path.parts)
 
 
-def _target_file(display: str, target: Target) -> Optional[Path]:
+def _target_file(display: str, target: Optional[Target]) -> Optional[Path]:
     own = target_file(display)
     if own is not None:
         return Path(own).resolve()
-    return target.path.resolve() if target.path is not None else None
+    return target.path.resolve() if target is not None and target.path is not None else None
 
 
 def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverage: _Coverage,
@@ -231,44 +372,6 @@ def _report_unused_suppressions(report: Report, index: SuppressionIndex, coverag
         touched[id(result)] = result
     for result in touched.values():
         result.findings.sort(key=Finding.sort_key)
-
-
-def _lint_loaded(loaded: LoadedModel, config: Config, settings: Settings, opts: RunOptions
-                 ) -> tuple[TargetResult, Optional[Analysis]]:
-    spec = loaded.input or config.input or infer_input(loaded.model)
-    result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, settings)
-    if opts.measure and analysis is not None:
-        _measure(loaded, analysis, result)
-    if opts.diff and analysis is not None and analysis.fixes:
-        from .fixes import add_diffs
-
-        result.notes.extend(add_diffs(analysis.fixes))
-    return result, analysis
-
-
-def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> None:
-    """``--measure``: the probe's gradients into the layers, the error figure into the result."""
-    from .measure_step import measure_target
-
-    spec = analysis.graph.input_spec
-    if spec is None:
-        result.notes.append("--measure skipped: no example input")
-        return
-    try:
-        measured = measure_target(loaded.model, spec, result.layers)
-    except Exception as exc:  # keep the other targets
-        result.notes.append(f"measure_target failed: {type(exc).__name__}: {exc}"[:300])
-        return
-    for layer in result.layers:
-        layer.measured_grad_rms = measured.grad_rms.get(layer.module)
-    result.measurement = m = measured.measurement
-    if m.median_decades is not None:
-        result.notes.append(f"estimate vs measured gradients: median error "
-                            f"{m.median_decades:.3f} decades over {m.layers} layers")
-    if analysis.fixes:
-        from .fixes import measure_fixes
-
-        result.notes.extend(measure_fixes(loaded.model, spec, analysis.fixes))
 
 
 def _apply_per_file_ignores(result: TargetResult, config: Config,

@@ -25,7 +25,7 @@ from fuzz.harness import check_basic, check_chain, full_check, parse_json, run_i
 from fuzz.model_writer import saturating_chains, model_files
 
 #: Families with a known archlint bug (see the xfail tests): kept out of the main properties.
-KNOWN = frozenset({"print"})
+KNOWN: frozenset = frozenset()
 
 #: The properties the main test holds archlint to (harness.PROPERTIES minus the estimator
 #: coverage check, which benchmarks/fuzz.py reports).
@@ -87,13 +87,23 @@ def test_saturating_chain_gets_al101_unless_wrapped_per_layer(cases):
         assert not fails, f"variant {case.variant}\n" + _explain(case, fails)
 
 
-# ------------------------------------------------------------------------------------------
-# Known failures (strict xfail: they flip to XPASS when fixed)
-# ------------------------------------------------------------------------------------------
-
 def _only(prop, fails):
     return [f for f in fails if f.prop == prop]
 
+
+@settings(CI, max_examples=10)
+@given(model_files(force=frozenset({"print"}), exclude=KNOWN - {"print"}))
+def test_print_in_forward_keeps_stdout_one_json_document(case):
+    """print() in forward goes to stderr while archlint traces and measures: stdout stays
+    one JSON document."""
+    written, truth, run = _lint_json(case)
+    fails = _only("one_json_document", check_basic(case, written, run, truth))
+    assert not fails, _explain(case, fails)
+
+
+# ------------------------------------------------------------------------------------------
+# Known failures (strict xfail: they flip to XPASS when fixed)
+# ------------------------------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="issue 8: the residual skip around a whole saturating "
                    "chain (x = x + chain(x)) still gets AL101, whose message says 'no skip path "
@@ -116,17 +126,6 @@ def test_chain_ending_in_a_scripted_function_still_gets_al101(cases):
     doc, _ = parse_json(run)
     fails = check_chain(case, doc) + _only("no_internal_error",
                                            check_basic(case, written, run, truth))
-    assert not fails, _explain(case, fails)
-
-
-@pytest.mark.xfail(strict=True, reason="issue 8: print() in forward goes to stdout while fx "
-                   "traces (only import/build run under loading._user_code's redirect), so "
-                   "--format json is not one JSON document")
-@XFAIL
-@given(model_files(force=frozenset({"print"}), exclude=KNOWN - {"print"}))
-def test_print_in_forward_keeps_stdout_one_json_document(case):
-    written, truth, run = _lint_json(case)
-    fails = _only("one_json_document", check_basic(case, written, run, truth))
     assert not fails, _explain(case, fails)
 
 

@@ -247,7 +247,7 @@ J = ("--isolated", "--format", "json")
 C_LOCALE = (("LC_ALL", "C"), ("LANG", "C"), ("PYTHONCOERCECLOCALE", "0"), ("PYTHONUTF8", "0"))
 
 _MIXED = R("mixed", *J, sub=True)
-_ISOLATE = R("--isolate", "process/sys_exit_forward.py", "process/os_exit_forward.py",
+_ISOLATE = R("--subprocess", "process/sys_exit_forward.py", "process/os_exit_forward.py",
              "process/segfault_forward.py", "process/good.py", *J, sub=True, timeout=60)
 _NEEDS_ARGS_HINT = r"ResNet\(cfg\)"
 
@@ -260,10 +260,7 @@ CASES = [
           Target("module_instance.py:model"), Target("circular_a.py:CircularNet"),
           Target("syntax_error.py", "error", r"SyntaxError"),
           Target("import_error.py", "error", r"definitely_not_installed_package_xyz"),
-          Target("latin1.py", "error", r"utf-8"), Target("prints.py:Chatty")),
-         xfail="issue 8: the whole run dies with a traceback (exit 1, nothing on stdout) at the "
-               "first of scripted_submodule.py / varargs.py / compiled.py: exceptions other "
-               "than TraceError escape engine.lint_model and runner.run"),
+          Target("latin1.py", "error", r"utf-8"), Target("prints.py:Chatty"))),
     Case("two_identical_runs_byte_identical",
          R("mixed/good.py", "mixed/tanh30_plain.py", "mixed/module_instance.py",
            "mixed/ctor_raises.py", *J, sub=True), 2, (Json(), SameOnRerun())),
@@ -278,13 +275,9 @@ CASES = [
          R("mixed/scripted_whole.py", "--input-shape", "8,16", *J), (0, 2),
          (Out(r"scripted_whole\.py:model"),)),
     Case("varargs_forward_without_input", R("mixed/varargs.py", *J), 2,
-         (Target("varargs.py:VarArgs", "error", r"input|argument"),),
-         xfail="issue 8: InputSpec.bind raises InputError 'VarArgs.forward() takes no tensor "
-               "argument' inside tracing.trace_model, which only catches TraceError: traceback"),
+         (Target("varargs.py:VarArgs", "error", r"input|argument"),)),
     Case("varargs_forward_with_input", R("mixed/varargs.py", "--input-shape", "8,16", *J), 0,
-         (Target("varargs.py:VarArgs"),),
-         xfail="issue 8: inputs.forward_parameters drops *inputs, so bind() finds no argument "
-               "to give the tensor to (InputError escapes: traceback)"),
+         (Target("varargs.py:VarArgs"),)),
     Case("tanh30_with_scripted_tail_keeps_findings", R("mixed/tanh30_jit_tail.py", *J), 1,
          (Target("TanhJitTail", codes=("AL101", "AL105")),)),
     Case("tanh30_plain_control", R("mixed/tanh30_plain.py", *J), 1,
@@ -295,16 +288,11 @@ CASES = [
     # ---------------------------------------------------------------- stdout belongs to the report
     Case("prints_json_stdout_is_one_document", R("mixed/prints.py", *J, sub=True), 0,
          (Json(), Target("prints.py:Chatty"), Err(r"hello from import time"),
-          Err(r"building Chatty"), Err(r"forward got")),
-         xfail="issue 8: forward's print goes to stdout while fx traces ('forward got "
-               "Proxy(getattr_1)' before the JSON): only import and build run under "
-               "loading._user_code's redirect_stdout, engine.lint_model/trace_model do not"),
+          Err(r"building Chatty"), Err(r"forward got"))),
     Case("prints_sarif_stdout_is_one_document",
-         R("mixed/prints.py", "--isolated", "--format", "sarif", sub=True), 0, (Json(sarif=True),),
-         xfail="issue 8: same as prints_json: forward's print lands on stdout before the SARIF"),
+         R("mixed/prints.py", "--isolated", "--format", "sarif", sub=True), 0, (Json(sarif=True),)),
     Case("prints_text_stdout_has_only_the_report", R("mixed/prints.py", "--isolated", sub=True),
-         0, (Out(r"forward got", absent=True), Out(r"hello from import time", absent=True)),
-         xfail="issue 8: forward's print lands in the text report"),
+         0, (Out(r"forward got", absent=True), Out(r"hello from import time", absent=True))),
 
     # ---------------------------------------------------------------- inputs that cannot fit
     Case("image_input_into_linear_first_layer",
@@ -329,12 +317,9 @@ CASES = [
 
     # ---------------------------------------------------------------- no silent skip
     Case("models_needing_arguments_are_listed", R("mixed/needs_args.py", "--isolated"), 2,
-         (Out(_NEEDS_ARGS_HINT), Out(r"Block\(cin, cout\)"), Out(r"build")),
-         xfail="issue 8: 'no models found' and exit 0: loading._load_file_models drops "
-               "classes for which _needs_arguments() is true without a trace"),
+         (Out(_NEEDS_ARGS_HINT), Out(r"Block\(cin, cout\)"), Out(r"build"))),
     Case("models_needing_arguments_in_json", R("mixed/needs_args.py", *J), 2,
-         (Json(), Out(r'"ResNet'), Out(r"cfg")),
-         xfail="issue 8: the JSON report does not name ResNet / Block or why they were skipped"),
+         (Json(), Out(r'"ResNet'), Out(r"cfg"))),
     Case("factory_named_on_the_command_line", R("mixed/needs_args.py:build", *J), 0,
          (Target("needs_args.py:build"),)),
     Case("constructor_that_raises", R("mixed/ctor_raises.py", *J), 2,
@@ -342,10 +327,7 @@ CASES = [
           Target("ctor_raises.py:Broken", "error", r"ctor_raises\.py:8"),
           Target("ctor_raises.py:Fine"))),
     Case("missing_file_next_to_a_good_one", R("nope.py", "mixed/good.py", *J), 2,
-         (Target("nope.py", "error", r"no such file"), Target("good.py:GoodNet")),
-         xfail="issue 8: a missing path aborts the whole run ('archlint: error: nope.py: no "
-               "such file or directory', nothing on stdout): runner.collect_targets turns "
-               "targets.resolve's TargetError into a UsageError"),
+         (Target("nope.py", "error", r"no such file"), Target("good.py:GoodNet"))),
 
     # ---------------------------------------------------------------- broken files
     Case("syntax_error", R("mixed/syntax_error.py", *J), 2,
@@ -366,36 +348,21 @@ CASES = [
          (Out(r"modèles/réseau\.py:\d+:\d+: AL101"),)),
     Case("non_ascii_path_ascii_locale_sarif", R("modèles", "--isolated", "--format", "sarif",
                                                 sub=True, env=C_LOCALE), 2,
-         (Json(sarif=True),),
-         xfail="issue 8: under an ASCII file-system encoding (C locale, no coercion) the path "
-               "holds surrogates; the import fails (fine: an error target) but "
-               "report/sarif.py _artifact calls urllib quote() on it: UnicodeEncodeError "
-               "traceback, no SARIF"),
+         (Json(sarif=True),)),
     Case("same_named_helper_modules_in_two_folders", R("siblings", *J, sub=True), 0,
-         (Target("a/net_a.py:NetA"), Target("b/net_b.py:NetB")),
-         xfail="issue 8: b/net_b.py's 'from utils import make_body' gets a/utils.py from "
-               "sys.modules (loading.import_file only puts the file's folder on sys.path; "
-               "modules imported by an earlier target stay cached) -> ImportError"),
+         (Target("a/net_a.py:NetA"), Target("b/net_b.py:NetB"))),
 
     # ---------------------------------------------------------------- outputs without gradient
     Case("forward_returns_argmax_ids", R("mixed/returns_argmax.py", *J), 0,
-         (Target("returns_argmax.py:ArgmaxNet", notes=r"gradient"),),
-         xfail="issue 8: passes silently: integer output, no note says why there is no "
-               "gradient analysis (notes: [])"),
+         (Target("returns_argmax.py:ArgmaxNet", notes=r"gradient"),)),
     Case("forward_returns_none", R("mixed/returns_none.py", *J), 0,
-         (Target("returns_none.py:NoneNet", notes=r"gradient|no tensor"),),
-         xfail="issue 8: passes silently: fx_tracer._probe_output_node falls back to the "
-               "output node when nothing tensor-like is returned, so engine's 'no tensor "
-               "output found' note is never added"),
+         (Target("returns_none.py:NoneNet", notes=r"gradient|no tensor"),)),
 
     # ---------------------------------------------------------------- naming, notes, tracers
     Case("module_level_instance_named_by_variable", R("mixed/module_instance.py", *J), 0,
          (Target("module_instance.py:model"),)),
     Case("default_text_has_no_internal_tracer_notes", R("mixed/fx_fallback.py", "--isolated"),
-         0, (Out(r"note: fx:", absent=True),),
-         xfail="issue 8: report/text.py render_text prints every note containing 'failed' "
-               "without -v, and the execution-tracer fallback reason is 'fx: shape "
-               "propagation failed at %nonzero ...'"),
+         0, (Out(r"note: fx:", absent=True),)),
     Case("verbose_text_shows_tracer_notes", R("mixed/fx_fallback.py", "--isolated", "-v"), 0,
          (Out(r"note: fx: shape propagation failed"),)),
     Case("prelu_does_not_break_fx", R("mixed/prelu.py", *J), 0,
@@ -418,29 +385,18 @@ CASES = [
     # ---------------------------------------------------------------- process-level failures
     Case("sys_exit_in_forward", R("process/sys_exit_forward.py", "process/good.py", *J), 2,
          (Target("sys_exit_forward.py:Quitter", "error", r"sys\.exit\(3\)"),
-          Target("good.py:GoodNet")),
-         xfail="issue 8: SystemExit from forward is not caught while tracing "
-               "(fx_tracer.symbolic_graph catches Exception only): the run exits 3 with "
-               "nothing on stdout"),
+          Target("good.py:GoodNet"))),
     Case("per_target_timeout", R("process/hang_ctor.py", "process/good.py", "--config",
                                  "process/timeout.yaml", "--format", "json", sub=True,
                                  timeout=60), 2,
-         (Target("hang_ctor.py:Forever", "error", r"time"), Target("good.py:GoodNet")),
-         xfail="issue 8: no per-target time limit: config key 'timeout' is unknown (exit 2, "
-               "config error); without it the constructor hangs the run forever"),
+         (Target("hang_ctor.py:Forever", "error", r"time"), Target("good.py:GoodNet"))),
     Case("isolate_sys_exit", _ISOLATE, 2,
-         (Target("sys_exit_forward.py:Quitter", "error", r"exit"), Target("good.py:GoodNet")),
-         xfail="issue 8: subprocess mode not designed yet; '--isolate' is this corpus's "
-               "placeholder name for it (rename here when it exists)"),
+         (Target("sys_exit_forward.py:Quitter", "error", r"exit"), Target("good.py:GoodNet"))),
     Case("isolate_os_exit", _ISOLATE, 2,
-         (Target("os_exit_forward.py:HardQuitter", "error", r"exit"), Target("good.py:GoodNet")),
-         xfail="issue 8: os._exit(1) in forward ends archlint at once (exit 1 = 'findings', "
-               "no output); needs the subprocess mode (placeholder '--isolate')"),
+         (Target("os_exit_forward.py:HardQuitter", "error", r"exit"), Target("good.py:GoodNet"))),
     Case("isolate_segfault", _ISOLATE, 2,
          (Target("segfault_forward.py:Crasher", "error", r"segmentation|sigsegv|signal|crash"),
-          Target("good.py:GoodNet")),
-         xfail="issue 8: a segfault in forward kills archlint (exit -11/139, no output); needs "
-               "the subprocess mode (placeholder '--isolate')"),
+          Target("good.py:GoodNet"))),
 ]
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "archlint"
 
 #: Lowest first. A module may import modules of its own layer or of layers below it.
 LAYERS = [
-    {"__init__", "results", "paths", "probe", "suppressions"},
+    {"__init__", "results", "paths", "probe", "suppressions", "guard"},
     {"report", "baseline"},
     {"graph"},
     {"meanfield"},
@@ -27,7 +27,7 @@ LAYERS = [
     {"rules"},
     {"rule_docs", "engine", "measure", "measure_step", "fixes"},
     {"config"},
-    {"runner", "api", "testing"},
+    {"runner", "api", "testing", "pipeline", "worker", "watchdog"},
     {"cli", "__main__"},
 ]
 MAX_LINES = 700

@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
 import inspect
+import random
+import re
 import sys
-import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
 
+from ..guard import StepError, TimeLimitExceeded, guarded, one_line_error
+from ..results import Unbuilt
 from .sites import SITE_ATTR, recording_module_sites
 from .inputs import InputSpec
 from .targets import Target, display_path, might_define_models
 
 
-_ARCHLINT_DIR = str(Path(__file__).resolve().parent.parent)
-
-
-class LoadError(Exception):
+class LoadError(StepError):
     """A target could not be imported or built; the message is one line for the user."""
 
 
@@ -48,37 +49,21 @@ class LoadFailure:
     error: str
 
 
-def one_line_error(exc: BaseException, user_file: Optional[Path] = None) -> str:
-    """``ValueError: bad width (net.py:12)`` -- the innermost frame in the user's file."""
-    if isinstance(exc, SyntaxError):
-        where = f" ({display_path(Path(exc.filename))}:{exc.lineno})" if exc.filename else ""
-        return f"SyntaxError: {exc.msg}{where}"
-    msg = str(exc).strip().splitlines()
-    text = f"{type(exc).__name__}: {msg[0] if msg else ''}".rstrip(": ")
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith(_ARCHLINT_DIR)]
-    if user_file is not None:
-        mine = [f for f in frames if Path(f.filename).resolve() == user_file]
-        if mine:
-            frames = mine
-    if frames:
-        last = frames[-1]
-        if "site-packages" not in last.filename or user_file is None:
-            text += f" ({display_path(Path(last.filename))}:{last.lineno})"
-    return text[:400]
-
-
 @contextlib.contextmanager
 def _user_code(extra_path: Optional[Path]) -> Iterator[None]:
-    """Run user code: prints to stderr, its folder importable, module sites recorded."""
+    """Run user code: prints to stderr, its folder importable, module sites recorded, and no
+    bytecode cache written next to the user's files (archlint writes only its outputs)."""
     added = False
     if extra_path is not None and str(extra_path) not in sys.path:
         sys.path.insert(0, str(extra_path))
         added = True
+    no_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         with contextlib.redirect_stdout(sys.stderr), recording_module_sites():
             yield
     finally:
+        sys.dont_write_bytecode = no_bytecode
         if added and str(extra_path) in sys.path:
             sys.path.remove(str(extra_path))
 
@@ -99,6 +84,8 @@ def _user_path(folder: Optional[Path]) -> Iterator[None]:
 
 
 _modules: dict[Path, ModuleType] = {}
+#: Modules that user files imported (``from utils import ...``): name -> their file.
+_user_modules: dict[str, Path] = {}
 
 
 def _package_root(path: Path) -> tuple[Path, str]:
@@ -111,12 +98,71 @@ def _package_root(path: Path) -> tuple[Path, str]:
     return folder, ".".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
+def _stdlib_dirs() -> tuple[str, ...]:
+    import sysconfig
+
+    return tuple({sysconfig.get_path(k) for k in ("stdlib", "platstdlib")} - {None})
+
+
+def _library_file(file: str) -> bool:
+    if any(part in ("site-packages", "dist-packages") for part in Path(file).parts):
+        return True
+    return file.startswith(_stdlib_dirs())
+
+
+def _record_user_modules(before: set[str]) -> None:
+    for name in set(sys.modules) - before:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and not name.startswith("archlint_target_") and not _library_file(file):
+            _user_modules[name] = Path(file).resolve()
+
+
+def _evict_shadowed(root: Path) -> None:
+    """Forget the user modules an earlier target imported that ``root`` has its own file for:
+    ``b/net.py``'s ``from utils import ...`` must get ``b/utils.py``, not the ``a/utils.py``
+    that ``a/net.py`` imported first (the earlier target's module keeps its own reference)."""
+    for name, file in list(_user_modules.items()):
+        if "." in name:
+            continue
+        own = next((c for c in (root / f"{name}.py", root / name / "__init__.py")
+                    if c.is_file()), None)
+        if own is None or own.resolve() == file:
+            continue
+        for other in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            del sys.modules[other]
+            _user_modules.pop(other, None)
+
+
+def _host_shadowed(root: Path) -> dict[str, ModuleType]:
+    """Modules of the process running archlint (a test suite's ``helpers``, a notebook's
+    ``utils``) that ``root`` has its own file for: set aside while the user's code imports,
+    so that its ``from helpers import ...`` gets its own file; put back afterwards."""
+    out: dict[str, ModuleType] = {}
+    for name, module in list(sys.modules.items()):
+        if "." in name or name in _user_modules or name.startswith("archlint"):
+            continue
+        file = getattr(module, "__file__", None)
+        if not file or _library_file(file):
+            continue
+        own = next((c for c in (root / f"{name}.py", root / name / "__init__.py")
+                    if c.is_file()), None)
+        if own is None or own.resolve() == Path(file).resolve():
+            continue
+        for other in [n for n in sys.modules if n == name or n.startswith(name + ".")]:
+            out[other] = sys.modules.pop(other)
+    return out
+
+
 def import_file(path: Path) -> ModuleType:
     """Import a file by path (once per process); raises LoadError with a one-line reason."""
     path = path.resolve()
     if path in _modules:
         return _modules[path]
     root, dotted = _package_root(path)
+    _evict_shadowed(root)
+    host = _host_shadowed(root)
+    before = set(sys.modules)
     try:
         with _user_code(root):
             if "." in dotted:
@@ -139,11 +185,16 @@ def import_file(path: Path) -> ModuleType:
         raise
     except SystemExit as exc:
         raise LoadError(f"importing {display_path(path)} called sys.exit({exc.code})") from None
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TimeLimitExceeded):
         raise
     except BaseException as exc:
         raise LoadError(f"cannot import {display_path(path)}: {one_line_error(exc, path)}") \
             from None
+    finally:
+        _record_user_modules(before)
+        for name, module_ in host.items():  # the host's own modules back in place
+            sys.modules[name] = module_
+            _user_modules.pop(name, None)
     _modules[path] = module
     return module
 
@@ -160,8 +211,21 @@ def _import_module(dotted: str, search_path: Optional[Path] = None) -> ModuleTyp
         raise LoadError(f"cannot import {dotted}: {one_line_error(exc)}") from None
 
 
+def seed_everything(seed: int = 0) -> None:
+    """The random streams user code and the analysis draw from: the same every run, and the
+    same for a target whichever targets ran before it."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        try:
+            numpy.random.seed(seed)
+        except Exception:  # pragma: no cover - an odd numpy
+            pass
+
+
 def _build(obj: Any, what: str, kwargs: dict, user_file: Optional[Path]) -> nn.Module:
-    torch.manual_seed(0)
+    seed_everything()
     try:
         with _user_code(None):
             model = obj(**kwargs)
@@ -176,38 +240,149 @@ def _build(obj: Any, what: str, kwargs: dict, user_file: Optional[Path]) -> nn.M
     return model
 
 
-def _needs_arguments(cls: type) -> bool:
+def required_arguments(cls: type) -> Optional[list[str]]:
+    """The constructor arguments ``cls`` cannot be built without (None: it builds without
+    any). A torch.nn layer subclass that takes ``*args, **kwargs`` needs its base's."""
     try:
         sig = inspect.signature(cls)
     except (TypeError, ValueError):
-        return False
-    return any(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
-                                                   p.KEYWORD_ONLY)
-               for p in sig.parameters.values())
+        return None
+    params = list(sig.parameters.values())
+    names = [p.name for p in params if p.default is p.empty and
+             p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not names and any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        base = _torch_layer_base(cls)
+        if base is not None:
+            return required_arguments(base)
+    return names or None
+
+
+def _torch_layer_base(cls: type) -> Optional[type]:
+    """The torch.nn layer ``cls`` extends (nn.Conv2d, nn.Linear...), or None (containers and
+    nn.Module itself are not layers)."""
+    for base in cls.__mro__[1:]:
+        if base.__module__.startswith("torch.nn.modules") and base not in (
+                nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict):
+            return base
+    return None
 
 
 def _has_forward(cls: type) -> bool:
     return getattr(cls, "forward", None) is not nn.Module.forward
 
 
-def load_target(target: Target) -> list[LoadedModel | LoadFailure]:
-    """Build the models of one target. Failures are returned, never raised."""
+# ------------------------------------------------------------------------------------------
+# What to build for a target
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One model of a target, before it is built."""
+
+    display: str
+    obj: Any  # a class or factory to call, or a module-level instance
+    input: Optional[InputSpec]
+    kwargs: dict = field(default_factory=dict)
+    user_file: Optional[Path] = None
+    #: Found in the file (not named): a failure to build it may be a block of another model.
+    found: bool = False
+
+    @property
+    def built(self) -> bool:
+        return isinstance(self.obj, nn.Module)
+
+    def build(self) -> nn.Module:
+        """The model (user code runs here); raises LoadError."""
+        if isinstance(self.obj, nn.Module):
+            return self.obj
+        return _build(self.obj, self.display, self.kwargs, self.user_file)
+
+
+@dataclass
+class Plan:
+    """The models of one target, after importing its file."""
+
+    target: Target
+    candidates: list[Candidate] = field(default_factory=list)
+    #: Classes of the file that need constructor arguments: (class, "ResNet(cfg)").
+    need_arguments: list[tuple[type, str]] = field(default_factory=list)
+    #: Functions of the file that might build a model (``build``), for the hint.
+    factories: list[str] = field(default_factory=list)
+
+    def keep(self, built: list[tuple[Candidate, Union[nn.Module, LoadFailure]]]
+             ) -> tuple[list[Union[LoadedModel, LoadFailure]], list[Unbuilt]]:
+        """What to lint of what was built: blocks that only appear inside another model of
+        this file are not linted on their own (nor reported when they cannot be built alone),
+        and classes needing arguments are listed unless they are such blocks."""
+        models = [m for _, m in built if isinstance(m, nn.Module)]
+        inner_types: set[type] = set()
+        inner_ids: set[int] = set()
+        for m in models:
+            for sub in m.modules():
+                if sub is not m:
+                    inner_types.add(type(sub))
+                    inner_ids.add(id(sub))
+        out: list[Union[LoadedModel, LoadFailure]] = []
+        for cand, m in built:
+            if isinstance(m, LoadFailure):
+                if not (cand.found and cand.obj in inner_types):
+                    out.append(m)
+                continue
+            if cand.found and ((cand.built and id(m) in inner_ids)
+                               or (not cand.built and type(m) in inner_types)):
+                continue
+            out.append(LoadedModel(cand.display, m, cand.input))
+        path = display_path(self.target.path) if self.target.path is not None else ""
+        unbuilt = [Unbuilt(path=path, name=cls.__name__, call=call,
+                           reason="its constructor needs arguments", hint=self.hint())
+                   for cls, call in self.need_arguments if cls not in inner_types]
+        return out, unbuilt
+
+    def hint(self) -> str:
+        """How to lint the classes that need arguments."""
+        disp = display_path(self.target.path) if self.target.path is not None else ""
+        factory = self.factories[0] if self.factories else "build"
+        return f"name a factory ({disp}:{factory}) or give kwargs in the config"
+
+
+def plan_target(target: Target) -> Plan:
+    """Import the target's file or module (user code runs here) and list its models; raises
+    LoadError. A file that cannot define a model (no class, nothing built at top level) is
+    not imported and has no model."""
+    plan = Plan(target)
+    if target.import_path is not None:
+        module = _import_module(target.import_path, target.search_path)
+        plan.candidates.append(_named(module, target, None))
+        return plan
+    assert target.path is not None
+    if target.name is None and not target.explicit and not might_define_models(target.path):
+        return plan
+    module = import_file(target.path)
+    if target.name is not None:
+        plan.candidates.append(_named(module, target, target.path))
+    else:
+        _file_models(module, target, plan)
+    return plan
+
+
+def load_target(target: Target) -> list[Union[LoadedModel, LoadFailure]]:
+    """Build the models of one target (plan, build, keep) in one go. Failures are returned,
+    never raised. The runner does the same step by step, each step guarded."""
     try:
-        if target.import_path is not None:
-            module = _import_module(target.import_path, target.search_path)
-            return [_load_named(module, target, None)]
-        assert target.path is not None
-        if target.name is None and not target.explicit and not might_define_models(target.path):
-            return []
-        module = import_file(target.path)
-        if target.name is not None:
-            return [_load_named(module, target, target.path)]
-        return _load_file_models(module, target)
-    except LoadError as exc:
+        plan = guarded(lambda: plan_target(target), f"cannot import {target.display}")
+    except StepError as exc:
         return [LoadFailure(target.display, str(exc))]
+    built: list[tuple[Candidate, Union[nn.Module, LoadFailure]]] = []
+    for cand in plan.candidates:
+        try:
+            built.append((cand, guarded(cand.build, f"cannot build {cand.display}",
+                                        user_file=cand.user_file)))
+        except StepError as exc:
+            built.append((cand, LoadFailure(cand.display, str(exc))))
+    return plan.keep(built)[0]
 
 
-def _load_named(module: ModuleType, target: Target, user_file: Optional[Path]) -> LoadedModel:
+def _named(module: ModuleType, target: Target, user_file: Optional[Path]) -> Candidate:
     name = target.name or ""
     obj: Any = module
     for part in name.split("."):
@@ -218,15 +393,15 @@ def _load_named(module: ModuleType, target: Target, user_file: Optional[Path]) -
     if isinstance(obj, nn.Module):
         if target.kwargs:
             raise LoadError(f"{target.display} is an nn.Module instance; it takes no kwargs")
-        return LoadedModel(target.display, obj, target.input)
+        return Candidate(target.display, obj, target.input)
     if not callable(obj):
         raise LoadError(f"{target.display} is a {type(obj).__name__}, not an nn.Module, class "
                         "or factory function")
-    return LoadedModel(target.display, _build(obj, target.display, target.kwargs, user_file),
-                       target.input)
+    return Candidate(target.display, obj, target.input, kwargs=dict(target.kwargs),
+                     user_file=user_file)
 
 
-def _load_file_models(module: ModuleType, target: Target) -> list[LoadedModel | LoadFailure]:
+def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
     assert target.path is not None
     path = target.path.resolve()
     disp = display_path(path)
@@ -238,43 +413,50 @@ def _load_file_models(module: ModuleType, target: Target) -> list[LoadedModel | 
     for attr, obj in vars(module).items():
         if inspect.isclass(obj) and issubclass(obj, nn.Module):
             if obj.__module__ == module.__name__ and _has_forward(obj) \
-                    and not inspect.isabstract(obj) and not _needs_arguments(obj):
-                classes.append((attr, obj))
+                    and not inspect.isabstract(obj):
+                needed = required_arguments(obj)
+                if needed is None:
+                    classes.append((attr, obj))
+                else:
+                    plan.need_arguments.append((obj, f"{obj.__name__}({', '.join(needed)})"))
         elif isinstance(obj, nn.Module):
             site = obj.__dict__.get(SITE_ATTR)
             if (site is not None and Path(site.path).resolve() == path) or attr in assigned:
                 instances.append((attr, obj))
-    results: list[tuple[str, nn.Module | LoadFailure]] = []
+        elif inspect.isfunction(obj) and obj.__module__ == module.__name__ \
+                and not attr.startswith("_") and _FACTORY_WORDS.search(attr) \
+                and required_arguments(obj) is None:
+            plan.factories.append(attr)  # only a hint: never called unless named
+    plan.need_arguments.sort(key=_models_first(path))
     instance_types = {type(m) for _, m in instances}
     for attr, obj in instances:
-        results.append((attr, obj))
+        plan.candidates.append(Candidate(f"{disp}:{attr}", obj, target.input, found=True))
     for attr, cls in classes:
         if cls in instance_types:
             continue  # the module-level instance is linted instead
-        display = f"{disp}:{attr}"
-        try:
-            results.append((attr, _build(cls, display, {}, path)))
-        except LoadError as exc:
-            results.append((attr, LoadFailure(display, str(exc))))
-    # Blocks that only appear inside another model of this file are not linted on their own.
-    built = [m for _, m in results if isinstance(m, nn.Module)]
-    inner_types: set[type] = set()
-    inner_ids: set[int] = set()
-    for m in built:
-        for sub in m.modules():
-            if sub is not m:
-                inner_types.add(type(sub))
-                inner_ids.add(id(sub))
-    out: list[LoadedModel | LoadFailure] = []
-    for attr, m in results:
-        if isinstance(m, LoadFailure):
-            out.append(m)
-            continue
-        is_instance = any(m is inst for _, inst in instances)
-        if (is_instance and id(m) in inner_ids) or (not is_instance and type(m) in inner_types):
-            continue
-        out.append(LoadedModel(f"{disp}:{attr}", m, target.input))
-    return out
+        plan.candidates.append(Candidate(f"{disp}:{attr}", cls, target.input, user_file=path,
+                                         found=True))
+
+
+#: Function names that look like model factories (``build``, ``make_model``, ``resnet18``...).
+_FACTORY_WORDS = re.compile(r"build|make|create|model|net|get", re.IGNORECASE)
+
+
+def _models_first(path: Path) -> Callable[[tuple[type, str]], tuple]:
+    """Sort key: classes no other class of the file uses (the models) before the blocks they
+    use, each in the file's order."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, OSError, ValueError):
+        tree = ast.Module(body=[], type_ignores=[])
+    used: set[str] = set()
+    order: dict[str, int] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            order.setdefault(node.name, node.lineno)
+            used.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name)
+                        and n.id != node.name)
+    return lambda item: (item[0].__name__ in used, order.get(item[0].__name__, 0))
 
 
 def _assigned_at_top_level(path: Path) -> set[str]:

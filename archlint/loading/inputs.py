@@ -11,7 +11,7 @@ import operator
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.fx
@@ -64,46 +64,171 @@ class TensorSpec:
 
 
 @dataclass
-class InputSpec:
-    """Example inputs for one target, by forward() argument name (None = the first argument)."""
+class Value:
+    """A non-tensor argument of ``forward`` (``steps: 4``), passed as it is."""
 
-    tensors: dict[Optional[str], TensorSpec] = field(default_factory=dict)
+    value: Any
+    origin: str = "config"
+
+    def describe(self) -> str:
+        return repr(self.value)
+
+    def make(self, device: str = "cpu", seed: int = 0) -> Any:
+        return self.value
+
+
+@dataclass
+class ArgList:
+    """Several positional inputs in order: ``forward(self, *inputs)``'s, or the first
+    arguments'."""
+
+    items: list[Union[TensorSpec, Value]] = field(default_factory=list)
+    origin: str = "config"
+
+    def describe(self) -> str:
+        return "(" + ", ".join(i.describe() for i in self.items) + ")"
+
+
+Arg = Union[TensorSpec, Value, ArgList]
+
+
+@dataclass
+class InputSpec:
+    """Example inputs for one target, by forward() argument name.
+
+    The key None means "positionally, from the first argument on": one tensor (the usual case)
+    or an :class:`ArgList`. A named entry may be a tensor, a plain :class:`Value` or, for the
+    ``*args`` parameter, an :class:`ArgList`.
+    """
+
+    tensors: dict[Optional[str], Arg] = field(default_factory=dict)
 
     def describe(self) -> str:
         if list(self.tensors) == [None]:
             return self.tensors[None].describe()
-        return ", ".join(f"{k}={v.describe()}" for k, v in self.tensors.items())
+        return ", ".join(f"{k or '*'}={v.describe()}" for k, v in self.tensors.items())
 
     @property
     def origin(self) -> str:
         return next(iter(self.tensors.values())).origin if self.tensors else ""
 
-    def bind(self, model: nn.Module, device: str = "cpu", seed: int = 0) -> dict[str, torch.Tensor]:
-        """Tensors by argument name of ``model.forward``."""
-        out: dict[str, torch.Tensor] = {}
-        first = first_argument(model)
-        for i, (name, spec) in enumerate(self.tensors.items()):
-            key = name if name is not None else first
-            if key is None:
-                raise InputError(f"{type(model).__name__}.forward() takes no tensor argument")
-            out[key] = spec.make(device=device, seed=seed + i)
+    def bind(self, model: nn.Module, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+        """Values by argument name of ``model.forward``; a ``*args`` parameter gets a tuple
+        (:func:`call_arguments` turns the mapping into the call)."""
+        params = all_forward_parameters(model)
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                      p.POSITIONAL_OR_KEYWORD)]
+        var = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
+        by_name = {p.name: p for p in params if p.kind != p.VAR_KEYWORD}
+        takes_any_keyword = any(p.kind == p.VAR_KEYWORD for p in params)
+        out: dict[str, Any] = {}
+        counter = iter(range(seed, seed + 10_000))
+        cls = type(model).__name__
+        for name, arg in self.tensors.items():
+            if name is None:
+                items = arg.items if isinstance(arg, ArgList) else [arg]
+                free = [p for p in positional if p.name not in self.tensors]
+                if not free and var is None:  # forward(self, *, x): the first keyword
+                    free = [p for p in params if p.kind == p.KEYWORD_ONLY
+                            and p.name not in self.tensors][:1]
+                for p, item in zip(free, items):
+                    out[p.name] = item.make(device=device, seed=next(counter))
+                rest = items[len(free):]
+                if rest:
+                    if var is None:
+                        if not positional:
+                            raise InputError(f"{cls}.forward() takes no tensor argument")
+                        raise InputError(f"{len(items)} positional inputs given but {cls}."
+                                         f"forward() takes {len(free)}")
+                    out[var.name] = tuple(i.make(device=device, seed=next(counter))
+                                          for i in rest)
+                continue
+            param = by_name.get(name)
+            if param is None and not takes_any_keyword:
+                raise InputError(f"{cls}.forward() has no argument {name!r} (it takes: "
+                                 f"{_signature_text(params)})")
+            if isinstance(arg, ArgList):
+                if param is None or param.kind != param.VAR_POSITIONAL:
+                    raise InputError(f"{name}: a list of inputs goes to a *args parameter; "
+                                     f"{cls}.forward({_signature_text(params)})")
+                out[name] = tuple(i.make(device=device, seed=next(counter)) for i in arg.items)
+            else:
+                out[name] = arg.make(device=device, seed=next(counter))
+        missing = [p.name for p in params if p.default is p.empty and p.name not in out
+                   and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if missing:
+            raise InputError(f"{cls}.forward() needs {_names(missing)}, which the example input "
+                             f"does not give; name {'them' if len(missing) > 1 else 'it'} under "
+                             f"'input:' in the config ({missing[0]}: {{shape: [...]}} for a "
+                             f"tensor, {missing[0]}: VALUE for anything else)")
         return out
 
 
-def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+def _names(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return "argument " + quoted[0] if len(quoted) == 1 else \
+        "arguments " + ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _signature_text(params: list[inspect.Parameter]) -> str:
+    return ", ".join(str(p).split(":")[0].split("=")[0].strip() for p in params)
+
+
+def call_arguments(model: nn.Module, bound: Mapping[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` to call ``model`` with the values :meth:`InputSpec.bind` gave:
+    positional-only arguments and ``*args`` positionally, the rest by name."""
+    params = all_forward_parameters(model)
+    var = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
+    if var is None and not any(p.kind == p.POSITIONAL_ONLY for p in params):
+        return (), dict(bound)
+    args: list[Any] = []
+    kwargs = dict(bound)
+    for p in params:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and var is not None \
+                or p.kind == p.POSITIONAL_ONLY:
+            if p.name in kwargs:
+                args.append(kwargs.pop(p.name))
+            elif p.default is not p.empty:
+                args.append(p.default)
+            else:
+                break
+        elif p.kind == p.VAR_POSITIONAL:
+            args.extend(kwargs.pop(p.name, ()))
+            break
+    return tuple(args), kwargs
+
+
+def all_forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    """Every parameter of ``model.forward``, ``*args`` and ``**kwargs`` included."""
     if getattr(model, "_archlint_opaque", False):  # a wrapped TorchScript module
         model = model.__dict__["target"]
     try:
-        sig = inspect.signature(model.forward)
+        return list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
         return []
-    return [p for p in sig.parameters.values()
+
+
+def forward_parameters(model: nn.Module) -> list[inspect.Parameter]:
+    return [p for p in all_forward_parameters(model)
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def first_argument(model: nn.Module) -> Optional[str]:
     params = forward_parameters(model)
     return params[0].name if params else None
+
+
+def uninferable_input(model: nn.Module) -> Optional[str]:
+    """Why no example input can be inferred for ``model`` whatever its layers are, or None:
+    a ``forward(self, *inputs)`` takes any number of inputs."""
+    params = all_forward_parameters(model)
+    var = next((p for p in params if p.kind == p.VAR_POSITIONAL), None)
+    named = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if var is not None and not named:
+        return (f"no example input: {type(model).__name__}.forward(*{var.name}) takes any "
+                f"number of inputs; give them with --input-shape (one tensor) or 'input:' in "
+                f"the config (a list: input: [{{shape: [...]}}, {{shape: [...]}}])")
+    return None
 
 
 def parse_dtype(text: Any, where: str) -> torch.dtype:
@@ -164,14 +289,79 @@ def parse_tensor_spec(raw: Any, where: str, origin: str = "config") -> TensorSpe
 
 
 def parse_input(raw: Any, where: str, origin: str = "config") -> InputSpec:
-    """Either one tensor spec or a mapping from argument name to tensor spec."""
+    """The ``input:`` of the config (or of a target entry):
+
+    - ``{shape: [...], dtype: ..., high: ...}``: one tensor, the first argument;
+    - ``[spec, spec, ...]``: positional inputs in order (``forward(self, *inputs)``);
+    - a mapping from argument name to a tensor spec, a list of specs (that argument is
+      ``*args``), ``{value: ...}`` or a plain scalar (a non-tensor argument, passed as it is).
+    """
     if isinstance(raw, Mapping) and "shape" in raw:
         return InputSpec({None: parse_tensor_spec(raw, where, origin)})
+    if isinstance(raw, list):
+        return InputSpec({None: _parse_list(raw, where, origin)})
     if isinstance(raw, Mapping) and raw:
-        return InputSpec({str(k): parse_tensor_spec(v, f"{where}.{k}", origin)
+        return InputSpec({str(k): _parse_arg(v, f"{where}.{k}", origin)
                           for k, v in raw.items()})
-    raise InputError(f"{where}: expected {{shape: [...], dtype: ...}} or a mapping from argument "
-                     "name to such specs")
+    raise InputError(f"{where}: expected {{shape: [...], dtype: ...}}, a list of such specs (the "
+                     "positional inputs) or a mapping from argument name to such specs or "
+                     "values")
+
+
+def _parse_list(raw: list, where: str, origin: str) -> ArgList:
+    if not raw:
+        raise InputError(f"{where}: empty list of inputs")
+    items: list[Union[TensorSpec, Value]] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            hint = f" (a shape is written {{shape: {raw}}})" if all(
+                isinstance(x, int) for x in raw) else ""
+            raise InputError(f"{where}[{i}]: expected a tensor spec {{shape: [...]}} or "
+                             f"{{value: ...}}, got {item!r}{hint}")
+        arg = _parse_arg(item, f"{where}[{i}]", origin)
+        assert not isinstance(arg, ArgList)
+        items.append(arg)
+    return ArgList(items, origin=origin)
+
+
+def _parse_arg(raw: Any, where: str, origin: str) -> Arg:
+    if isinstance(raw, Mapping):
+        if set(raw) == {"value"}:
+            return Value(raw["value"], origin=origin)
+        return parse_tensor_spec(raw, where, origin)
+    if isinstance(raw, list) and raw and all(isinstance(x, Mapping) for x in raw):
+        return _parse_list(raw, where, origin)
+    if raw is None or isinstance(raw, (bool, int, float, str, list)):
+        return Value(raw, origin=origin)
+    raise InputError(f"{where}: expected a tensor spec {{shape: [...]}}, a list of them or a "
+                     f"value, got {raw!r}")
+
+
+def input_to_data(spec: InputSpec) -> list:
+    """A plain-JSON form of ``spec`` (for the subprocess mode); :func:`input_from_data` reads
+    it back."""
+    def arg(a: Arg) -> dict:
+        if isinstance(a, TensorSpec):
+            return {"tensor": {"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", ""),
+                               "high": a.high, "low": a.low}, "origin": a.origin}
+        if isinstance(a, Value):
+            return {"value": a.value, "origin": a.origin}
+        return {"items": [arg(i) for i in a.items], "origin": a.origin}
+
+    return [[name, arg(a)] for name, a in spec.tensors.items()]
+
+
+def input_from_data(data: list) -> InputSpec:
+    def arg(d: dict) -> Arg:
+        if "tensor" in d:
+            t = d["tensor"]
+            return TensorSpec(shape=tuple(t["shape"]), dtype=parse_dtype(t["dtype"], "dtype"),
+                              high=t["high"], low=t["low"], origin=d["origin"])
+        if "value" in d:
+            return Value(d["value"], origin=d["origin"])
+        return ArgList([arg(i) for i in d["items"]], origin=d["origin"])  # type: ignore[misc]
+
+    return InputSpec({name: arg(a) for name, a in data})
 
 
 # ------------------------------------------------------------------------------------------
@@ -195,10 +385,12 @@ def _infer_input(model: nn.Module) -> Optional[InputSpec]:
     if getattr(model, "_archlint_opaque", False):  # a whole TorchScript model
         spec = spec_for_layer(model, "model")
         return InputSpec({None: spec}) if spec is not None else None
+    if uninferable_input(model) is not None:
+        return None
     required = [p.name for p in forward_parameters(model) if p.default is p.empty]
     fxg = _symbolic_graph(model)
     if fxg is not None:
-        specs: dict[Optional[str], TensorSpec] = {}
+        specs: dict[Optional[str], Arg] = {}
         for node in fxg.nodes:
             if node.op != "placeholder":
                 continue
@@ -259,6 +451,8 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
             elif user.op == "call_function" or user.op == "call_method":
                 fname = canonical_name(user.target)
                 weights = [a for a in user.all_input_nodes if a.op == "get_attr"]
+                if fname in _FUNCTIONAL_LAYERS and fname != "matmul":
+                    weights = _computed_from(user, node) or weights  # the weight argument
                 if weights and fname in _FUNCTIONAL_LAYERS:
                     w = _tensor_attribute(model, str(weights[0].target))
                     if fname == "matmul" and w is not None and w.dim() == 2:
@@ -270,6 +464,26 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
                             return spec
             queue.append(user)
     return None
+
+
+def _computed_from(call: torch.fx.Node, data: torch.fx.Node) -> list[torch.fx.Node]:
+    """The parameter a functional layer's weight argument is (or is computed from:
+    ``F.conv2d(x, self.weight - self.weight.mean(...))``), when the input is not."""
+    weight = call.args[1] if len(call.args) > 1 else call.kwargs.get("weight")
+    if not isinstance(weight, torch.fx.Node) or weight is data:
+        return []
+    queue, seen = deque([weight]), {weight}
+    while queue:
+        node = queue.popleft()
+        if node.op == "get_attr":
+            return [node]
+        if node.op == "placeholder":
+            return []
+        for a in node.all_input_nodes:
+            if a not in seen:
+                seen.add(a)
+                queue.append(a)
+    return []
 
 
 def _tensor_attribute(model: nn.Module, qualified_name: str) -> Optional[torch.Tensor]:

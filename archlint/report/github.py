@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..results import target_file
+from ..results import target_file, unbuilt_note
 from .model import Report
 
 LEVELS = {"error": "error", "warning": "warning", "info": "notice"}
@@ -52,4 +52,8 @@ def render_github(report: Report) -> str:
         if t.status != "ok":
             lines.append(command("error", f"{t.target}: {t.error}", file=target_file(t.target),
                                  title="archlint"))
+    errors = {t.target for t in report.errors}
+    for path, entries in report.unbuilt_by_file().items():
+        if path not in errors:
+            lines.append(command("notice", unbuilt_note(entries), file=path, title="archlint"))
     return "".join(line + "\n" for line in lines)

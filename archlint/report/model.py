@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import __version__
-from ..results import SEVERITIES, SEVERITY_RANK, Finding, RuleInfo, TargetResult
+from ..results import SEVERITIES, SEVERITY_RANK, Finding, RuleInfo, TargetResult, Unbuilt
 
 
 @dataclass
@@ -21,6 +21,14 @@ class Report:
     baselined: int = 0
     #: Every rule the run could use (selected or not), for the formats that describe them.
     rules: list[RuleInfo] = field(default_factory=list)
+    #: Models the files define that archlint could not build (constructors needing arguments).
+    unbuilt: list[Unbuilt] = field(default_factory=list)
+
+    def unbuilt_by_file(self) -> dict[str, list[Unbuilt]]:
+        out: dict[str, list[Unbuilt]] = {}
+        for u in self.unbuilt:
+            out.setdefault(u.path, []).append(u)
+        return out
 
     @property
     def findings(self) -> list[Finding]:
@@ -49,6 +57,8 @@ class Report:
         return {
             "version": __version__,
             "targets": [t.to_dict() for t in self.targets],
+            "unbuilt": [u.to_dict() for u in self.unbuilt],
+            "notes": list(self.notes),
             "summary": summarize(self),
         }
 
@@ -64,5 +74,6 @@ class Report:
 
 def summarize(report: Report) -> dict[str, Any]:
     return {"targets": len(report.targets), "errors": len(report.errors),
+            "unbuilt": len(report.unbuilt),
             "findings": report.counts(), "suppressed": report.suppressed,
             "baselined": report.baselined}

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 from urllib.parse import quote
 
 from .. import __version__
-from ..results import Finding, RuleInfo, target_file
+from ..results import Finding, RuleInfo, Unbuilt, target_file, unbuilt_note
 from .model import Report
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -42,6 +43,8 @@ def sarif_log(report: Report, rules: Optional[Sequence[RuleInfo]] = None,
             results.append(_result(f, t.target, index, root))
     notifications = [_notification(t.target, t.error or "could not be analysed", root)
                      for t in report.errors]
+    for path, entries in report.unbuilt_by_file().items():
+        notifications.append(_unbuilt(path, entries, root))
     notifications += [{"level": "note", "message": {"text": n}} for n in report.notes]
     run: dict[str, Any] = {
         "tool": {"driver": {
@@ -50,7 +53,7 @@ def sarif_log(report: Report, rules: Optional[Sequence[RuleInfo]] = None,
             "semanticVersion": __version__,
             "rules": [_rule(r) for r in rules],
         }},
-        "originalUriBaseIds": {SRCROOT: {"uri": root.as_uri() + "/"}},
+        "originalUriBaseIds": {SRCROOT: {"uri": _file_uri(root) + "/"}},
         "invocations": [{
             "executionSuccessful": not report.errors,
             "toolExecutionNotifications": notifications,
@@ -88,8 +91,16 @@ def _artifact(path: str, root: Path) -> dict[str, Any]:
     try:
         rel = absolute.resolve().relative_to(root)
     except ValueError:
-        return {"uri": absolute.resolve().as_uri()}
-    return {"uri": quote(rel.as_posix()), "uriBaseId": SRCROOT}
+        return {"uri": _file_uri(absolute.resolve())}
+    # bytes: a path undecodable in the file-system encoding holds surrogates; its bytes quote
+    return {"uri": quote(os.fsencode(rel.as_posix())), "uriBaseId": SRCROOT}
+
+
+def _file_uri(path: Path) -> str:
+    try:
+        return path.as_uri()
+    except (UnicodeEncodeError, ValueError):  # surrogates from an undecodable file name
+        return "file://" + quote(os.fsencode(path.as_posix()))
 
 
 def _result(f: Finding, target: str, index: dict[str, int], root: Path) -> dict[str, Any]:
@@ -171,3 +182,9 @@ def _notification(target: str, error: str, root: Path) -> dict[str, Any]:
     if path is not None:
         note["locations"] = [{"physicalLocation": {"artifactLocation": _artifact(path, root)}}]
     return note
+
+
+def _unbuilt(path: str, entries: list[Unbuilt], root: Path) -> dict[str, Any]:
+    return {"level": "warning", "message": {"text": f"{path}: {unbuilt_note(entries)}"},
+            "descriptor": {"id": "models-not-built"},
+            "locations": [{"physicalLocation": {"artifactLocation": _artifact(path, root)}}]}

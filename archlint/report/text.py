@@ -4,8 +4,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..results import Fix
+from ..results import Fix, unbuilt_note
 from .model import Report
+
+#: Notes about how a model was traced: shown with -v only (the model was analysed anyway).
+TRACER_NOTES = ("fx:", "torch.fx")
+
+
+def shown_by_default(note: str) -> bool:
+    """Whether a target's note is printed without -v: what the user must know (a rule or the
+    estimate that could not run, why there is no gradient analysis, --measure's figure), not
+    the tracer's internals."""
+    if note.startswith(TRACER_NOTES):
+        return False
+    return ("skipped" in note or "failed" in note or note.startswith("no gradient analysis")
+            or note.startswith("no tensor output") or note.startswith("estimate vs measured"))
 
 
 def _decades(x: Optional[float]) -> str:
@@ -68,6 +81,9 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 lines.append(f"    hint: {f.hint}")
         if t.status != "ok":
             lines.append(f"{t.target}: error: {t.error}")
+            for note in t.notes:
+                if note != t.error and (verbose or shown_by_default(note)):
+                    lines.append(f"{t.target}: note: {note}")
         elif verbose:
             detail = f"traced with {t.tracer}"
             if t.input:
@@ -77,9 +93,12 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 lines.append(f"    note: {note}")
         else:
             for note in t.notes:
-                if ("skipped" in note or "failed" in note
-                        or note.startswith("estimate vs measured")):
+                if shown_by_default(note):
                     lines.append(f"{t.target}: note: {note}")
+    errors = {t.target for t in report.errors}
+    for path, entries in report.unbuilt_by_file().items():
+        if path not in errors:  # else its error line says the same
+            lines.append(f"{path}: note: {unbuilt_note(entries)}")
     lines += _diffs(report)
     for note in report.notes:
         lines.append(f"note: {note}")

@@ -20,6 +20,7 @@ from torch.overrides import TorchFunctionMode
 from ..ops import canonical_name, is_leaf_module
 from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
+from ..loading.inputs import call_arguments
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
                       param_owner, select_output, shape_of, TraceError)
@@ -222,7 +223,8 @@ def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
     try:
         model.train()
         with torch.no_grad(), _Mode(rec):
-            result = model(**call_kwargs)
+            args, kwargs = call_arguments(model, call_kwargs)  # *args positionally
+            result = model(*args, **kwargs)
     except Exception as exc:
         lines = str(exc).strip().splitlines()
         where = ""
