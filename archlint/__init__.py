@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 
 def lint(model: Any, example_input: Any = None, *, select: Any = None, ignore: Any = None,
          options: Any = None, name: Any = None, fail_on: str = "warning",
-         suppressions: bool = True, local_rules: Any = ()) -> "Report":
+         suppressions: bool = True, local_rules: Any = (), fixes: bool = True,
+         timeout: Any = None) -> "Report":
     """Lint one model object and return the report the CLI prints.
 
     See :func:`archlint.api.lint` for the arguments. Example::
@@ -26,7 +27,8 @@ def lint(model: Any, example_input: Any = None, *, select: Any = None, ignore: A
     from .api import lint as _lint
 
     return _lint(model, example_input, select=select, ignore=ignore, options=options, name=name,
-                 fail_on=fail_on, suppressions=suppressions, local_rules=local_rules)
+                 fail_on=fail_on, suppressions=suppressions, local_rules=local_rules,
+                 fixes=fixes, timeout=timeout)
 
 
 __all__ = ["lint", "__version__"]

@@ -241,3 +241,30 @@ def test_import_archlint_does_not_import_torch():
     code = "import sys, archlint; assert callable(archlint.lint); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_fixes_and_timeout_pass_through_the_package_function():
+    """``archlint.lint`` takes every argument ``archlint.api.lint`` does."""
+    import inspect
+
+    from archlint import api
+
+    assert set(inspect.signature(archlint.lint).parameters) == \
+        set(inspect.signature(api.lint).parameters)
+
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(*[nn.Sequential(nn.Linear(16, 16), nn.Sigmoid())
+                                        for _ in range(12)])
+
+        def forward(self, x):
+            return self.body(x)
+
+    torch.manual_seed(0)
+    model = Deep()
+    with_fixes = archlint.lint(model, example_input=torch.randn(4, 16))
+    without = archlint.lint(model, example_input=torch.randn(4, 16), fixes=False)
+    assert with_fixes.findings and any(f.fixes for f in with_fixes.findings)
+    assert [f.code for f in without.findings] == [f.code for f in with_fixes.findings]
+    assert not any(f.fixes for f in without.findings)

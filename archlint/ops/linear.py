@@ -9,6 +9,7 @@ gradient is the output gradient times the column norms of the weight (fan-out x 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Optional
@@ -95,6 +96,10 @@ class WeightBackward(Backward):
     #: Convolution: the share of (output position, tap) pairs that read the input rather
     #: than zero padding.
     coverage: float = 1.0
+    #: Convolution: what a position-constant gradient gives its input in energy, when that
+    #: differs from what stays constant (a strided kernel hands alternate positions different
+    #: taps: the energy stays, only a 1/stride share of the amplitude stays constant).
+    shared_energy: Optional[float] = None
 
     def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
               items: dict[int, float]) -> None:
@@ -139,7 +144,8 @@ class WeightBackward(Backward):
             per_in, a = ratio * go, ratio
         else:
             cs2 = self.shared_gain if self.shared_gain is not None else self.gain
-            per_in = self.gain * (go - coh) + cs2 * coh
+            energy = self.shared_energy if self.shared_energy is not None else cs2
+            per_in = self.gain * (go - coh) + energy * coh
             a = cs2
         rescale = prop.rescale.get(node, 1.0)  # per-channel gains the weights undo
         per_in, a = per_in * rescale, a * rescale
@@ -252,6 +258,24 @@ def _kernel_colsum_sq(w: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(ksum)) ** 2 / max(ksum.shape[1], 1)
 
 
+def _phase_colsum_sq(w: torch.Tensor, stride: list[int]) -> float:
+    """Mean over input channels and stride phases of sum_o (sum of W[o, c, taps of the
+    phase])^2: the energy a strided convolution hands its input from a gradient that is
+    constant over its output positions (taps t reach the input positions of phase t mod s)."""
+    wd = w.detach().float()
+    nd = wd.dim() - 2
+    total = 0.0
+    phases = list(itertools.product(*[range(s) for s in stride]))
+    for phase in phases:
+        index = tuple(slice(r, None, s) for r, s in zip(phase, stride))
+        part = wd[(slice(None), slice(None)) + index]
+        if part.numel() == 0:
+            continue
+        ksum = part.sum(dim=tuple(range(2, 2 + nd)))
+        total += float(torch.linalg.vector_norm(ksum)) ** 2 / max(ksum.shape[1], 1)
+    return total / max(len(phases), 1)
+
+
 def _groups(m: Optional[nn.Module], node: Node) -> int:
     if m is not None:
         return int(getattr(m, "groups", 1))
@@ -315,15 +339,24 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
     in_positions = max(x.numel // max(w.shape[1] * groups, 1), 1)
     # each input element feeds the out/groups channels of its group at k offsets
     gain = st.col2 * k / groups * rows / in_positions * cover
-    cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
+    steps = [int(v) for v in stride] if all(isinstance(v, int) for v in stride) else []
+    strided = len(steps) == nd and any(v > 1 for v in steps)
+    if strided:
+        # input positions fall into stride phases, each reached by its own subset of taps
+        energy = _phase_colsum_sq(w, steps) / groups
+        cs2 = _kernel_colsum_sq(w) / groups / float(math.prod(steps)) ** 2
+    else:
+        cs2 = _kernel_colsum_sq(w) / groups * rows / in_positions
     spatial = node.input_shapes[x_idx][2:] if node.input_shapes and \
         node.input_shapes[x_idx] else ()
     interior = 1.0
     for size, kk in zip(spatial, w.shape[2:]):
         interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
     cs2 *= interior
+    shared_energy = energy * interior if strided else None
     prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
-                                       shared_gain=cs2, conv=True,
+                                       shared_gain=cs2, shared_energy=shared_energy,
+                                       conv=True,
                                        derived=node.attrs.get("derived_weight"),
                                        entry_sq=st.a / max(st.fan_in, 1) / cover,
                                        coverage=cover))

@@ -189,6 +189,21 @@ def _sample_inverse(count: int, ratio: float) -> float:
     return float(np.sum((f[1:] + f[:-1]) * np.diff(t)) / 2)
 
 
+@lru_cache(maxsize=4096)
+def _group_inverse(k: int, fixed: float, ratio: float) -> float:
+    """E[(1 + r) / (c + (1 - c) u / k + r)] for u chi-square with k degrees of freedom: how
+    much larger 1/variance is on average than 1/(its mean) when a share 1 - c of the variance
+    comes from only k + 1 values (the channel offsets of a group norm's few channels)."""
+    if k <= 0 or fixed >= 1.0:
+        return 1.0
+    lo, hi = math.log(1e-14), math.log(k + 60 * math.sqrt(2 * k) + 60)
+    t = np.linspace(lo, hi, 8001)
+    u = np.exp(t)
+    logdens = (k / 2 - 1) * t - u / 2 - (k / 2) * math.log(2) - math.lgamma(k / 2)
+    f = np.exp(logdens + t) * (1 + ratio) / (fixed + (1 - fixed) * u / k + ratio)
+    return float(np.sum((f[1:] + f[:-1]) * np.diff(t)) / 2)
+
+
 def _small_sample(count: int, var: float, eps: float) -> float:
     """How much larger 1/variance is on average over ``count`` values than 1/(their expected
     variance); what eps lets through, relative to 1/(var + eps), when there are only two."""
@@ -291,7 +306,21 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
         var = max(x.q - x.s, 0.0) if op == "instance_norm" else var
     frac = (max(x.s - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
     wfrac = (max(x.w - x.m * x.m, 0.0) / var) if var > 0 and op == "layer_norm" else 0.0
-    gain = g2 / (var + eps) * _pair_or_projection(group, var, eps)
+    spread = 1.0
+    if op == "group_norm" and var > 0 and len(shape) > 2:
+        # each channel's offset from its group's mean survives (instance norm removes it),
+        # and the few offsets of a group make its variance vary from sample to sample
+        per_group = max(group // max(numel(shape[2:]), 1), 1)
+        left = 1.0 - 1.0 / per_group
+        offsets = max(x.w - x.m * x.m, 0.0)
+        within = max(x.q - x.w, 0.0)
+        var = within + offsets * left
+        if var > 0:
+            frac = left * max(x.s - x.m * x.m, 0.0) / var
+            wfrac = left * offsets / var
+            spread = _group_inverse(per_group - 1, float(f"{within / var:.3g}"),
+                                    float(f"{eps / var:.3g}"))
+    gain = g2 / (var + eps) * _pair_or_projection(group, var, eps) * spread
     kept = var / (var + eps) if var > 0 else 0.0  # eps comparable to the variance shrinks it
     shared = None
     if op != "layer_norm":
