@@ -133,6 +133,8 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
             if problem is not None:
                 return error(loaded.display, problem)
         result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+        if loaded.note:
+            result.notes.insert(0, loaded.note)
         if job.measure and analysis is not None:
             seed_everything()
             _measure(loaded, analysis, result)

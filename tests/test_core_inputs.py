@@ -139,8 +139,9 @@ def rnn_with_a_second_argument(name: str, rnn_input: str = "x", scale: str = "")
 
 
 def test_no_input_found_and_a_rule_needs_one_says_so(lint):
-    # `temperature` reaches no layer, so no input can be inferred for it
-    src = rnn_with_a_second_argument("temperature", scale=" / temperature")
+    # `temperature` reaches no layer and is a one-element tensor (none of the per-sample
+    # shapes tried runs), so no input can be inferred for it
+    src = rnn_with_a_second_argument("temperature", scale=" / temperature.view(1)")
     r = lint(src)
     assert r.status == "ok", r.error
     assert r.input is None
@@ -255,3 +256,87 @@ def test_bad_input_flags_exit_2(rnn_project, args, needle):
     assert result.exit_code == 2
     assert needle in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# A diffusion U-Net's forward(x, t): `t` reaches its first layer only through a sinusoidal
+# embedding (torch.arange of a constant size meets the traced tensors), so its shape cannot be
+# read off that layer; the per-sample timestep [B] is found by running forward.
+DIFFUSION = '''
+import math
+from dataclasses import dataclass
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Config:
+    channels: int = 3
+    width: int = 16
+    time_dim: int = 32
+
+
+def timestep_embedding(t, dim):
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c, tdim):
+        super().__init__()
+        self.norm = nn.GroupNorm(4, c)
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+        self.temb = nn.Linear(tdim, c)
+
+    def forward(self, x, temb):
+        h = self.conv(F.silu(self.norm(x)))
+        return x + h + self.temb(temb)[:, :, None, None]
+
+
+class UNet(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.time_mlp = nn.Sequential(nn.Linear(cfg.time_dim, 64), nn.SiLU(),
+                                      nn.Linear(64, cfg.time_dim))
+        self.stem = nn.Conv2d(cfg.channels, cfg.width, 3, padding=1)
+        self.blocks = nn.ModuleList([Block(cfg.width, cfg.time_dim) for _ in range(3)])
+        self.out = nn.Conv2d(cfg.width, cfg.channels, 3, padding=1)
+
+    def forward(self, x, t):
+        temb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim))
+        h = self.stem(x)
+        for blk in self.blocks:
+            h = blk(h, temb)
+        SHAPE_CHECK
+        return self.out(h)
+
+
+def build():
+    return UNet(Config())
+'''
+
+
+@pytest.mark.parametrize("check", [
+    "",  # fx traces it
+    "if h.shape[-1] != x.shape[-1]:\n            h = F.interpolate(h, size=x.shape[-2:])",
+])
+def test_a_timestep_argument_is_found_by_running_forward(check, lint):
+    r = lint(DIFFUSION.replace("SHAPE_CHECK", check), cls="build")
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    assert spec["x"].shape == (8, 3, 32, 32)
+    assert spec["t"].shape == (8,) and spec["t"].dtype == torch.float32
+    assert "t=[8] float32 (guessed" in r.input
+    assert r.layers and all(layer.grad_rms is not None for layer in r.layers)
+
+
+def test_an_argument_no_shape_fits_is_not_guessed(lint):
+    # the candidates for `t` all fail (it must be a [B, 5] tensor), so no input is inferred
+    src = DIFFUSION.replace("SHAPE_CHECK", "").replace(
+        "temb = self.time_mlp(timestep_embedding(t, self.cfg.time_dim))",
+        "temb = self.time_mlp(timestep_embedding(t.view(-1, 5).sum(1), self.cfg.time_dim))")
+    r = lint(src, cls="build")
+    assert r.input is None or "t=" not in r.input

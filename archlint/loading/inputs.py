@@ -49,6 +49,8 @@ class TensorSpec:
     def describe(self) -> str:
         dt = str(self.dtype).replace("torch.", "")
         extra = f", ids in [{self.low}, {self.high})" if self.high is not None else ""
+        if self.origin.startswith("guessed"):
+            extra += " (guessed: forward runs with it)"
         return f"{list(self.shape)} {dt}{extra}"
 
     def make(self, device: str = "cpu", seed: int = 0) -> torch.Tensor:
@@ -388,30 +390,189 @@ def _infer_input(model: nn.Module) -> Optional[InputSpec]:
     if uninferable_input(model) is not None:
         return None
     required = [p.name for p in forward_parameters(model) if p.default is p.empty]
+    specs: dict[str, TensorSpec] = {}
+    #: Arguments read by their first layer only after other computation (``t`` of
+    #: ``self.time_mlp(embed(t))``), or by no layer: their spec is checked by running forward.
+    uncertain: list[str] = []
     fxg = _symbolic_graph(model)
     if fxg is not None:
-        specs: dict[Optional[str], Arg] = {}
         for node in fxg.nodes:
-            if node.op != "placeholder":
-                continue
             name = str(node.target).lstrip("*")
-            if name not in required:
+            if node.op != "placeholder" or name not in required:
                 continue
-            spec = _first_consumer_spec(model, node)
-            if spec is None:
-                return None
-            specs[name] = spec
-        if specs:
-            if len(specs) == 1:
-                return InputSpec({None: next(iter(specs.values()))})
-            return InputSpec(specs)
-    for path, mod in model.named_modules():
-        if mod is model or not is_leaf_module(mod):
-            continue
-        spec = spec_for_layer(mod, path)
-        if spec is not None:
-            return InputSpec({None: spec})
+            spec, direct = _first_consumer_spec(model, node)
+            if spec is not None:
+                specs[name] = spec
+            if spec is None or not direct:
+                uncertain.append(name)
+    else:
+        for name, (path, direct) in _forward_consumers(model, required).items():
+            spec = _first_layer_spec(model, path)
+            if spec is not None:
+                specs[name] = spec
+                if not direct:
+                    uncertain.append(name)
+    if not specs:  # the first layer in definition order reads the first argument
+        for path, mod in model.named_modules():
+            if mod is model or not is_leaf_module(mod):
+                continue
+            spec = spec_for_layer(mod, path)
+            if spec is not None:
+                if not required:
+                    return InputSpec({None: spec})
+                specs[required[0]] = spec
+                if fxg is None and len(required) > 1:
+                    uncertain.append(required[0])
+                break
+    uncertain += [n for n in required if n not in specs and n not in uncertain]
+    if uncertain:
+        settled = _settle_by_trial(model, required, specs, uncertain)
+        if settled is not None:
+            specs = settled
+    if not specs or any(n not in specs for n in required):
+        return None
+    if len(specs) == 1:
+        return InputSpec({None: next(iter(specs.values()))})
+    return InputSpec(dict(specs))
+
+
+#: Ops through which an argument reaches its first layer with its shape unchanged.
+_SAME_SHAPE = {"float", "to", "type", "contiguous", "half", "double", "bfloat16", "clone",
+               "detach", "dropout", "add", "sub", "mul", "truediv", "div", "neg", "iadd",
+               "imul", "requires_grad_", "alpha_dropout"}
+
+
+def _first_layer_spec(model: nn.Module, path: str) -> Optional[TensorSpec]:
+    """The spec the first layer (in definition order) of submodule ``path`` expects."""
+    try:
+        sub = model.get_submodule(path)
+    except AttributeError:
+        return None
+    for name, mod in sub.named_modules():
+        if is_leaf_module(mod) or mod is sub:
+            spec = spec_for_layer(mod, f"{path}.{name}" if name else path)
+            if spec is not None:
+                return spec
     return None
+
+
+def _forward_consumers(model: nn.Module, required: list[str]) -> dict[str, tuple[str, bool]]:
+    """When fx cannot trace ``forward`` (shape-dependent control flow...): from its source, the
+    first ``self.<layer>(...)`` call that reads each argument, in statement order, and whether
+    it reads the argument itself (``self.stem(x)``) or a value computed from it."""
+    import ast
+    import textwrap
+
+    try:
+        src = textwrap.dedent(inspect.getsource(type(model).forward))
+        fn = ast.parse(src).body[0]
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return {}
+    taint: dict[str, set[str]] = {n: {n} for n in required}  # argument -> names holding it
+    direct_names: dict[str, set[str]] = {n: {n} for n in required}
+    found: dict[str, tuple[str, bool]] = {}
+
+    def module_path(func: ast.expr) -> Optional[str]:
+        parts = []
+        while True:
+            if isinstance(func, ast.Subscript) and isinstance(func.slice, ast.Constant) \
+                    and isinstance(func.slice.value, int):
+                parts.append(str(func.slice.value))
+                func = func.value
+            elif isinstance(func, ast.Attribute):
+                parts.append(func.attr)
+                func = func.value
+            else:
+                break
+        if isinstance(func, ast.Name) and func.id == "self" and parts:
+            return ".".join(reversed(parts))
+        return None
+
+    def names_in(node: ast.AST) -> set[str]:
+        return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+    def visit(stmt: ast.stmt) -> None:
+        calls = [c for c in ast.walk(stmt) if isinstance(c, ast.Call)]
+        for call in reversed(calls):  # inner calls are evaluated first
+            path = module_path(call.func)
+            if path is None:
+                continue
+            for arg in list(call.args) + [k.value for k in call.keywords]:
+                for name in required:
+                    if name in found or not (names_in(arg) & taint[name]):
+                        continue
+                    direct = isinstance(arg, ast.Name) and arg.id in direct_names[name]
+                    found[name] = (path, direct)
+        targets: list[ast.expr] = []
+        value: Optional[ast.expr] = None
+        if isinstance(stmt, ast.Assign):
+            targets, value = stmt.targets, stmt.value
+        elif isinstance(stmt, (ast.AugAssign, ast.AnnAssign)) and stmt.value is not None:
+            targets, value = [stmt.target], stmt.value
+        if value is not None:
+            used = names_in(value)
+            for name in required:
+                if used & taint[name]:
+                    new = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+                    taint[name] |= new
+                    if isinstance(value, ast.Name) and value.id in direct_names[name]:
+                        direct_names[name] |= new
+        for child in ast.iter_child_nodes(stmt):
+            if isinstance(child, ast.stmt):
+                visit(child)
+
+    for stmt in getattr(fn, "body", []):
+        visit(stmt)
+    return found
+
+
+def _candidates(name: str, spec: Optional[TensorSpec], batch: int) -> list[TensorSpec]:
+    """What an argument read only through other computation may be: what its first layer
+    expects, else a per-sample scalar (a diffusion timestep, a noise level), as floats and as
+    integers."""
+    why = f"guessed for {name!r}"
+    out = [spec] if spec is not None else []
+    out += [TensorSpec((batch,), origin=why),
+            TensorSpec((batch,), torch.int64, high=10, origin=why),
+            TensorSpec((batch, 1), origin=why)]
+    return out
+
+
+def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, TensorSpec],
+                     uncertain: list[str]) -> Optional[dict[str, TensorSpec]]:
+    """The specs with each uncertain argument's replaced by the first candidate the model's
+    ``forward`` runs with (a real forward without gradients, buffers and random state put
+    back); None when none runs."""
+    import itertools
+
+    sure = {n: s for n, s in specs.items() if n not in uncertain}
+    batch = next((s.shape[0] for s in specs.values() if s.shape), DEFAULT_BATCH)
+    options = [_candidates(n, specs.get(n), batch) for n in uncertain]
+    for i, combo in enumerate(itertools.product(*options)):
+        if i >= 24:
+            break
+        trial = dict(sure)
+        trial.update(zip(uncertain, combo))
+        ordered = {n: trial[n] for n in required if n in trial}
+        if len(ordered) == len(required) and _forward_runs(model, InputSpec(dict(ordered))):
+            return ordered
+    return None
+
+
+def _forward_runs(model: nn.Module, spec: InputSpec) -> bool:
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            args, kwargs = call_arguments(model, spec.bind(model))
+            model(*args, **kwargs)
+        return True
+    except Exception:  # any failure means: not this input
+        return False
+    finally:
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                if k in buffers and v.shape == buffers[k].shape:
+                    v.copy_(buffers[k])
 
 
 class _LayerTracer(torch.fx.Tracer):
@@ -433,21 +594,25 @@ _FUNCTIONAL_LAYERS = {"linear": "linear", "conv1d": "conv", "conv2d": "conv", "c
                       "embedding": "embedding", "matmul": "linear"}
 
 
-def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Optional[TensorSpec]:
-    """Breadth-first from an argument: the spec the first recognised layer reading it expects."""
-    queue = deque([placeholder])
+def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node
+                         ) -> tuple[Optional[TensorSpec], bool]:
+    """Breadth-first from an argument: the spec the first recognised layer reading it expects,
+    and whether the argument reaches that layer with its shape unchanged."""
+    queue = deque([(placeholder, True)])
     seen = {placeholder}
     while queue:
-        node = queue.popleft()
+        node, direct = queue.popleft()
         for user in node.users:
             if user in seen:
                 continue
             seen.add(user)
+            passes = False
             if user.op == "call_module":
                 mod = model.get_submodule(str(user.target))
                 spec = spec_for_layer(mod, str(user.target))
                 if spec is not None:
-                    return spec
+                    return spec, direct
+                passes = isinstance(mod, (nn.Dropout, nn.Identity))
             elif user.op == "call_function" or user.op == "call_method":
                 fname = canonical_name(user.target)
                 weights = [a for a in user.all_input_nodes if a.op == "get_attr"]
@@ -461,9 +626,10 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Option
                         spec = spec_for_weight(w, _FUNCTIONAL_LAYERS[fname],
                                                str(weights[0].target))
                         if spec is not None:
-                            return spec
-            queue.append(user)
-    return None
+                            return spec, direct
+                passes = str(fname).split(".")[-1] in _SAME_SHAPE
+            queue.append((user, direct and passes))
+    return None, False
 
 
 def _computed_from(call: torch.fx.Node, data: torch.fx.Node) -> list[torch.fx.Node]:

@@ -125,6 +125,8 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
             return python_value(node.target, args, kwargs)
+        # a real tensor made from constants (torch.arange(64)) meets the traced ones: its shape
+        args, kwargs = to_shape(args), to_shape(kwargs)
         if node.op == "call_function" and (
                 node.target is getattr or (node.target is operator.getitem
                                            and isinstance(args[0], (tuple, list)))):
