@@ -340,3 +340,89 @@ def test_an_argument_no_shape_fits_is_not_guessed(lint):
         "temb = self.time_mlp(timestep_embedding(t.view(-1, 5).sum(1), self.cfg.time_dim))")
     r = lint(src, cls="build")
     assert r.input is None or "t=" not in r.input
+
+
+RECOMMENDER = '''
+import torch
+import torch.nn as nn
+
+
+class TwoTower(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.user = nn.Embedding(1000, 32)
+        self.item = nn.Embedding(500, 32)
+        self.mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+
+    def forward(self, batch):
+        u = self.user(batch["user_id"])
+        i = self.item(batch["item_id"])
+        return {"score": self.mlp(torch.cat([u, i], -1)).squeeze(-1)}
+'''
+
+
+def test_a_mapping_argument_gets_a_spec_per_key(lint):
+    r = lint(RECOMMENDER, cls="TwoTower")
+    assert r.status == "ok", r.error
+    arg = spec_of(r).tensors[None]
+    assert set(arg.items) == {"user_id", "item_id"}
+    assert arg.items["user_id"].dtype == torch.int64 and arg.items["user_id"].high == 1000
+    assert arg.items["item_id"].high == 500
+    assert all(layer.grad_rms for layer in r.layers)
+
+
+def test_a_mapping_argument_from_the_config_and_back_through_json(lint):
+    from archlint.loading.inputs import DictArg, input_from_data, input_to_data
+
+    spec = parse_input({"batch": {"user_id": {"shape": [4], "dtype": "int64", "high": 10},
+                                  "item_id": {"shape": [4], "dtype": "int64", "high": 5}}},
+                       "input")
+    arg = spec.tensors["batch"]
+    assert isinstance(arg, DictArg) and arg.items["user_id"].shape == (4,)
+    back = input_from_data(input_to_data(spec))
+    assert back.describe() == spec.describe()
+    r = lint(RECOMMENDER, cls="TwoTower", input={"batch": {
+        "user_id": {"shape": [4], "dtype": "int64", "high": 10},
+        "item_id": {"shape": [4], "dtype": "int64", "high": 5}}})
+    assert r.status == "ok", r.error
+    with pytest.raises(InputError, match=r"input\.batch.*unknown key 'shap'"):
+        parse_input({"batch": {"shap": [4]}}, "input")
+
+
+GNN = '''
+import torch
+import torch.nn as nn
+
+
+class GCNLayer(nn.Module):
+    def __init__(self, din, dout):
+        super().__init__()
+        self.lin = nn.Linear(din, dout)
+
+    def forward(self, x, edge_index):
+        src, dst = edge_index
+        h = self.lin(x)
+        out = torch.zeros_like(h).index_add_(0, dst, h[src])
+        deg = torch.zeros(x.size(0)).index_add_(0, dst, torch.ones_like(dst, dtype=torch.float))
+        return out / deg.clamp(min=1).unsqueeze(-1)
+
+
+class GCN(nn.Module):
+    def __init__(self, din=16, hidden=32, layers=3):
+        super().__init__()
+        dims = [din] + [hidden] * layers
+        self.layers = nn.ModuleList([GCNLayer(a, b) for a, b in zip(dims, dims[1:])])
+
+    def forward(self, x, edge_index):
+        for layer in self.layers:
+            x = torch.relu(layer(x, edge_index))
+        return x
+'''
+
+
+def test_a_graph_edge_list_is_found_by_running_forward(lint):
+    r = lint(GNN, cls="GCN")
+    assert r.status == "ok", r.error
+    edges = spec_of(r).tensors["edge_index"]
+    assert edges.shape[0] == 2 and edges.dtype == torch.int64
+    assert edges.high == spec_of(r).tensors["x"].shape[0]  # node ids index x's rows

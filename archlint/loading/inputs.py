@@ -91,7 +91,23 @@ class ArgList:
         return "(" + ", ".join(i.describe() for i in self.items) + ")"
 
 
-Arg = Union[TensorSpec, Value, ArgList]
+@dataclass
+class DictArg:
+    """A mapping argument: ``forward(self, batch)`` reading ``batch["user_id"]``; a spec (or a
+    value) per key."""
+
+    items: dict[str, Union[TensorSpec, Value]] = field(default_factory=dict)
+    origin: str = "config"
+
+    def describe(self) -> str:
+        return "{" + ", ".join(f"{k}: {v.describe()}" for k, v in self.items.items()) + "}"
+
+    def make(self, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+        return {k: v.make(device=device, seed=seed + i) for i, (k, v) in
+                enumerate(self.items.items())}
+
+
+Arg = Union[TensorSpec, Value, ArgList, DictArg]
 
 
 @dataclass
@@ -330,6 +346,15 @@ def _parse_arg(raw: Any, where: str, origin: str) -> Arg:
     if isinstance(raw, Mapping):
         if set(raw) == {"value"}:
             return Value(raw["value"], origin=origin)
+        if raw and not set(raw) & (_TENSOR_KEYS | {"value"}) \
+                and all(isinstance(v, Mapping) for v in raw.values()):
+            # a mapping argument: a spec per key
+            items = {str(k): _parse_arg(v, f"{where}.{k}", origin) for k, v in raw.items()}
+            bad = next((k for k, v in items.items() if not isinstance(v, (TensorSpec, Value))),
+                       None)
+            if bad is not None:
+                raise InputError(f"{where}.{bad}: expected a tensor spec or {{value: ...}}")
+            return DictArg(items, origin=origin)  # type: ignore[arg-type]
         return parse_tensor_spec(raw, where, origin)
     if isinstance(raw, list) and raw and all(isinstance(x, Mapping) for x in raw):
         return _parse_list(raw, where, origin)
@@ -348,6 +373,8 @@ def input_to_data(spec: InputSpec) -> list:
                                "high": a.high, "low": a.low}, "origin": a.origin}
         if isinstance(a, Value):
             return {"value": a.value, "origin": a.origin}
+        if isinstance(a, DictArg):
+            return {"dict": [[k, arg(v)] for k, v in a.items.items()], "origin": a.origin}
         return {"items": [arg(i) for i in a.items], "origin": a.origin}
 
     return [[name, arg(a)] for name, a in spec.tensors.items()]
@@ -361,6 +388,9 @@ def input_from_data(data: list) -> InputSpec:
                               high=t["high"], low=t["low"], origin=d["origin"])
         if "value" in d:
             return Value(d["value"], origin=d["origin"])
+        if "dict" in d:
+            return DictArg({k: arg(v) for k, v in d["dict"]},  # type: ignore[misc]
+                           origin=d["origin"])
         return ArgList([arg(i) for i in d["items"]], origin=d["origin"])  # type: ignore[misc]
 
     return InputSpec({name: arg(a) for name, a in data})
@@ -400,6 +430,12 @@ def _infer_input(model: nn.Module) -> Optional[InputSpec]:
             name = str(node.target).lstrip("*")
             if node.op != "placeholder" or name not in required:
                 continue
+            keys = _string_keys(node)
+            if keys:  # a mapping argument: each key's value is followed on its own
+                items = {k: _first_consumer_spec(model, n)[0] for k, n in keys.items()}
+                if all(v is not None for v in items.values()):
+                    specs[name] = DictArg(items, origin=next(iter(items.values())).origin)
+                    continue
             spec, direct = _first_consumer_spec(model, node)
             if spec is not None:
                 specs[name] = spec
@@ -434,6 +470,17 @@ def _infer_input(model: nn.Module) -> Optional[InputSpec]:
     if len(specs) == 1:
         return InputSpec({None: next(iter(specs.values()))})
     return InputSpec(dict(specs))
+
+
+def _string_keys(node: torch.fx.Node) -> dict[str, torch.fx.Node]:
+    """``{key: node}`` when every use of ``node`` is ``node["key"]`` (a mapping argument)."""
+    out: dict[str, torch.fx.Node] = {}
+    for user in node.users:
+        if not (user.op == "call_function" and user.target is operator.getitem
+                and len(user.args) == 2 and isinstance(user.args[1], str)):
+            return {}
+        out.setdefault(user.args[1], user)
+    return out
 
 
 #: Ops through which an argument reaches its first layer with its shape unchanged.
@@ -534,7 +581,9 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int) -> list[Tenso
     out = [spec] if spec is not None else []
     out += [TensorSpec((batch,), origin=why),
             TensorSpec((batch,), torch.int64, high=10, origin=why),
-            TensorSpec((batch, 1), origin=why)]
+            TensorSpec((batch, 1), origin=why),
+            # a graph's edge list [2, E] (node ids index the first input's rows)
+            TensorSpec((2, 4 * batch), torch.int64, high=batch, origin=why)]
     return out
 
 

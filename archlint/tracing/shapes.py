@@ -129,7 +129,7 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
         args, kwargs = to_shape(args), to_shape(kwargs)
         if node.op == "call_function" and (
                 node.target is getattr or (node.target is operator.getitem
-                                           and isinstance(args[0], (tuple, list)))):
+                                           and isinstance(args[0], (tuple, list, dict)))):
             return python_value(node.target, args, kwargs)
         target = node.target if node.op == "call_function" else str(node.target)
         return function_shape(target, args, kwargs)
