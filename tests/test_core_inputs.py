@@ -426,3 +426,31 @@ def test_a_graph_edge_list_is_found_by_running_forward(lint):
     edges = spec_of(r).tensors["edge_index"]
     assert edges.shape[0] == 2 and edges.dtype == torch.int64
     assert edges.high == spec_of(r).tensors["x"].shape[0]  # node ids index x's rows
+
+
+CONDITIONAL_GENERATOR = '''
+import torch
+import torch.nn as nn
+
+
+class Generator(nn.Module):
+    def __init__(self, latent_dim=100, n_classes=10):
+        super().__init__()
+        self.label_emb = nn.Embedding(n_classes, n_classes)
+        self.model = nn.Sequential(nn.Linear(latent_dim + n_classes, 128),
+                                   nn.LeakyReLU(0.2), nn.Linear(128, 784), nn.Tanh())
+
+    def forward(self, noise, labels):
+        gen_input = torch.cat((self.label_emb(labels), noise), -1)
+        return self.model(gen_input).view(-1, 1, 28, 28)
+'''
+
+
+def test_a_conditional_generators_noise_and_labels_are_found(lint):
+    # noise reaches the first Linear through a cat with the label embedding: its width is the
+    # Linear's less the embedding's, and the labels are one id per sample
+    r = lint(CONDITIONAL_GENERATOR, cls="Generator")
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    assert spec["noise"].shape == (8, 100)
+    assert spec["labels"].shape == (8,) and spec["labels"].high == 10

@@ -573,12 +573,17 @@ def _forward_consumers(model: nn.Module, required: list[str]) -> dict[str, tuple
     return found
 
 
-def _candidates(name: str, spec: Optional[TensorSpec], batch: int) -> list[TensorSpec]:
+def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
+                widths: list[int]) -> list[TensorSpec]:
     """What an argument read only through other computation may be: what its first layer
-    expects, else a per-sample scalar (a diffusion timestep, a noise level), as floats and as
-    integers."""
+    expects; that less an embedding's width (``cat([noise, label_emb(y)])`` feeding a Linear);
+    a per-sample scalar (a diffusion timestep, a noise level), as floats and as integers; a
+    graph's edge list."""
     why = f"guessed for {name!r}"
     out = [spec] if spec is not None else []
+    if spec is not None and len(spec.shape) == 2 and spec.dtype.is_floating_point:
+        out += [TensorSpec((spec.shape[0], spec.shape[1] - w), origin=why)
+                for w in widths if 0 < w < spec.shape[1]]
     out += [TensorSpec((batch,), origin=why),
             TensorSpec((batch,), torch.int64, high=10, origin=why),
             TensorSpec((batch, 1), origin=why),
@@ -587,24 +592,36 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int) -> list[Tenso
     return out
 
 
-def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, TensorSpec],
-                     uncertain: list[str]) -> Optional[dict[str, TensorSpec]]:
+def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg],
+                     uncertain: list[str]) -> Optional[dict[str, Arg]]:
     """The specs with each uncertain argument's replaced by the first candidate the model's
     ``forward`` runs with (a real forward without gradients, buffers and random state put
-    back); None when none runs."""
+    back); integer ids may also be one per sample (a class label). None when none runs."""
     import itertools
 
-    sure = {n: s for n, s in specs.items() if n not in uncertain}
-    batch = next((s.shape[0] for s in specs.values() if s.shape), DEFAULT_BATCH)
-    options = [_candidates(n, specs.get(n), batch) for n in uncertain]
+    batch = next((s.shape[0] for s in specs.values() if isinstance(s, TensorSpec) and s.shape),
+                 DEFAULT_BATCH)
+    widths = sorted({int(m.embedding_dim) for m in model.modules()
+                     if isinstance(m, nn.Embedding)})[:4]
+    options: list[list[Arg]] = []
+    for name in required:
+        spec = specs.get(name)
+        if name in uncertain:
+            options.append(_candidates(name, spec if isinstance(spec, TensorSpec) else None,
+                                       batch, widths))
+        elif isinstance(spec, TensorSpec) and spec.high is not None and len(spec.shape) == 2:
+            options.append([spec, TensorSpec((spec.shape[0],), spec.dtype, high=spec.high,
+                                             low=spec.low, origin=f"guessed for {name!r}")])
+        elif spec is not None:
+            options.append([spec])
+        else:
+            return None
     for i, combo in enumerate(itertools.product(*options)):
-        if i >= 24:
+        if i >= 48:
             break
-        trial = dict(sure)
-        trial.update(zip(uncertain, combo))
-        ordered = {n: trial[n] for n in required if n in trial}
-        if len(ordered) == len(required) and _forward_runs(model, InputSpec(dict(ordered))):
-            return ordered
+        trial = dict(zip(required, combo))
+        if _forward_runs(model, InputSpec(dict(trial))):
+            return trial
     return None
 
 
