@@ -391,3 +391,36 @@ def test_a_config_archlint_cannot_choose_is_listed_not_guessed(tmp_path, argumen
                  CONFIGURED.format(config="NetConfig", argument=argument, name=name,
                                    extra=extra))
     assert f"{path.name}:Net" not in ok(load(str(path)))
+
+
+def test_a_training_script_that_parses_its_options_at_import_gets_its_defaults(tmp_path):
+    # PyTorch-GAN style: `opt = parser.parse_args()` at module level, read by the models
+    path = write(tmp_path / f"gan_{uuid.uuid4().hex[:8]}.py", '''
+import argparse
+import sys
+import torch.nn as nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--latent_dim", type=int, default=100)
+opt = parser.parse_args()
+ARGV = list(sys.argv)
+
+
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(opt.latent_dim, 784)
+        self.argv = list(sys.argv)
+
+    def forward(self, z):
+        return self.fc(z).tanh()
+''')
+    argv = list(sys.argv)
+    sys.argv = ["archlint", str(path), "--select", "AL105", "-v"]
+    try:
+        loaded = load(str(path))
+    finally:
+        sys.argv = argv
+    model = ok(loaded)[f"{path.name}:Generator"]
+    assert model.fc.in_features == 100
+    assert model.argv == [str(path.resolve())]  # as `python gan.py` would see it

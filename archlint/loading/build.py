@@ -53,6 +53,19 @@ class LoadFailure:
 
 
 @contextlib.contextmanager
+def _script_argv(path: Optional[Path]) -> Iterator[None]:
+    """``sys.argv`` as ``python file.py`` would set it: a training script that parses its
+    options at import time (``opt = parser.parse_args()``) gets its defaults, not archlint's
+    command line."""
+    argv = sys.argv
+    sys.argv = [str(path) if path is not None else argv[0] if argv else ""]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
+@contextlib.contextmanager
 def _user_code(extra_path: Optional[Path]) -> Iterator[None]:
     """Run user code: prints to stderr, its folder importable, module sites recorded, and no
     bytecode cache written next to the user's files (archlint writes only its outputs)."""
@@ -167,7 +180,7 @@ def import_file(path: Path) -> ModuleType:
     host = _host_shadowed(root)
     before = set(sys.modules)
     try:
-        with _user_code(root):
+        with _user_code(root), _script_argv(path):
             if "." in dotted:
                 module = importlib.import_module(dotted)
                 if Path(getattr(module, "__file__", "") or "").resolve() != path:
@@ -230,7 +243,7 @@ def seed_everything(seed: int = 0) -> None:
 def _build(obj: Any, what: str, kwargs: dict, user_file: Optional[Path]) -> nn.Module:
     seed_everything()
     try:
-        with _user_code(None):
+        with _user_code(None), _script_argv(user_file):
             model = obj(**kwargs)
     except LoadError:
         raise
