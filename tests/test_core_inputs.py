@@ -454,3 +454,24 @@ def test_a_conditional_generators_noise_and_labels_are_found(lint):
     spec = spec_of(r).tensors
     assert spec["noise"].shape == (8, 100)
     assert spec["labels"].shape == (8,) and spec["labels"].high == 10
+
+
+def test_two_images_concatenated_along_channels_are_found(lint):
+    # pix2pix's PatchGAN discriminator reads cat([img_A, img_B], 1)
+    r = lint('''
+import torch
+import torch.nn as nn
+
+
+class PatchD(nn.Module):
+    def __init__(self, in_channels=3):
+        super().__init__()
+        self.model = nn.Sequential(nn.Conv2d(in_channels * 2, 64, 4, stride=2, padding=1),
+                                   nn.LeakyReLU(0.2), nn.Conv2d(64, 1, 4, padding=1))
+
+    def forward(self, img_A, img_B):
+        return self.model(torch.cat((img_A, img_B), 1))
+''', cls="PatchD")
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    assert spec["img_A"].shape == spec["img_B"].shape == (8, 3, 32, 32)

@@ -584,6 +584,11 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
     if spec is not None and len(spec.shape) == 2 and spec.dtype.is_floating_point:
         out += [TensorSpec((spec.shape[0], spec.shape[1] - w), origin=why)
                 for w in widths if 0 < w < spec.shape[1]]
+    if spec is not None and len(spec.shape) >= 3 and spec.dtype.is_floating_point \
+            and spec.shape[1] % 2 == 0:
+        # two images concatenated along channels (pix2pix's discriminator reads cat([x, y]))
+        out.append(TensorSpec((spec.shape[0], spec.shape[1] // 2) + spec.shape[2:],
+                              origin=why))
     out += [TensorSpec((batch,), origin=why),
             TensorSpec((batch,), torch.int64, high=10, origin=why),
             TensorSpec((batch, 1), origin=why),
