@@ -475,3 +475,37 @@ class PatchD(nn.Module):
     assert r.status == "ok", r.error
     spec = spec_of(r).tensors
     assert spec["img_A"].shape == spec["img_B"].shape == (8, 3, 32, 32)
+
+
+def test_an_attention_mask_argument_is_guessed_as_a_mask_over_the_sequence(lint):
+    # The Annotated Transformer's forward(src, src_mask): src_mask is [B, 1, T]; a per-sample
+    # guess ([B] ids, [B] floats) also runs, through broadcasting, and must not be chosen
+    r = lint('''
+import math
+import torch
+import torch.nn as nn
+
+
+class Encoder(nn.Module):
+    def __init__(self, vocab=1000, d=64, h=4):
+        super().__init__()
+        self.h, self.d = h, d
+        self.emb = nn.Embedding(vocab, d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, vocab)
+
+    def forward(self, src, src_mask):
+        x = self.emb(src) * math.sqrt(self.d)
+        b = x.size(0)
+        q, k, v = [t.view(b, -1, self.h, self.d // self.h).transpose(1, 2)
+                   for t in self.qkv(x).chunk(3, -1)]
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.d // self.h)
+        scores = scores.masked_fill(src_mask.unsqueeze(1) == 0, -1e9)
+        x = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, -1, self.d)
+        return self.out(x)
+''', cls="Encoder")
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    assert spec["src"].shape == (8, 32)
+    assert spec["src_mask"].shape == (8, 1, 32) and spec["src_mask"].dtype == torch.bool
+    assert not [f for f in r.findings if f.code in ("AL105", "AL106")]

@@ -573,8 +573,23 @@ def _forward_consumers(model: nn.Module, required: list[str]) -> dict[str, tuple
     return found
 
 
+def _mask_candidates(name: str, others: list[TensorSpec]) -> list[TensorSpec]:
+    """Masks over another input's positions (all True: nothing masked): ``[B, T]``,
+    ``[B, 1, T]`` and ``[B, T, T]`` for a ``[B, T]`` sequence of ids or ``[B, T, D]`` vectors."""
+    why = f"guessed for {name!r}"
+    out: list[TensorSpec] = []
+    for other in others:
+        if len(other.shape) < 2 or (other.dtype.is_floating_point and len(other.shape) != 3):
+            continue
+        b, t = other.shape[0], other.shape[1]
+        for shape in ((b, t), (b, 1, t), (b, t, t)):
+            if all(c.shape != shape for c in out):
+                out.append(TensorSpec(shape, torch.bool, origin=why))
+    return out
+
+
 def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
-                widths: list[int]) -> list[TensorSpec]:
+                widths: list[int], others: list[TensorSpec]) -> list[TensorSpec]:
     """What an argument read only through other computation may be: what its first layer
     expects; that less an embedding's width (``cat([noise, label_emb(y)])`` feeding a Linear);
     a per-sample scalar (a diffusion timestep, a noise level), as floats and as integers; a
@@ -594,7 +609,8 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
             TensorSpec((batch, 1), origin=why),
             # a graph's edge list [2, E] (node ids index the first input's rows)
             TensorSpec((2, 4 * batch), torch.int64, high=batch, origin=why)]
-    return out
+    masks = _mask_candidates(name, others)
+    return masks + out if "mask" in name.lower() else out + masks
 
 
 def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg],
@@ -612,8 +628,10 @@ def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg
     for name in required:
         spec = specs.get(name)
         if name in uncertain:
+            others = [s for n, s in specs.items() if n != name and n not in uncertain
+                      and isinstance(s, TensorSpec)]
             options.append(_candidates(name, spec if isinstance(spec, TensorSpec) else None,
-                                       batch, widths))
+                                       batch, widths, others))
         elif isinstance(spec, TensorSpec) and spec.high is not None and len(spec.shape) == 2:
             options.append([spec, TensorSpec((spec.shape[0],), spec.dtype, high=spec.high,
                                              low=spec.low, origin=f"guessed for {name!r}")])
@@ -622,7 +640,7 @@ def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg
         else:
             return None
     for i, combo in enumerate(itertools.product(*options)):
-        if i >= 48:
+        if i >= 64:
             break
         trial = dict(zip(required, combo))
         if _forward_runs(model, InputSpec(dict(trial))):
