@@ -509,3 +509,28 @@ class Encoder(nn.Module):
     assert spec["src"].shape == (8, 32)
     assert spec["src_mask"].shape == (8, 1, 32) and spec["src_mask"].dtype == torch.bool
     assert not [f for f in r.findings if f.code in ("AL105", "AL106")]
+
+
+def test_a_recurrent_state_argument_starts_at_none(lint):
+    # PyTorch's word_language_model: forward(input, hidden) with hidden from init_hidden(bsz);
+    # the LSTM's input spec must not be taken for its state (that gave a 298-decade AL105)
+    r = lint('''
+import torch.nn as nn
+
+
+class RNNModel(nn.Module):
+    def __init__(self, ntoken=1000, ninp=64, nhid=64, nlayers=2):
+        super().__init__()
+        self.encoder = nn.Embedding(ntoken, ninp)
+        self.rnn = nn.LSTM(ninp, nhid, nlayers, dropout=0.2)
+        self.decoder = nn.Linear(nhid, ntoken)
+
+    def forward(self, input, hidden):
+        output, hidden = self.rnn(self.encoder(input), hidden)
+        return self.decoder(output), hidden
+''', cls="RNNModel")
+    assert r.status == "ok", r.error
+    assert spec_of(r).tensors["hidden"].value is None
+    assert "hidden=None" in r.input
+    assert not [f for f in r.findings if f.code in ("AL105", "AL106")]
+    assert all(layer.grad_rms for layer in r.layers)

@@ -610,7 +610,10 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
             # a graph's edge list [2, E] (node ids index the first input's rows)
             TensorSpec((2, 4 * batch), torch.int64, high=batch, origin=why)]
     masks = _mask_candidates(name, others)
-    return masks + out if "mask" in name.lower() else out + masks
+    out = masks + out if "mask" in name.lower() else out + masks
+    # None: an optional state or mask passed as a required argument (an RNN's hidden state,
+    # which None starts at zeros)
+    return out + [Value(None, origin=why)]
 
 
 def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg],
@@ -698,6 +701,9 @@ def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node
             passes = False
             if user.op == "call_module":
                 mod = model.get_submodule(str(user.target))
+                if isinstance(mod, (nn.RNNBase, nn.RNNCellBase)) and user.args \
+                        and user.args[0] is not node:
+                    return None, False  # the recurrent layer's state, not its input
                 spec = spec_for_layer(mod, str(user.target))
                 if spec is not None:
                     return spec, direct
