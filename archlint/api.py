@@ -22,9 +22,10 @@ from torch import nn
 from .config import ConfigError, _Located, validate_rule_options
 from .engine import Settings, lint_model
 from .guard import StepError, guarded
-from .loading.inputs import (ArgList, DictArg, InputError, InputSpec, TensorSpec, all_forward_parameters,
-                             forward_parameters, infer_input, parse_input, parse_tensor_spec,
-                             uninferable_input)
+from .loading.infer import infer_input
+from .loading.inputs import (ArgList, DictArg, InputError, InputSpec, TensorSpec,
+                             all_forward_parameters, forward_parameters, parse_input,
+                             parse_tensor_spec, uninferable_input)
 from .results import TargetResult
 from .report.model import Report
 from .rule_docs import rule_info

@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Optional, Union
 from .engine import Analysis, Settings, lint_and_analyse
 from .guard import StepError, guarded
 from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
-from .loading.inputs import InputSpec, infer_input, uninferable_input
+from .loading.infer import infer_input
+from .loading.inputs import InputSpec, uninferable_input
 from .loading.targets import Target
 from .results import TargetResult, Unbuilt, unbuilt_note
 

@@ -24,7 +24,8 @@ import torch
 from archlint.engine import Settings, lint_and_analyse
 from archlint.fixes import measure_fixes
 from archlint.loading.build import LoadedModel, load_target
-from archlint.loading.inputs import infer_input, parse_input
+from archlint.loading.infer import infer_input
+from archlint.loading.inputs import parse_input
 from archlint.loading.targets import resolve
 from archlint.rules import ALL_RULES, selected_rules
 
