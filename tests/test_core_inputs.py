@@ -154,15 +154,13 @@ def test_no_input_found_and_a_rule_needs_one_says_so(lint):
     assert codes(ok) == ["AL107"]
 
 
-@pytest.mark.xfail(strict=True, reason="input inference walks through any op, so a boolean "
-                   "mask argument borrows the float spec of the layer its *other* operand "
-                   "feeds (here the RNN's [8, 32, 8] float32); a mask should get no spec "
-                   "(or a bool one) -- a heuristic/design question in tracing.infer_input")
 def test_mask_argument_does_not_borrow_another_inputs_spec(lint):
+    # the mask reaches the RNN only through x.masked_fill: it must not take the RNN's float
+    # spec; it is guessed as a boolean mask over x
     r = lint(rnn_with_a_second_argument("mask", rnn_input="x.masked_fill(mask, 0.0)"))
-    spec = spec_of(r)
-    assert spec is None or "mask" not in spec.tensors or \
-        spec.tensors["mask"].dtype == torch.bool
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    assert spec["mask"].dtype == torch.bool and spec["mask"].shape == spec["x"].shape
 
 
 # ------------------------------------------------------------------------------ parsing
@@ -534,3 +532,33 @@ class RNNModel(nn.Module):
     assert "hidden=None" in r.input
     assert not [f for f in r.findings if f.code in ("AL105", "AL106")]
     assert all(layer.grad_rms for layer in r.layers)
+
+
+def test_sequence_lengths_for_a_packed_rnn_are_guessed_full(lint):
+    # forward(text, text_lengths) with pack_padded_sequence (the classic sentiment tutorial):
+    # one full length per sequence, in the layout the LSTM reads ([T, B] here)
+    r = lint('''
+import torch
+import torch.nn as nn
+
+
+class RNN(nn.Module):
+    def __init__(self, vocab_size=500, embedding_dim=16, hidden_dim=32):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=1)
+        self.rnn = nn.LSTM(embedding_dim, hidden_dim, bidirectional=True)
+        self.fc = nn.Linear(hidden_dim * 2, 1)
+
+    def forward(self, text, text_lengths):
+        embedded = self.embedding(text)
+        packed = nn.utils.rnn.pack_padded_sequence(embedded, text_lengths.to("cpu"))
+        packed_output, (hidden, cell) = self.rnn(packed)
+        output, output_lengths = nn.utils.rnn.pad_packed_sequence(packed_output)
+        return self.fc(torch.cat((hidden[-2, :, :], hidden[-1, :, :]), dim=1))
+''', cls="RNN")
+    assert r.status == "ok", r.error
+    spec = spec_of(r).tensors
+    steps, batch = spec["text"].shape
+    lengths = spec["text_lengths"]
+    assert lengths.shape == (batch,) and (lengths.low, lengths.high) == (steps, steps + 1)
+    assert not [f for f in r.findings if f.code in ("AL105", "AL106")]

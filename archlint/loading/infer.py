@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import operator
+import re
 from collections import deque
 from typing import Optional
 
@@ -193,17 +194,37 @@ def _forward_consumers(model: nn.Module, required: list[str]) -> dict[str, tuple
 
 
 def _mask_candidates(name: str, others: list[TensorSpec]) -> list[TensorSpec]:
-    """Masks over another input's positions (all True: nothing masked): ``[B, T]``,
-    ``[B, 1, T]`` and ``[B, T, T]`` for a ``[B, T]`` sequence of ids or ``[B, T, D]`` vectors."""
+    """Masks over another input (all True): its own shape for a float input, and ``[B, T]``,
+    ``[B, 1, T]``, ``[B, T, T]`` for a ``[B, T]`` sequence of ids or ``[B, T, D]`` vectors."""
     why = f"guessed for {name!r}"
     out: list[TensorSpec] = []
     for other in others:
-        if len(other.shape) < 2 or (other.dtype.is_floating_point and len(other.shape) != 3):
+        if len(other.shape) < 2:
             continue
         b, t = other.shape[0], other.shape[1]
-        for shape in ((b, t), (b, 1, t), (b, t, t)):
+        shapes = [other.shape] if other.dtype.is_floating_point else []  # x.masked_fill(mask)
+        if not other.dtype.is_floating_point or len(other.shape) == 3:
+            shapes += [(b, t), (b, 1, t), (b, t, t)]
+        for shape in shapes:
             if all(c.shape != shape for c in out):
                 out.append(TensorSpec(shape, torch.bool, origin=why))
+    return out
+
+
+def _length_candidates(name: str, others: list[TensorSpec]) -> list[TensorSpec]:
+    """Sequence lengths for another input (``pack_padded_sequence(x, lengths)``): one per
+    sample, every sequence full (so also sorted), for either layout of a ``[B, T]`` or
+    ``[T, B]`` input."""
+    why = f"guessed for {name!r}"
+    out: list[TensorSpec] = []
+    for other in others:
+        if len(other.shape) < 2:
+            continue
+        a, b = other.shape[0], other.shape[1]
+        for n, length in ((a, b), (b, a)):
+            if all(c.shape != (n,) or c.low != length for c in out):
+                out.append(TensorSpec((n,), torch.int64, low=length, high=length + 1,
+                                      origin=why))
     return out
 
 
@@ -230,6 +251,8 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
             TensorSpec((2, 4 * batch), torch.int64, high=batch, origin=why)]
     masks = _mask_candidates(name, others)
     out = masks + out if "mask" in name.lower() else out + masks
+    lengths = _length_candidates(name, others)
+    out = lengths + out if re.search(r"len", name, re.IGNORECASE) else out + lengths
     # None: an optional state or mask passed as a required argument (an RNN's hidden state,
     # which None starts at zeros)
     return out + [Value(None, origin=why)]
@@ -252,8 +275,7 @@ def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg
     for name in required:
         spec = specs.get(name)
         if name in uncertain:
-            others = [s for n, s in specs.items() if n != name and n not in uncertain
-                      and isinstance(s, TensorSpec)]
+            others = [s for n, s in specs.items() if n != name and isinstance(s, TensorSpec)]
             options.append(_candidates(name, spec if isinstance(spec, TensorSpec) else None,
                                        batch, widths, others))
         elif isinstance(spec, TensorSpec) and spec.high is not None and len(spec.shape) == 2:
@@ -269,6 +291,8 @@ def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg
         trial = dict(zip(required, combo))
         if _forward_runs(model, InputSpec(dict(trial))):
             return trial
+    for name in uncertain:  # a spec read off a layer the argument only reaches indirectly,
+        specs.pop(name, None)  # which forward does not run with, is no inference
     return None
 
 

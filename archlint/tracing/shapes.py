@@ -15,6 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..graph.derived import rebuild
 from ..ops import canonical_name, function_op, module_op
 from ..ops.shape import NoRule, ShapeMismatch, TensorShape
 from ..paths import display_path
@@ -30,7 +31,7 @@ def to_shape(value: Any) -> Any:
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return tuple(to_shape(v) for v in value)
     if isinstance(value, (list, tuple)):
-        return type(value)(to_shape(v) for v in value)
+        return rebuild(value, (to_shape(v) for v in value))
     if isinstance(value, dict):
         return {k: to_shape(v) for k, v in value.items()}
     return value
@@ -42,7 +43,7 @@ def to_meta(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return torch.empty(value.shape, dtype=value.dtype, device="meta")
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        return type(value)(to_meta(v) for v in value)
+        return rebuild(value, (to_meta(v) for v in value))
     if isinstance(value, dict):
         return {k: to_meta(v) for k, v in value.items()}
     return value
