@@ -112,11 +112,15 @@ class Gains(Backward):
                 gsc[parent] = gsc.get(parent, 0.0) + gsco * gain
             if gain > 0:
                 prop.decades[node] = 0.5 * math.log10(gain)
+        gains = {e[0]: e[1] for e in self.entries if len(e) == 2}
         for idx, a, b in rules or ():
             if idx < len(node.inputs) and node.inputs[idx] in allowed:
                 parent = node.inputs[idx]
-                gs[parent] = gs.get(parent, 0.0) + a * gso + b * go
-                gsc[parent] = gsc.get(parent, 0.0) + a * gsco
+                # the shared part is a part of the gradient: never more than what was passed
+                cap = gains.get(idx, float("inf")) * go
+                shared_c = min(a * gsco, cap)
+                gs[parent] = gs.get(parent, 0.0) + min(a * gso + b * go, cap - shared_c)
+                gsc[parent] = gsc.get(parent, 0.0) + shared_c
         _pass_stein(prop, node)
 
 

@@ -471,6 +471,25 @@ def estimate_matmul(prop: Propagation, node: Node) -> None:
                     (1, M * a.q * out_batch / max(b_batch, 1e-12))]))
 
 
+def estimate_grouped_mm(prop: Propagation, node: Node) -> None:
+    """``torch._grouped_mm(x, W, offs)``: the rows of ``x`` (R, K) are cut into consecutive
+    groups, one per expert, and group ``e`` is multiplied by ``W[e]`` (K, N) -- the expert
+    layers of a mixture of experts. Each output is a linear layer's; each expert's weight
+    gradient sums the outer products of its own rows, about ``R / E`` of them."""
+    sa = node.input_shapes[0] if node.input_shapes else None
+    sb = node.input_shapes[1] if len(node.input_shapes) > 1 else None
+    if not sa or not sb or len(sa) != 2 or len(sb) != 3 or len(node.inputs) < 2:
+        unknown(prop, node)
+        return
+    x, w = prop.s_in(node, 0), prop.s_in(node, 1)
+    experts, fan, out = sb
+    rows = sa[0]
+    w2 = max(w.q, 0.0)  # E[W^2] over all experts
+    q = fan * w2 * x.q
+    prop.out(node, Sig(q, 0.0, fan * w2 * x.s / max(experts, 1), prop.numel(node)),
+             Gains([(0, out * w2), (1, rows / max(experts, 1) * x.q)]))
+
+
 # ------------------------------------------------------------------------------- shapes
 
 def _linear_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
@@ -572,6 +591,7 @@ register(
             estimate=estimate_matmul),
     *family(Kind.MATMUL, ("einsum", "baddbmm", "addbmm", "tensordot", "inner"),
             estimate=estimate_matmul),
+    *family(Kind.MATMUL, ("grouped_mm",), estimate=estimate_grouped_mm),
 )
 
 #: Products that are a linear layer when one operand is a parameter (``x @ self.W``).
