@@ -19,12 +19,17 @@ from archlint.measure import measure_grad_rms
 
 
 def _check(model: nn.Module, shape, *, worst: float, spread: float, verdict: str | None,
-           seed: int = 0) -> None:
-    target = archlint.lint(model, example_input={"shape": list(shape)}).targets[0]
+           seed: int = 0, vocab: int | None = None) -> None:
+    """Lint, measure with independent streams, compare; ``vocab``: the input is token ids."""
+    spec = {"shape": list(shape)} if vocab is None else {"shape": list(shape), "dtype": "int64",
+                                                         "high": vocab}
+    target = archlint.lint(model, example_input=spec).targets[0]
     assert target.status == "ok", target.error
     data = target.to_dict()
     pred = {layer["module"]: layer["grad_rms"] for layer in data["layers"]}
-    x = torch.randn(*shape, generator=torch.Generator().manual_seed(seed + 101))
+    gen = torch.Generator().manual_seed(seed + 101)
+    x = torch.randn(*shape, generator=gen) if vocab is None else \
+        torch.randint(0, vocab, tuple(shape), generator=gen)
     meas = measure_grad_rms(model, (x,), seed=seed + 7).rms
     flow = data["gradient_flow"]["vanishing"]
     acc = compare(pred, meas, flow["earliest"], flow["last"])
@@ -214,6 +219,44 @@ def test_grouped_matmul_experts():
     assert not acc.zero_mismatch, acc.zero_mismatch  # the stacked experts get gradient
     assert acc.worst_error <= 0.2, acc.worst  # measured 0.08 (was: head 0.25, experts none)
     assert not {f["code"] for f in data["findings"]} & {"AL105", "AL106"}
+
+
+class TensorScaledAttention(nn.Module):
+    """Pre-norm attention block scaling its logits by ``torch.sqrt(torch.tensor(d_head))``:
+    a tensor made inside forward from a number holds that number (it was read as zero, and
+    the division by its square root as a gain of 1e30: AL106 at 30 decades)."""
+
+    def __init__(self, d: int = 64, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(B, T, 3, self.heads, D // self.heads) \
+            .permute(2, 0, 3, 1, 4)
+        scale = torch.sqrt(torch.tensor(q.size(-1), dtype=torch.float))
+        att = torch.softmax(q @ k.transpose(-2, -1) / scale, dim=-1)
+        x = x + self.out((att @ v).transpose(1, 2).reshape(B, T, D))
+        return x + self.ff(self.norm2(x))
+
+
+class TensorScaledEncoder(nn.Module):
+    def __init__(self, vocab: int = 300, d: int = 64, layers: int = 4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.blocks = nn.Sequential(*[TensorScaledAttention(d) for _ in range(layers)])
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        return self.head(self.blocks(self.emb(ids)))
+
+
+def test_scale_made_with_torch_tensor():
+    torch.manual_seed(0)
+    _check(TensorScaledEncoder(), (4, 16), worst=0.3, spread=0.3, verdict=None, vocab=300)
 
 
 class SigmoidStack(nn.Module):

@@ -29,8 +29,34 @@ def estimate_keep_scale(prop: Propagation, node: Node) -> None:
 
 
 def estimate_zero(prop: Propagation, node: Node) -> None:
-    """Tensors made inside forward from constants: no signal."""
+    """Tensors made inside forward from constants: no signal; ``torch.tensor(number)`` (a
+    scale such as ``sqrt(head_dim)``) holds its value."""
+    args = node.attrs.get("args") or ()
+    data = args[0] if node.op == "tensor" and args else None
+    values = _numbers(data)
+    if values:
+        q = sum(v * v for v in values) / len(values)
+        m = sum(values) / len(values)
+        prop.out(node, Sig(q, m, q, prop.numel(node)))
+        return
     prop.out(node, Sig(0.0, 0.0, 0.0, prop.numel(node)))
+
+
+def _numbers(data: object) -> list[float]:
+    """The finite numbers of a (nested) list of plain numbers, [] for anything else."""
+    if isinstance(data, bool):
+        return []
+    if isinstance(data, (int, float)):
+        return [float(data)] if math.isfinite(data) else []
+    if isinstance(data, (list, tuple)) and len(data) <= 4096:
+        out: list[float] = []
+        for d in data:
+            inner = _numbers(d)
+            if not inner:
+                return []
+            out.extend(inner)
+        return out
+    return []
 
 
 def estimate_periodic(prop: Propagation, node: Node) -> None:
