@@ -176,9 +176,30 @@ class Propagation:
         for mod, total in self.weight_sq.items():
             n = sum(self.weight_numel.get(mod, {}).values()) or 1
             grad_rms[mod] = math.sqrt(max(total, 0.0) / max(n, 1))
+        for owners, count in self._tied_weights():
+            total = sum(self.weight_sq.get(o, 0.0) for o in owners)
+            for o in owners:
+                if o in grad_rms:
+                    grad_rms[o] = math.sqrt(max(total, 0.0) / max(count, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
                         unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain(),
                         ran=self.ran)
+
+    def _tied_weights(self) -> list[tuple[list[str], int]]:
+        """Layers that share their weight matrix (an embedding tied to the output layer, one
+        table for encoder and decoder): the parameter's gradient is the sum of its uses', and
+        every layer that owns it reports that sum. Only layers whose one matrix is the shared
+        one are grouped."""
+        model = getattr(self.graph, "model", None)
+        if model is None:
+            return []
+        owners: dict[int, tuple[list[str], int]] = {}
+        for name, mod in model.named_modules():
+            mats = [p for p in mod.parameters(recurse=False) if p.dim() >= 2]
+            if len(mats) == 1 and mats[0].requires_grad:
+                owners.setdefault(id(mats[0]), ([], mats[0].numel()))[0].append(name)
+        return [(names, count) for names, count in owners.values()
+                if len(names) > 1 and sum(n in self.weight_sq for n in names) > 1]
 
     def _uncertain(self) -> set[str]:
         out = set()

@@ -78,8 +78,8 @@ class Gains(Backward):
     """Per-input multipliers of the per-element gradient second moment.
 
     ``entries``: ``(input index, gain)``, the shared parts following the same gain; or
-    ``(input index, gain, gain of the shared part, gain of gs)`` when the shared part is passed
-    on differently (attention). ``shared``: explicit rules for the position-shared part,
+    ``(input index, gain, gain of the shared part, gain of gs[, part of the rest that becomes
+    shared])`` when the shared part is passed on differently (attention). ``shared``: explicit rules for the position-shared part,
     ``(input index, a, b)``: ``gs_in += a * gso + b * go``.
     """
 
@@ -101,9 +101,10 @@ class Gains(Backward):
             parent = node.inputs[idx]
             if parent not in allowed:
                 continue
-            if len(entry) == 4:
+            if len(entry) >= 4:
                 g2[parent] = g2.get(parent, 0.0) + gain * (go - coh) + entry[2] * coh
-                gs[parent] = gs.get(parent, 0.0) + entry[3] * gso
+                gs[parent] = gs.get(parent, 0.0) + entry[3] * gso + (
+                    entry[4] * (go - coh) if len(entry) > 4 else 0.0)
                 gsc[parent] = gsc.get(parent, 0.0) + entry[3] * gsco
                 continue
             g2[parent] = g2.get(parent, 0.0) + go * gain
