@@ -394,6 +394,86 @@ def test_tied_embedding_and_learned_attention_bias():
     assert abs(math.log10(pred["emb"] / pred["head"])) < 1e-9  # one matrix, one gradient
 
 
+def drop_path(x, p, training):
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+class DropPathBlock(nn.Module):
+    """A pre-activation residual block with stochastic depth written as timm's DropPath:
+    ``x.new_empty(...).bernoulli_(keep).div_(keep)``."""
+    def __init__(self, c, p):
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c), nn.BatchNorm2d(c)
+        self.conv1, self.conv2 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.p = p
+    def forward(self, x):
+        h = self.conv2(F.relu(self.bn2(self.conv1(F.relu(self.bn1(x))))))
+        return x + drop_path(h, self.p, self.training)
+
+class DropPathNet(nn.Module):
+    def __init__(self, c=16, depth=6):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.blocks = nn.Sequential(*[DropPathBlock(c, 0.1 * i / depth) for i in range(depth)])
+        self.head = nn.Linear(c, 10)
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+class CLSViT(nn.Module):
+    """A ViT reading its class token alone: nn.MultiheadAttention gets one node as queries,
+    keys and values; only the queries keep the gradient on the class token's position."""
+    def __init__(self, d=64, depth=4, heads=4, patch=8, img=32):
+        super().__init__()
+        self.proj = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, d) * 0.02)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(depth))
+        self.ln2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(depth))
+        self.attn = nn.ModuleList(nn.MultiheadAttention(d, heads, batch_first=True)
+                                  for _ in range(depth))
+        self.mlp = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(),
+                                               nn.Linear(2 * d, d)) for _ in range(depth))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 10)
+    def forward(self, x):
+        x = self.proj(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        for ln1, attn, ln2, mlp in zip(self.ln1, self.attn, self.ln2, self.mlp):
+            h = ln1(x)
+            x = x + attn(h, h, h, need_weights=False)[0]
+            x = x + mlp(ln2(x))
+        return self.head(self.ln(x)[:, 0])
+
+
+def test_drop_path_mask_drawn_with_bernoulli():
+    """``new_empty(...).bernoulli_(keep)`` holds ones with probability ``keep``, not the
+    uninitialised tensor's zeros (every block behind it was predicted 0, and AL106 fired)."""
+    torch.manual_seed(0)
+    _check(DropPathNet(), (8, 3, 16, 16), worst=0.25, spread=0.2, verdict=None)
+
+
+def test_class_token_vit_with_multihead_attention():
+    """nn.MultiheadAttention reads one node as queries, keys and values: only the queries'
+    share of its input gradient stays on the class token's position, the keys' and values'
+    reaches the patches (the patch projection was predicted 0). Open gap: the class token and
+    position table themselves are ~0.8 decades low (the class token's own small scale makes its
+    layer norms' backward gain larger than the average position's)."""
+    torch.manual_seed(0)
+    model = CLSViT()
+    data = archlint.lint(model, example_input={"shape": [8, 3, 32, 32]}).targets[0].to_dict()
+    pred = {layer["module"]: layer["grad_rms"] for layer in data["layers"]}
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(101))
+    flow = data["gradient_flow"]["vanishing"]
+    acc = compare(pred, measure_grad_rms(model, (x,), seed=7).rms, flow["earliest"],
+                  flow["last"])
+    assert not acc.zero_mismatch, acc.zero_mismatch
+    assert abs(acc.spread_error) <= 0.3, (acc.predicted_decades, acc.measured_decades)
+    assert not {f["code"] for f in data["findings"]} & {"AL105", "AL106"}
+
+
 class SigmoidStack(nn.Module):
     """A deep sigmoid stack whose output goes through one more op before the head."""
 

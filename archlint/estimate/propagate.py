@@ -67,6 +67,9 @@ class Propagation:
         #: Gradients concentrated on some positions (a class token read alone): where, and how
         #: much of each node's g2 is there (archlint.ops.positions).
         self.selection: dict[Node, Any] = {}
+        #: Attention reading one node as queries, keys and values: the queries' share of the
+        #: gradient it passed to that node (only that share keeps the positions).
+        self.query_share: dict[Node, float] = {}
         self.g2_selected: dict[Node, float] = {}
         self.unknown: dict[str, int] = {}
         #: Ops without a formula that were estimated by running them alone.

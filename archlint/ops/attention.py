@@ -140,6 +140,11 @@ class MHABackward(Backward):
         shared = [0.0, 0.0, stv.col2 * gs_v]
         shared_c = [0.0, 0.0, stv.col2 * gsc_v]
         distinct = list(dict.fromkeys(node.inputs[:3]))
+        query = node.inputs[0] if node.inputs else None
+        to_query = sum(gains[i] for i in range(3) if
+                       (node.inputs[i] if i < len(node.inputs) else query) is query)
+        if to_query > 0:
+            prop.query_share[node] = gains[0] / to_query
         for i in range(3):
             src = node.inputs[i] if i < len(node.inputs) else (distinct[0] if distinct else None)
             if src is None or src not in parents:

@@ -37,6 +37,9 @@ class Propagation(Protocol):
     #: Gradients concentrated on some positions (archlint.ops.positions): where, how much.
     selection: dict[Node, Any]
     g2_selected: dict[Node, float]
+    #: Attention reading one node as queries, keys and values: the queries' share of what it
+    #: passed to that node.
+    query_share: dict[Node, float]
     #: Per pre-activation node: the position-shared gradient after the activation times the
     #: squared mean curvature of the activation -- what makes a layer's weight gradient sum
     #: coherently over positions (see archlint.ops.linear.WeightBackward).

@@ -100,6 +100,18 @@ def estimate_factory(prop: Propagation, node: Node) -> None:
     prop.out(node, Sig(v * v, v, v * v, prop.numel(node)))
 
 
+def estimate_bernoulli(prop: Propagation, node: Node) -> None:
+    """``t.bernoulli_(p)`` / ``torch.bernoulli(probs)``: ones with probability p (a drop-path or
+    dropout mask, scaled afterwards by 1/p): q = m = p; no gradient."""
+    vals = scalars(node)
+    p = kw(node, "p", 1, vals[0] if vals else None)
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p <= 1.0:
+        x = prop.s_in(node)
+        p = x.m if 0.0 < x.m <= 1.0 else 0.5
+    p = float(p)
+    prop.out(node, Sig(p, p, p * p, prop.numel(node)))
+
+
 _RANDOM_SECOND_MOMENT = {"rand": 1 / 3, "rand_like": 1 / 3}
 
 
@@ -130,7 +142,7 @@ register(
     *family(Kind.OTHER, ("maximum", "minimum", "atan2", "fmod", "lerp", "addcmul", "addcdiv",
                          "hypot", "and", "or", "xor"), shape=binary_shape),
     *family(Kind.OTHER, ("normal", "uniform"), shape=same_shape, estimate=estimate_random),
-    *family(Kind.OTHER, ("bernoulli",), estimate=estimate_random),
+    *family(Kind.OTHER, ("bernoulli",), grad=False, estimate=estimate_bernoulli),
     # no gradient: random draws, factories, comparisons, rounding, casts to integers
     *family(Kind.OTHER, ("rand_like", "randn_like"), grad=False, shape=same_shape,
             estimate=estimate_random),
