@@ -157,6 +157,40 @@ class WeightBackward(Backward):
 
 
 @dataclass
+class DynamicWeightBackward(WeightBackward):
+    """A convolution whose kernel is computed from the data (a conditional convolution mixing
+    expert kernels per sample): besides the input, the kernel gets the gradient -- each entry
+    pairs its output channel's gradient with the input it reads, over the output positions."""
+
+    w_idx: int = 1
+    w_gain: float = 0.0
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        super().apply(prop, node, go, gso, gsco, items)
+        if go > 0.0 and self.w_idx < len(node.inputs):
+            src = node.inputs[self.w_idx]
+            if src in set(node.grad_parents()):
+                prop.g2[src] = prop.g2.get(src, 0.0) + self.w_gain * go
+
+
+def _dynamic_kernel(prop: Propagation, node: Node) -> Optional[tuple[torch.Tensor, int]]:
+    """A functional convolution's kernel computed from activations: a stand-in with its
+    shape and its entries' mean square (independent entries), and which input it is."""
+    if node.module is not None or len(node.inputs) < 2:
+        return None
+    k = node.inputs[1]
+    if k.kind in (Kind.PARAM, Kind.CONSTANT) or not k.shape or len(k.shape) < 3 or \
+            k.dtype is None or not k.dtype.is_floating_point:
+        return None
+    q = prop.s_in(node, 1).q
+    if not q > 0.0:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(tuple(k.shape), generator=gen) * math.sqrt(q), 1
+
+
+@dataclass
 class EmbeddingBackward(Backward):
     """A lookup table: the gradient of each looked-up row; nothing flows to the ids."""
 
@@ -298,6 +332,9 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         stride = kw(node, "stride", 3, 1)
         if w is None and node.attrs.get("derived_weight") is not None:
             w = node.attrs["derived_weight"].detach()
+    dynamic = _dynamic_kernel(prop, node) if w is None else None
+    if dynamic is not None:
+        w = dynamic[0]
     if w is None:
         unknown(prop, node)
         return
@@ -354,12 +391,14 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
     cs2 *= interior
     shared_energy = energy * interior if strided else None
-    prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
-                                       shared_gain=cs2, shared_energy=shared_energy,
-                                       conv=True,
-                                       derived=node.attrs.get("derived_weight"),
-                                       entry_sq=st.a / max(st.fan_in, 1) / cover,
-                                       coverage=cover))
+    common = dict(x_idx=x_idx, gain=gain, rows=rows, x=x, shared_gain=cs2,
+                  shared_energy=shared_energy, conv=True, entry_sq=st.a / max(st.fan_in, 1) / cover,
+                  coverage=cover)
+    if dynamic is not None:
+        prop.out(node, out, DynamicWeightBackward(**common, w_idx=dynamic[1],
+                                                  w_gain=rows * cover * x.q))
+        return
+    prop.out(node, out, WeightBackward(**common, derived=node.attrs.get("derived_weight")))
 
 
 def _tap_coverage(node: Node, x_idx: int, kernel: Any, stride: Any) -> tuple[float, float]:
