@@ -520,6 +520,69 @@ def test_conditional_convolution_with_a_computed_kernel():
     _check(CondNet(), (8, 3, 16, 16), worst=0.35, spread=0.4, verdict=None)
 
 
+class StraightThroughSign(torch.autograd.Function):
+    """Binarise forward, pass the gradient straight through backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return torch.sign(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class GradientReversal(torch.autograd.Function):
+    """Identity forward, gradient times -lambda backward (domain-adversarial training)."""
+
+    @staticmethod
+    def forward(ctx, x, lam):
+        ctx.lam = lam
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lam * grad, None
+
+
+class CustomFunctionNet(nn.Module):
+    def __init__(self, function: str, data_dependent: bool = False):
+        super().__init__()
+        self.features = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
+        self.head = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.function, self.data_dependent = function, data_dependent
+
+    def forward(self, x):
+        h = self.features(x)
+        if self.data_dependent and h.sum() > -1e9:  # fx cannot trace this: the exec tracer
+            h = h * 1.0
+        h = StraightThroughSign.apply(h) if self.function == "ste" else \
+            GradientReversal.apply(h, 0.1)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("function,data_dependent",
+                         [("ste", False), ("grl", False), ("grl", True)],
+                         ids=["straight-through-fx", "gradient-reversal-fx",
+                              "gradient-reversal-exec"])
+def test_autograd_function_is_one_op_with_its_own_backward(function, data_dependent):
+    """A custom autograd.Function is one op run alone with its real backward, and the note
+    says so (was: its forward's ops were read instead -- sign() passes no gradient, so the
+    layers before a straight-through estimator were predicted 0; a gradient reversal's lambda
+    was missed, 1 decade high)."""
+    torch.manual_seed(0)
+    model = CustomFunctionNet(function, data_dependent)
+    target = archlint.lint(model, example_input={"shape": [16, 32]}).targets[0]
+    name = "straightthroughsign.apply" if function == "ste" else "gradientreversal.apply"
+    assert any("running them alone" in n and name in n for n in target.notes), target.notes
+    assert target.tracer == ("exec" if data_dependent else "fx")
+    pred = {layer.module: layer.grad_rms for layer in target.layers}
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(101))
+    acc = compare(pred, measure_grad_rms(model, (x,), seed=7).rms)
+    assert not acc.zero_mismatch, acc.zero_mismatch
+    assert acc.worst_error <= 0.15, acc.worst
+
+
 class SigmoidStack(nn.Module):
     """A deep sigmoid stack whose output goes through one more op before the head."""
 
