@@ -583,6 +583,51 @@ def test_autograd_function_is_one_op_with_its_own_backward(function, data_depend
     assert acc.worst_error <= 0.15, acc.worst
 
 
+class MaskedReversal(torch.autograd.Function):
+    """Gradient reversal on the rows a (long) domain label selects."""
+    @staticmethod
+    def forward(ctx, x, domain):
+        ctx.save_for_backward(domain)
+        return x.view_as(x)
+    @staticmethod
+    def backward(ctx, grad):
+        (domain,) = ctx.saved_tensors
+        return -0.1 * grad * (domain >= 0).to(grad.dtype)[:, None], None
+
+class Declared(MaskedReversal):
+    archlint_backward_gain = 0.1
+
+class DomainReversalNet(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32))
+        self.b = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.fn = fn
+    def forward(self, x):
+        domain = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.b(self.fn.apply(self.a(x), domain))
+
+
+def test_autograd_function_that_cannot_run_alone():
+    """A Function with an integer argument cannot be run on synthetic inputs: the note names
+    it, says how to declare its gain, and no verdict reads the layers behind it; with
+    ``archlint_backward_gain`` declared on the class, that gain is used (and said)."""
+    torch.manual_seed(0)
+    target = archlint.lint(DomainReversalNet(MaskedReversal),
+                           example_input={"shape": [16, 32]}).targets[0]
+    notes = " ".join(target.notes)
+    assert "maskedreversal.apply" in notes and "left out of AL105/AL106" in notes, notes
+    assert "archlint_backward_gain" in notes, notes
+    torch.manual_seed(0)
+    model = DomainReversalNet(Declared)
+    target = archlint.lint(model, example_input={"shape": [16, 32]}).targets[0]
+    assert any("declare: declared.apply (0.1)" in n for n in target.notes), target.notes
+    pred = {layer.module: layer.grad_rms for layer in target.layers}
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(101))
+    acc = compare(pred, measure_grad_rms(model, (x,), seed=7).rms)
+    assert not acc.zero_mismatch and acc.worst_error <= 0.1, acc.worst
+
+
 class SigmoidStack(nn.Module):
     """A deep sigmoid stack whose output goes through one more op before the head."""
 

@@ -42,6 +42,8 @@ class Estimate:
     uncertain: set[str] = field(default_factory=set)
     #: Ops without a formula estimated by running them alone (archlint.ops.opaque), by name.
     ran: dict[str, int] = field(default_factory=dict)
+    #: Custom autograd.Functions estimated with the backward gain they declare, by op.
+    declared: dict[str, float] = field(default_factory=dict)
 
 
 class Propagation:
@@ -74,6 +76,7 @@ class Propagation:
         self.unknown: dict[str, int] = {}
         #: Ops without a formula that were estimated by running them alone.
         self.ran: dict[str, int] = {}
+        self.declared: dict[str, float] = {}
         self.unknown_nodes: set[Node] = set()
         #: Part of each node's g2 that crossed an op without a formula.
         self.unknown_g2: dict[Node, float] = {}
@@ -186,7 +189,7 @@ class Propagation:
                     grad_rms[o] = math.sqrt(max(total, 0.0) / max(count, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
                         unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain(),
-                        ran=self.ran)
+                        ran=self.ran, declared=self.declared)
 
     def _tied_weights(self) -> list[tuple[list[str], int]]:
         """Layers that share their weight matrix (an embedding tied to the output layer, one

@@ -40,6 +40,9 @@ class Propagation(Protocol):
     #: Attention reading one node as queries, keys and values: the queries' share of what it
     #: passed to that node.
     query_share: dict[Node, float]
+    backward_of: dict[Node, "Backward"]
+    #: Custom autograd.Functions estimated with the backward gain they declare, by op.
+    declared: dict[str, float]
     #: Per pre-activation node: the position-shared gradient after the activation times the
     #: squared mean curvature of the activation -- what makes a layer's weight gradient sum
     #: coherently over positions (see archlint.ops.linear.WeightBackward).
@@ -155,11 +158,33 @@ def passthrough(prop: Propagation, node: Node, unknown: bool = False) -> None:
              Gains([(0, ratio)] if node.inputs else []))
 
 
+#: The attribute a custom ``torch.autograd.Function`` may carry to declare its backward gain
+#: (``|dL/dx| / |dL/dy|``) for when it cannot be run alone.
+DECLARED_GAIN = "archlint_backward_gain"
+
+
+def declared_gain(node: Node) -> Optional[float]:
+    """The backward gain a custom autograd.Function declares (see :data:`DECLARED_GAIN`)."""
+    cls = getattr(node.attrs.get("call"), "cls", None)
+    gain = getattr(cls, DECLARED_GAIN, None) if cls is not None else None
+    if isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(gain):
+        return float(gain)
+    return None
+
+
 def unknown(prop: Propagation, node: Node) -> None:
     """The rule of an op the estimate has no formula for: run it alone when that can be done
-    faithfully (archlint.ops.opaque), else pass the value through and report the op."""
-    if not prop.try_running(node):
-        passthrough(prop, node, unknown=True)
+    faithfully (archlint.ops.opaque); else a custom autograd.Function's declared backward gain;
+    else pass the value through and report the op."""
+    if prop.try_running(node):
+        return
+    gain = declared_gain(node)
+    if gain is not None:
+        passthrough(prop, node)
+        prop.backward_of[node] = Gains([(i, gain * gain) for i in range(len(node.inputs))])
+        prop.declared[node.op] = gain
+        return
+    passthrough(prop, node, unknown=True)
 
 
 def kw(node: Node, name: str, pos: int, default: Any) -> Any:
