@@ -510,6 +510,33 @@ def estimate_matmul(prop: Propagation, node: Node) -> None:
                     (1, M * a.q * out_batch / max(b_batch, 1e-12))]))
 
 
+def estimate_baddbmm(prop: Propagation, node: Node) -> None:
+    """``torch.baddbmm(input, b1, b2, beta=, alpha=)``: ``beta * input + alpha * b1 @ b2`` --
+    attention logits with an additive bias (ALiBi) computed in one call."""
+    shapes = node.input_shapes
+    if len(node.inputs) < 3 or len(shapes) < 3 or not shapes[1] or not shapes[2] or \
+            len(shapes[1]) != 3 or len(shapes[2]) != 3:
+        unknown(prop, node)
+        return
+    c, a, b = (prop.s_in(node, i) for i in range(3))
+    beta, alpha = kw(node, "beta", 3, 1.0), kw(node, "alpha", 4, 1.0)
+    beta = float(beta) if isinstance(beta, (int, float)) else 1.0
+    alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
+    n_in, M, P = shapes[1][-1], shapes[1][-2], shapes[2][-1]
+    qp = n_in * a.q * b.q + n_in * (n_in - 1) * a.m * a.m * b.m * b.m
+    mp, sp = n_in * a.m * b.m, n_in * a.s * b.s
+    n = prop.numel(node)
+    out_batch = n / max(M * P, 1)
+    a_batch = a.numel / max(M * n_in, 1)
+    b_batch = b.numel / max(n_in * P, 1)
+    a2 = alpha * alpha
+    prop.out(node, Sig(beta * beta * c.q + a2 * qp + 2 * beta * alpha * c.m * mp,
+                       beta * c.m + alpha * mp, beta * beta * c.s + a2 * sp, n),
+             Gains([(0, beta * beta * n / max(c.numel, 1)),
+                    (1, a2 * P * b.q * out_batch / max(a_batch, 1e-12)),
+                    (2, a2 * M * a.q * out_batch / max(b_batch, 1e-12))]))
+
+
 def estimate_grouped_mm(prop: Propagation, node: Node) -> None:
     """``torch._grouped_mm(x, W, offs)``: the rows of ``x`` (R, K) are cut into consecutive
     groups, one per expert, and group ``e`` is multiplied by ``W[e]`` (K, N) -- the expert
@@ -628,8 +655,9 @@ register(
        estimate=estimate_embedding),
     *family(Kind.MATMUL, ("matmul", "mm", "bmm"), shape=_matmul_shape,
             estimate=estimate_matmul),
-    *family(Kind.MATMUL, ("einsum", "baddbmm", "addbmm", "tensordot", "inner"),
+    *family(Kind.MATMUL, ("einsum", "addbmm", "tensordot", "inner"),
             estimate=estimate_matmul),
+    *family(Kind.MATMUL, ("baddbmm",), estimate=estimate_baddbmm),
     *family(Kind.MATMUL, ("grouped_mm",), estimate=estimate_grouped_mm),
 )
 

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 
-_APPLY = torch.autograd.Function.__dict__["apply"]  # the classmethod object
+#: ``Function.apply`` as defined (a classmethod, or a C classmethod descriptor in newer torch).
+_APPLY = torch.autograd.Function.__dict__["apply"]
 
 #: What the active tracer does with a call: ``(call, args, kwargs) -> value``.
 _HANDLERS: list[Callable[["FunctionCall", tuple, dict], Any]] = []
@@ -32,16 +33,21 @@ class FunctionCall:
         self.__module__ = cls.__module__
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return _APPLY.__func__(self.cls, *args, **kwargs)
+        return _original(self.cls)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<autograd.Function {self.cls.__module__}.{self.cls.__qualname__}>"
 
 
+def _original(cls: type) -> Callable[..., Any]:
+    """The unpatched ``cls.apply``."""
+    return _APPLY.__get__(None, cls)
+
+
 def _apply(cls: type, *args: Any, **kwargs: Any) -> Any:
     handler = _HANDLERS[-1] if _HANDLERS else None
     if handler is None or cls.__module__.startswith("torch."):  # checkpointing and the like
-        return _APPLY.__func__(cls, *args, **kwargs)
+        return _original(cls)(*args, **kwargs)
     return handler(FunctionCall(cls), args, kwargs)
 
 
