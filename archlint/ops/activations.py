@@ -300,15 +300,37 @@ def _causal_mask(prop: Propagation, node: Node, T: int) -> bool:
     if src is None or T < 2:
         return False
     if src.op == "masked_fill":  # logits.masked_fill(causal == 0, -inf)
-        return len(src.inputs) > 1 and bool(src.inputs[1].shape) and \
-            tuple(src.inputs[1].shape[-2:]) == (T, T) and not prop.carries_signal(src.inputs[1])
-    if src.kind != Kind.ADD or len(src.inputs) != 2:
+        masks = src.inputs[1:2]
+    elif src.kind == Kind.ADD and len(src.inputs) == 2:
+        masks = list(src.inputs)
+    else:
         return False
-    for i in src.inputs:
-        shape = i.shape
-        if shape and len(shape) >= 2 and shape[-1] == T and shape[-2] == T and \
-                not prop.carries_signal(i):
+    return any(i.shape and len(i.shape) >= 2 and tuple(i.shape[-2:]) == (T, T) and
+               not prop.carries_signal(i) and _triangular(i) for i in masks)
+
+
+_ORDERING = {"tril", "triu", "lt", "le", "gt", "ge"}
+
+
+def _triangular(mask: Node) -> bool:
+    """Is a mask built to depend on the query/key order: a buffer whose square is not
+    constant (a tril of ones), or made with tril/triu or position comparisons? An outer
+    product of padding masks (all ones here) is not."""
+    seen: set[int] = set()
+    stack = [mask]
+    while stack and len(seen) < 64:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op in _ORDERING:
             return True
+        t = n.tensor if n.kind == Kind.PARAM else None
+        if t is not None and t.dim() >= 2 and t.shape[-1] == t.shape[-2] and t.numel() and \
+                t.device.type != "meta":
+            square = t.detach().reshape(-1, t.shape[-2], t.shape[-1])[0]
+            return bool((square != square[0, 0]).any())
+        stack.extend(n.inputs)
     return False
 
 

@@ -85,8 +85,9 @@ class Gains(Backward):
 
     ``entries``: ``(input index, gain)``, the shared parts following the same gain; or
     ``(input index, gain, gain of the shared part, gain of gs[, part of the rest that becomes
-    shared])`` when the shared part is passed on differently (attention). ``shared``: explicit rules for the position-shared part,
-    ``(input index, a, b)``: ``gs_in += a * gso + b * go``.
+    shared])`` when the shared part is passed on differently (attention). ``shared``:
+    explicit rules for the position-shared part, ``(input index, a, b)``:
+    ``gs_in += a * gso + b * go``.
     """
 
     entries: list[tuple]

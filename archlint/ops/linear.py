@@ -392,8 +392,8 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
     cs2 *= interior
     shared_energy = energy * interior if strided else None
     common = dict(x_idx=x_idx, gain=gain, rows=rows, x=x, shared_gain=cs2,
-                  shared_energy=shared_energy, conv=True, entry_sq=st.a / max(st.fan_in, 1) / cover,
-                  coverage=cover)
+                  shared_energy=shared_energy, conv=True,
+                  entry_sq=st.a / max(st.fan_in, 1) / cover, coverage=cover)
     if dynamic is not None:
         prop.out(node, out, DynamicWeightBackward(**common, w_idx=dynamic[1],
                                                   w_gain=rows * cover * x.q))
