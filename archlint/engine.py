@@ -99,6 +99,11 @@ def analyse(graph: Graph) -> Analysis:
                                   "structure to check)" if graph.output is not None and any(
                                       n.op == "opaque" and n.module_path == ""
                                       for n in graph.nodes) else ""))
+    declared = analysis.gradient.estimate.declared
+    if declared:
+        analysis.notes.append("gradient estimate: custom autograd.Functions with the backward "
+                              "gain they declare: " + ", ".join(
+                                  f"{op} ({g:g})" for op, g in sorted(declared.items())))
     unknown = analysis.gradient.estimate.unknown_ops
     if unknown:
         ops = ", ".join(_counted(unknown))
@@ -106,7 +111,11 @@ def analyse(graph: Graph) -> Analysis:
         analysis.notes.append(f"gradient estimate: ops without a formula, passed through "
                               f"unchanged: {ops}" + (
                                   f"; {behind} layer{'s' if behind != 1 else ''} whose gradient "
-                                  "crosses them left out of AL105/AL106" if behind else ""))
+                                  "crosses them left out of AL105/AL106" if behind else "")
+                              + ("; a custom autograd.Function can declare its backward gain "
+                                 "as a class attribute archlint_backward_gain = |dL/dx| / "
+                                 "|dL/dy|" if any(op.endswith(".apply") for op in unknown)
+                                 else ""))
     return analysis
 
 

@@ -42,6 +42,8 @@ class Estimate:
     uncertain: set[str] = field(default_factory=set)
     #: Ops without a formula estimated by running them alone (archlint.ops.opaque), by name.
     ran: dict[str, int] = field(default_factory=dict)
+    #: Custom autograd.Functions estimated with the backward gain they declare, by op.
+    declared: dict[str, float] = field(default_factory=dict)
 
 
 class Propagation:
@@ -67,10 +69,14 @@ class Propagation:
         #: Gradients concentrated on some positions (a class token read alone): where, and how
         #: much of each node's g2 is there (archlint.ops.positions).
         self.selection: dict[Node, Any] = {}
+        #: Attention reading one node as queries, keys and values: the queries' share of the
+        #: gradient it passed to that node (only that share keeps the positions).
+        self.query_share: dict[Node, float] = {}
         self.g2_selected: dict[Node, float] = {}
         self.unknown: dict[str, int] = {}
         #: Ops without a formula that were estimated by running them alone.
         self.ran: dict[str, int] = {}
+        self.declared: dict[str, float] = {}
         self.unknown_nodes: set[Node] = set()
         #: Part of each node's g2 that crossed an op without a formula.
         self.unknown_g2: dict[Node, float] = {}
@@ -176,9 +182,30 @@ class Propagation:
         for mod, total in self.weight_sq.items():
             n = sum(self.weight_numel.get(mod, {}).values()) or 1
             grad_rms[mod] = math.sqrt(max(total, 0.0) / max(n, 1))
+        for owners, count in self._tied_weights():
+            total = sum(self.weight_sq.get(o, 0.0) for o in owners)
+            for o in owners:
+                if o in grad_rms:
+                    grad_rms[o] = math.sqrt(max(total, 0.0) / max(count, 1))
         return Estimate(grad_rms=grad_rms, sig=self.sig, g2=self.g2, decades=self.decades,
                         unknown_ops=self.unknown, order=self.order, uncertain=self._uncertain(),
-                        ran=self.ran)
+                        ran=self.ran, declared=self.declared)
+
+    def _tied_weights(self) -> list[tuple[list[str], int]]:
+        """Layers that share their weight matrix (an embedding tied to the output layer, one
+        table for encoder and decoder): the parameter's gradient is the sum of its uses', and
+        every layer that owns it reports that sum. Only layers whose one matrix is the shared
+        one are grouped."""
+        model = getattr(self.graph, "model", None)
+        if model is None:
+            return []
+        owners: dict[int, tuple[list[str], int]] = {}
+        for name, mod in model.named_modules():
+            mats = [p for p in mod.parameters(recurse=False) if p.dim() >= 2]
+            if len(mats) == 1 and mats[0].requires_grad:
+                owners.setdefault(id(mats[0]), ([], mats[0].numel()))[0].append(name)
+        return [(names, count) for names, count in owners.values()
+                if len(names) > 1 and sum(n in self.weight_sq for n in names) > 1]
 
     def _uncertain(self) -> set[str]:
         out = set()

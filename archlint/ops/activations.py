@@ -279,10 +279,59 @@ def estimate_softmax(prop: Propagation, node: Node) -> None:
         else (shape[-1] if shape else 1)
     v = max(x.q - x.s, 0.0)
     sa = min(math.exp(min(v, 50.0)) / max(T, 1), 1.0)  # sum_j A_j^2
+    if _causal_mask(prop, node, T):
+        # query i attends i keys: sum_j A_ij^2 averages e^v / i over the queries
+        harmonic = sum(1.0 / i for i in range(1, T + 1))
+        sa = min(math.exp(min(v, 50.0)) * harmonic / max(T, 1), 1.0)
     q = sa / max(T, 1)
     # dS_j = A_j (g_j - sum_k A_k g_k): per element E[A^2] of the incoming gradient
     prop.out(node, Sig(q, 1.0 / max(T, 1), 1.0 / max(T, 1) ** 2, prop.numel(node)),
              Gains([(0, q * (1 - 1.0 / max(T, 1)))]))
+
+
+def _causal_mask(prop: Propagation, node: Node, T: int) -> bool:
+    """Is the softmax's input ``logits + mask`` (or ``logits.masked_fill(mask, -inf)``) with a
+    square (query x key) mask that carries no signal -- the causal mask of hand-written
+    attention (``finfo.min`` above the diagonal)? A padding mask is (batch, 1, 1, keys)."""
+    src = node.inputs[0] if node.inputs else None
+    while src is not None and src.kind == Kind.RESHAPE and src.op in ("to", "float", "type",
+                                                                        "contiguous"):
+        src = src.inputs[0] if src.inputs else None
+    if src is None or T < 2:
+        return False
+    if src.op == "masked_fill":  # logits.masked_fill(causal == 0, -inf)
+        masks = src.inputs[1:2]
+    elif src.kind == Kind.ADD and len(src.inputs) == 2:
+        masks = list(src.inputs)
+    else:
+        return False
+    return any(i.shape and len(i.shape) >= 2 and tuple(i.shape[-2:]) == (T, T) and
+               not prop.carries_signal(i) and _triangular(i) for i in masks)
+
+
+_ORDERING = {"tril", "triu", "lt", "le", "gt", "ge"}
+
+
+def _triangular(mask: Node) -> bool:
+    """Is a mask built to depend on the query/key order: a buffer whose square is not
+    constant (a tril of ones), or made with tril/triu or position comparisons? An outer
+    product of padding masks (all ones here) is not."""
+    seen: set[int] = set()
+    stack = [mask]
+    while stack and len(seen) < 64:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if n.op in _ORDERING:
+            return True
+        t = n.tensor if n.kind == Kind.PARAM else None
+        if t is not None and t.dim() >= 2 and t.shape[-1] == t.shape[-2] and t.numel() and \
+                t.device.type != "meta":
+            square = t.detach().reshape(-1, t.shape[-2], t.shape[-1])[0]
+            return bool((square != square[0, 0]).any())
+        stack.extend(n.inputs)
+    return False
 
 
 def estimate_glu(prop: Propagation, node: Node) -> None:

@@ -24,10 +24,13 @@ from .table import Op, register
 
 
 def attention_moments(qs: Sig, ks: Sig, vs: Sig, T: int, S: int, d: int, dv: int,
-                      causal: bool, scale2: float, numel_out: int
-                      ) -> tuple[Sig, list[tuple[int, float, float, float]]]:
-    """Softmax attention at init: output moments and per-input backward gains."""
+                      causal: bool, scale2: float, numel_out: int, mask_ratio: float = 0.0,
+                      mask_var: float = 0.0) -> tuple[Sig, list[tuple]]:
+    """Softmax attention at init: output moments and per-input backward gains.
+    ``mask_ratio``: logits per element of an additive float mask (input 3), 0 for none;
+    ``mask_var``: the variance a learned additive mask (a position bias) adds to the logits."""
     s2 = scale2 * max(qs.q - qs.s, 0.0) * max(ks.q, 0.0)  # logit variance across keys
+    s2 += mask_var
     s2 = min(s2, 50.0)
     if causal:
         harmonic = sum(1.0 / i for i in range(1, max(S, 1) + 1))
@@ -47,7 +50,21 @@ def attention_moments(qs: Sig, ks: Sig, vs: Sig, T: int, S: int, d: int, dv: int
     gk = T * (keys / max(S, 1)) * dlogit * qs.q * scale2 / max(d, 1)
     gq = keys * dlogit * ks.q * scale2 / max(d, 1)
     share = (T / max(S, 1)) ** 2  # a gradient shared by all queries reaches every value
-    return out, [(0, gq, 0.0, 0.0), (1, gk, 0.0, 0.0), (2, gv, share, share)]
+    # each value's gradient sums the queries' gradients weighted by a column of A; the rows of A
+    # sum to 1, so the mean over a sample's values is (1/S) sum_i g_i whatever A is: a part
+    # T / S^2 of the gradient is shared by all values of a sample (nearly all of it while
+    # attention is near uniform), and pairs coherently with what the values' inputs share
+    uniform = min(T / max(S, 1) ** 2, gv)
+    # the logits' gradient A_ij g_i.(v_j - vbar_i) needs values that differ, not queries'
+    # gradients that differ: a gradient shared by a sample's queries reaches them too (and
+    # stays shared by the queries)
+    back = [(0, gq, gq, gq), (1, gk, gk, 0.0), (2, gv, share, share, uniform)]
+    if mask_ratio > 0:
+        # an additive mask (a learned position bias) gets the logits' gradient, summed over
+        # the dims it is broadcast along (dlogit: E[(dL/dlogit)^2] per unit of the output's g2
+        # on an attended pair)
+        back.append((3, (keys / max(S, 1)) * dlogit * mask_ratio, 0.0, 0.0))
+    return out, back
 
 
 def estimate_sdpa(prop: Propagation, node: Node) -> None:
@@ -62,7 +79,15 @@ def estimate_sdpa(prop: Propagation, node: Node) -> None:
     causal = bool(kw(node, "is_causal", 5, False))
     scale = kw(node, "scale", 6, None)
     scale2 = float(scale) ** 2 * d if isinstance(scale, (int, float)) else 1.0
-    out, back = attention_moments(qs, ks, vs, T, S, d, dv, causal, scale2, prop.numel(node))
+    mask = shapes[3] if len(shapes) > 3 and len(node.inputs) > 3 else None
+    ratio, mask_var = 0.0, 0.0
+    if mask and len(mask) >= 2 and mask[-1] == S and mask[-2] in (T, 1):
+        ratio = numel(shapes[0][:-1]) * S / max(numel(mask), 1)
+        if prop.carries_signal(node.inputs[3]):  # learned, not a constant -inf mask
+            ms = prop.s_in(node, 3)
+            mask_var = max(ms.q - ms.m * ms.m, 0.0)
+    out, back = attention_moments(qs, ks, vs, T, S, d, dv, causal, scale2, prop.numel(node),
+                                  ratio, mask_var)
     prop.out(node, out, Gains(back))
 
 
@@ -99,10 +124,10 @@ class MHABackward(Backward):
         sto = self.out_stats
         g_att, gs_att, gsc_att = sto.col2 * go, sto.col2 * gso, sto.col2 * gsco
         coh = gs_att + gsc_att
-        (_, gq, _, _), (_, gk, _, _), (_, gv, share, _) = self.back
-        g_q, g_k = gq * (g_att - coh), gk * (g_att - coh)
+        (_, gq, _, _), (_, gk, _, _), (_, gv, share, _, uniform) = self.back
+        g_q, g_k = gq * g_att, gk * g_att
         g_v = gv * (g_att - coh) + share * coh
-        gs_v, gsc_v = share * gs_att, share * gsc_att
+        gs_v, gsc_v = share * gs_att + uniform * (g_att - coh), share * gsc_att
         stq, stk, stv = self.stats
         xs = self.xs
         sizes = [stq.out * stq.fan_in, stk.out * stk.fan_in, stv.out * stv.fan_in]
@@ -115,6 +140,11 @@ class MHABackward(Backward):
         shared = [0.0, 0.0, stv.col2 * gs_v]
         shared_c = [0.0, 0.0, stv.col2 * gsc_v]
         distinct = list(dict.fromkeys(node.inputs[:3]))
+        query = node.inputs[0] if node.inputs else None
+        to_query = sum(gains[i] for i in range(3) if
+                       (node.inputs[i] if i < len(node.inputs) else query) is query)
+        if to_query > 0:
+            prop.query_share[node] = gains[0] / to_query
         for i in range(3):
             src = node.inputs[i] if i < len(node.inputs) else (distinct[0] if distinct else None)
             if src is None or src not in parents:

@@ -37,6 +37,12 @@ class Propagation(Protocol):
     #: Gradients concentrated on some positions (archlint.ops.positions): where, how much.
     selection: dict[Node, Any]
     g2_selected: dict[Node, float]
+    #: Attention reading one node as queries, keys and values: the queries' share of what it
+    #: passed to that node.
+    query_share: dict[Node, float]
+    backward_of: dict[Node, "Backward"]
+    #: Custom autograd.Functions estimated with the backward gain they declare, by op.
+    declared: dict[str, float]
     #: Per pre-activation node: the position-shared gradient after the activation times the
     #: squared mean curvature of the activation -- what makes a layer's weight gradient sum
     #: coherently over positions (see archlint.ops.linear.WeightBackward).
@@ -78,9 +84,10 @@ class Gains(Backward):
     """Per-input multipliers of the per-element gradient second moment.
 
     ``entries``: ``(input index, gain)``, the shared parts following the same gain; or
-    ``(input index, gain, gain of the shared part, gain of gs)`` when the shared part is passed
-    on differently (attention). ``shared``: explicit rules for the position-shared part,
-    ``(input index, a, b)``: ``gs_in += a * gso + b * go``.
+    ``(input index, gain, gain of the shared part, gain of gs[, part of the rest that becomes
+    shared])`` when the shared part is passed on differently (attention). ``shared``:
+    explicit rules for the position-shared part, ``(input index, a, b)``:
+    ``gs_in += a * gso + b * go``.
     """
 
     entries: list[tuple]
@@ -101,9 +108,10 @@ class Gains(Backward):
             parent = node.inputs[idx]
             if parent not in allowed:
                 continue
-            if len(entry) == 4:
+            if len(entry) >= 4:
                 g2[parent] = g2.get(parent, 0.0) + gain * (go - coh) + entry[2] * coh
-                gs[parent] = gs.get(parent, 0.0) + entry[3] * gso
+                gs[parent] = gs.get(parent, 0.0) + entry[3] * gso + (
+                    entry[4] * (go - coh) if len(entry) > 4 else 0.0)
                 gsc[parent] = gsc.get(parent, 0.0) + entry[3] * gsco
                 continue
             g2[parent] = g2.get(parent, 0.0) + go * gain
@@ -112,11 +120,15 @@ class Gains(Backward):
                 gsc[parent] = gsc.get(parent, 0.0) + gsco * gain
             if gain > 0:
                 prop.decades[node] = 0.5 * math.log10(gain)
+        gains = {e[0]: e[1] for e in self.entries if len(e) == 2}
         for idx, a, b in rules or ():
             if idx < len(node.inputs) and node.inputs[idx] in allowed:
                 parent = node.inputs[idx]
-                gs[parent] = gs.get(parent, 0.0) + a * gso + b * go
-                gsc[parent] = gsc.get(parent, 0.0) + a * gsco
+                # the shared part is a part of the gradient: never more than what was passed
+                cap = gains.get(idx, float("inf")) * go
+                shared_c = min(a * gsco, cap)
+                gs[parent] = gs.get(parent, 0.0) + min(a * gso + b * go, cap - shared_c)
+                gsc[parent] = gsc.get(parent, 0.0) + shared_c
         _pass_stein(prop, node)
 
 
@@ -147,11 +159,33 @@ def passthrough(prop: Propagation, node: Node, unknown: bool = False) -> None:
              Gains([(0, ratio)] if node.inputs else []))
 
 
+#: The attribute a custom ``torch.autograd.Function`` may carry to declare its backward gain
+#: (``|dL/dx| / |dL/dy|``) for when it cannot be run alone.
+DECLARED_GAIN = "archlint_backward_gain"
+
+
+def declared_gain(node: Node) -> Optional[float]:
+    """The backward gain a custom autograd.Function declares (see :data:`DECLARED_GAIN`)."""
+    cls = getattr(node.attrs.get("call"), "cls", None)
+    gain = getattr(cls, DECLARED_GAIN, None) if cls is not None else None
+    if isinstance(gain, (int, float)) and not isinstance(gain, bool) and math.isfinite(gain):
+        return float(gain)
+    return None
+
+
 def unknown(prop: Propagation, node: Node) -> None:
     """The rule of an op the estimate has no formula for: run it alone when that can be done
-    faithfully (archlint.ops.opaque), else pass the value through and report the op."""
-    if not prop.try_running(node):
-        passthrough(prop, node, unknown=True)
+    faithfully (archlint.ops.opaque); else a custom autograd.Function's declared backward gain;
+    else pass the value through and report the op."""
+    if prop.try_running(node):
+        return
+    gain = declared_gain(node)
+    if gain is not None:
+        passthrough(prop, node)
+        prop.backward_of[node] = Gains([(i, gain * gain) for i in range(len(node.inputs))])
+        prop.declared[node.op] = gain
+        return
+    passthrough(prop, node, unknown=True)
 
 
 def kw(node: Node, name: str, pos: int, default: Any) -> Any:

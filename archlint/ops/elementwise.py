@@ -9,7 +9,7 @@ from torch import nn
 
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig
-from .base import Gains, Propagation, unknown
+from .base import Gains, Propagation, kw, scalars, unknown
 from .joins import binary_shape
 from .shape import bool_same_shape, same_module_shape, same_shape
 from .shape_ops import dtype_shape
@@ -29,8 +29,34 @@ def estimate_keep_scale(prop: Propagation, node: Node) -> None:
 
 
 def estimate_zero(prop: Propagation, node: Node) -> None:
-    """Tensors made inside forward from constants: no signal."""
+    """Tensors made inside forward from constants: no signal; ``torch.tensor(number)`` (a
+    scale such as ``sqrt(head_dim)``) holds its value."""
+    args = node.attrs.get("args") or ()
+    data = args[0] if node.op == "tensor" and args else None
+    values = _numbers(data)
+    if values:
+        q = sum(v * v for v in values) / len(values)
+        m = sum(values) / len(values)
+        prop.out(node, Sig(q, m, q, prop.numel(node)))
+        return
     prop.out(node, Sig(0.0, 0.0, 0.0, prop.numel(node)))
+
+
+def _numbers(data: object) -> list[float]:
+    """The finite numbers of a (nested) list of plain numbers, [] for anything else."""
+    if isinstance(data, bool):
+        return []
+    if isinstance(data, (int, float)):
+        return [float(data)] if math.isfinite(data) else []
+    if isinstance(data, (list, tuple)) and len(data) <= 4096:
+        out: list[float] = []
+        for d in data:
+            inner = _numbers(d)
+            if not inner:
+                return []
+            out.extend(inner)
+        return out
+    return []
 
 
 def estimate_periodic(prop: Propagation, node: Node) -> None:
@@ -57,6 +83,33 @@ def estimate_power(prop: Propagation, node: Node) -> None:
                  Gains([(0, 0.25 / base ** 3)]))
         return
     prop.out(node, Sig(base, math.sqrt(base), base, n), Gains([(0, 0.25 / base)]))  # sqrt
+
+
+def estimate_factory(prop: Propagation, node: Node) -> None:
+    """Tensors filled with a constant (``zeros_like``, ``new_ones``, ``full``...): what they
+    hold, not their template's statistics (an accumulator made by ``zeros_like(x)`` holds 0)."""
+    op = node.op
+    if "ones" in op:
+        v = 1.0
+    elif "full" in op:
+        vals = scalars(node)
+        v = kw(node, "fill_value", 2 if op == "new_full" else 1, vals[-1] if vals else 0.0)
+        v = float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
+    else:  # zeros, empty (uninitialised: whatever it holds is overwritten before it is read)
+        v = 0.0
+    prop.out(node, Sig(v * v, v, v * v, prop.numel(node)))
+
+
+def estimate_bernoulli(prop: Propagation, node: Node) -> None:
+    """``t.bernoulli_(p)`` / ``torch.bernoulli(probs)``: ones with probability p (a drop-path or
+    dropout mask, scaled afterwards by 1/p): q = m = p; no gradient."""
+    vals = scalars(node)
+    p = kw(node, "p", 1, vals[0] if vals else None)
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p <= 1.0:
+        x = prop.s_in(node)
+        p = x.m if 0.0 < x.m <= 1.0 else 0.5
+    p = float(p)
+    prop.out(node, Sig(p, p, p * p, prop.numel(node)))
 
 
 _RANDOM_SECOND_MOMENT = {"rand": 1 / 3, "rand_like": 1 / 3}
@@ -89,22 +142,24 @@ register(
     *family(Kind.OTHER, ("maximum", "minimum", "atan2", "fmod", "lerp", "addcmul", "addcdiv",
                          "hypot", "and", "or", "xor"), shape=binary_shape),
     *family(Kind.OTHER, ("normal", "uniform"), shape=same_shape, estimate=estimate_random),
-    *family(Kind.OTHER, ("bernoulli",), estimate=estimate_random),
+    *family(Kind.OTHER, ("bernoulli",), grad=False, estimate=estimate_bernoulli),
     # no gradient: random draws, factories, comparisons, rounding, casts to integers
     *family(Kind.OTHER, ("rand_like", "randn_like"), grad=False, shape=same_shape,
             estimate=estimate_random),
     *family(Kind.OTHER, ("rand", "randn"), grad=False, estimate=estimate_random),
     *family(Kind.OTHER, ("tensor", "arange"), grad=False, estimate=estimate_zero),
-    *family(Kind.OTHER, ("zeros_like", "ones_like", "empty_like", "full_like", "detach", "sign",
-                         "floor", "ceil", "round", "trunc", "bitwise_not"), grad=False,
-            shape=same_shape),
+    *family(Kind.OTHER, ("zeros_like", "ones_like", "empty_like", "full_like"), grad=False,
+            shape=same_shape, estimate=estimate_factory),
+    *family(Kind.OTHER, ("detach", "sign", "floor", "ceil", "round", "trunc", "bitwise_not"),
+            grad=False, shape=same_shape),
     *family(Kind.OTHER, ("isnan", "isinf", "logical_not"), grad=False, shape=bool_same_shape),
     *family(Kind.OTHER, ("eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or",
                          "bitwise_and", "bitwise_or", "mod", "remainder"), grad=False,
             shape=binary_shape),
     *family(Kind.OTHER, ("long", "int", "bool"), grad=False, shape=dtype_shape),
-    *family(Kind.OTHER, ("argsort", "new_zeros", "new_ones", "new_empty", "new_full",
-                         "new_tensor", "zeros", "ones", "empty", "full", "randint",
+    *family(Kind.OTHER, ("new_zeros", "new_ones", "new_empty", "new_full", "zeros", "ones",
+                         "empty", "full"), grad=False, estimate=estimate_factory),
+    *family(Kind.OTHER, ("argsort", "new_tensor", "randint",
                          "randint_like", "as_tensor", "triu_indices", "tril_indices", "nonzero",
                          "topk_indices", "is_floating_point", "is_contiguous", "get_device",
                          "item", "tolist", "stride", "lshift", "rshift", "invert", "isfinite"),

@@ -157,6 +157,40 @@ class WeightBackward(Backward):
 
 
 @dataclass
+class DynamicWeightBackward(WeightBackward):
+    """A convolution whose kernel is computed from the data (a conditional convolution mixing
+    expert kernels per sample): besides the input, the kernel gets the gradient -- each entry
+    pairs its output channel's gradient with the input it reads, over the output positions."""
+
+    w_idx: int = 1
+    w_gain: float = 0.0
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        super().apply(prop, node, go, gso, gsco, items)
+        if go > 0.0 and self.w_idx < len(node.inputs):
+            src = node.inputs[self.w_idx]
+            if src in set(node.grad_parents()):
+                prop.g2[src] = prop.g2.get(src, 0.0) + self.w_gain * go
+
+
+def _dynamic_kernel(prop: Propagation, node: Node) -> Optional[tuple[torch.Tensor, int]]:
+    """A functional convolution's kernel computed from activations: a stand-in with its
+    shape and its entries' mean square (independent entries), and which input it is."""
+    if node.module is not None or len(node.inputs) < 2:
+        return None
+    k = node.inputs[1]
+    if k.kind in (Kind.PARAM, Kind.CONSTANT) or not k.shape or len(k.shape) < 3 or \
+            k.dtype is None or not k.dtype.is_floating_point:
+        return None
+    q = prop.s_in(node, 1).q
+    if not q > 0.0:
+        return None
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(tuple(k.shape), generator=gen) * math.sqrt(q), 1
+
+
+@dataclass
 class EmbeddingBackward(Backward):
     """A lookup table: the gradient of each looked-up row; nothing flows to the ids."""
 
@@ -298,6 +332,9 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         stride = kw(node, "stride", 3, 1)
         if w is None and node.attrs.get("derived_weight") is not None:
             w = node.attrs["derived_weight"].detach()
+    dynamic = _dynamic_kernel(prop, node) if w is None else None
+    if dynamic is not None:
+        w = dynamic[0]
     if w is None:
         unknown(prop, node)
         return
@@ -354,12 +391,14 @@ def estimate_conv(prop: Propagation, node: Node) -> None:
         interior *= max(size - kk + 1, 1) / max(size, 1)  # zero padding breaks constancy
     cs2 *= interior
     shared_energy = energy * interior if strided else None
-    prop.out(node, out, WeightBackward(x_idx=x_idx, gain=gain, rows=rows, x=x,
-                                       shared_gain=cs2, shared_energy=shared_energy,
-                                       conv=True,
-                                       derived=node.attrs.get("derived_weight"),
-                                       entry_sq=st.a / max(st.fan_in, 1) / cover,
-                                       coverage=cover))
+    common = dict(x_idx=x_idx, gain=gain, rows=rows, x=x, shared_gain=cs2,
+                  shared_energy=shared_energy, conv=True,
+                  entry_sq=st.a / max(st.fan_in, 1) / cover, coverage=cover)
+    if dynamic is not None:
+        prop.out(node, out, DynamicWeightBackward(**common, w_idx=dynamic[1],
+                                                  w_gain=rows * cover * x.q))
+        return
+    prop.out(node, out, WeightBackward(**common, derived=node.attrs.get("derived_weight")))
 
 
 def _tap_coverage(node: Node, x_idx: int, kernel: Any, stride: Any) -> tuple[float, float]:
@@ -471,6 +510,52 @@ def estimate_matmul(prop: Propagation, node: Node) -> None:
                     (1, M * a.q * out_batch / max(b_batch, 1e-12))]))
 
 
+def estimate_baddbmm(prop: Propagation, node: Node) -> None:
+    """``torch.baddbmm(input, b1, b2, beta=, alpha=)``: ``beta * input + alpha * b1 @ b2`` --
+    attention logits with an additive bias (ALiBi) computed in one call."""
+    shapes = node.input_shapes
+    if len(node.inputs) < 3 or len(shapes) < 3 or not shapes[1] or not shapes[2] or \
+            len(shapes[1]) != 3 or len(shapes[2]) != 3:
+        unknown(prop, node)
+        return
+    c, a, b = (prop.s_in(node, i) for i in range(3))
+    beta, alpha = kw(node, "beta", 3, 1.0), kw(node, "alpha", 4, 1.0)
+    beta = float(beta) if isinstance(beta, (int, float)) else 1.0
+    alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
+    n_in, M, P = shapes[1][-1], shapes[1][-2], shapes[2][-1]
+    qp = n_in * a.q * b.q + n_in * (n_in - 1) * a.m * a.m * b.m * b.m
+    mp, sp = n_in * a.m * b.m, n_in * a.s * b.s
+    n = prop.numel(node)
+    out_batch = n / max(M * P, 1)
+    a_batch = a.numel / max(M * n_in, 1)
+    b_batch = b.numel / max(n_in * P, 1)
+    a2 = alpha * alpha
+    prop.out(node, Sig(beta * beta * c.q + a2 * qp + 2 * beta * alpha * c.m * mp,
+                       beta * c.m + alpha * mp, beta * beta * c.s + a2 * sp, n),
+             Gains([(0, beta * beta * n / max(c.numel, 1)),
+                    (1, a2 * P * b.q * out_batch / max(a_batch, 1e-12)),
+                    (2, a2 * M * a.q * out_batch / max(b_batch, 1e-12))]))
+
+
+def estimate_grouped_mm(prop: Propagation, node: Node) -> None:
+    """``torch._grouped_mm(x, W, offs)``: the rows of ``x`` (R, K) are cut into consecutive
+    groups, one per expert, and group ``e`` is multiplied by ``W[e]`` (K, N) -- the expert
+    layers of a mixture of experts. Each output is a linear layer's; each expert's weight
+    gradient sums the outer products of its own rows, about ``R / E`` of them."""
+    sa = node.input_shapes[0] if node.input_shapes else None
+    sb = node.input_shapes[1] if len(node.input_shapes) > 1 else None
+    if not sa or not sb or len(sa) != 2 or len(sb) != 3 or len(node.inputs) < 2:
+        unknown(prop, node)
+        return
+    x, w = prop.s_in(node, 0), prop.s_in(node, 1)
+    experts, fan, out = sb
+    rows = sa[0]
+    w2 = max(w.q, 0.0)  # E[W^2] over all experts
+    q = fan * w2 * x.q
+    prop.out(node, Sig(q, 0.0, fan * w2 * x.s / max(experts, 1), prop.numel(node)),
+             Gains([(0, out * w2), (1, rows / max(experts, 1) * x.q)]))
+
+
 # ------------------------------------------------------------------------------- shapes
 
 def _linear_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
@@ -570,8 +655,10 @@ register(
        estimate=estimate_embedding),
     *family(Kind.MATMUL, ("matmul", "mm", "bmm"), shape=_matmul_shape,
             estimate=estimate_matmul),
-    *family(Kind.MATMUL, ("einsum", "baddbmm", "addbmm", "tensordot", "inner"),
+    *family(Kind.MATMUL, ("einsum", "addbmm", "tensordot", "inner"),
             estimate=estimate_matmul),
+    *family(Kind.MATMUL, ("baddbmm",), estimate=estimate_baddbmm),
+    *family(Kind.MATMUL, ("grouped_mm",), estimate=estimate_grouped_mm),
 )
 
 #: Products that are a linear layer when one operand is a parameter (``x @ self.W``).

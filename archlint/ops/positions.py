@@ -91,6 +91,8 @@ def carry_selection(prop: Propagation, node: Node, go: float, added: dict[Node, 
         return
     for parent, amount in added.items():
         if amount > 0.0 and _keeps_positions(node, parent, sel.axis):
+            if node.kind == Kind.ATTENTION:  # keys and values spread it over all positions
+                amount *= prop.query_share.get(node, 1.0)
             _merge(prop, parent, sel, amount * share)
 
 

@@ -24,6 +24,7 @@ from ..loading.inputs import call_arguments
 from ..loading.sites import user_site
 from .builder import (attach_owner_sites, call_node, finalize, flatten_tensors, module_node,
                       param_owner, select_output, shape_of, TraceError)
+from .functions import functions_as_calls
 
 _IGNORED = {"size", "dim", "numel", "shape", "dtype", "device", "is_floating_point", "stride",
             "data_ptr", "element_size", "requires_grad", "grad_fn", "is_contiguous", "item",
@@ -142,6 +143,17 @@ class _Recorder:
         self.nodes.append(node)
         self.bind_outputs(node, out)
 
+    def function_call(self, call: Callable, args: Any, kwargs: Any) -> Any:
+        """A custom autograd.Function: one call, not the ops of its forward."""
+        self.leaf_depth += 1
+        try:
+            out = call(*args, **kwargs)
+        finally:
+            self.leaf_depth -= 1
+        if self.leaf_depth == 0:
+            self.record_call(call, args, kwargs, out)
+        return out
+
     def pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
         self.leaf_depth += 1
         if self.leaf_depth == 1:
@@ -222,7 +234,7 @@ def exec_trace(model: nn.Module, inputs: Mapping[str, Any]) -> Graph:
         call_kwargs["use_cache"] = False  # Hugging Face: no KV-cache bookkeeping in the graph
     try:
         model.train()
-        with torch.no_grad(), _Mode(rec):
+        with torch.no_grad(), _Mode(rec), functions_as_calls(rec.function_call):
             args, kwargs = call_arguments(model, call_kwargs)  # *args positionally
             result = model(*args, **kwargs)
     except Exception as exc:

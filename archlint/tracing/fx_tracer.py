@@ -14,6 +14,7 @@ from ..loading.sites import user_site
 from ..probe import select_output
 from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,
                       module_node, param_owner, shape_of, TraceError)
+from .functions import functions_as_calls, fx_handler
 from .shapes import propagate_values
 
 
@@ -38,7 +39,8 @@ def symbolic_graph(model: nn.Module) -> torch.fx.Graph:
     """Trace ``model`` with torch.fx; raise TraceError with fx's reason on failure."""
     tracer = _ArchlintTracer()
     try:
-        return tracer.trace(model)
+        with functions_as_calls(fx_handler):
+            return tracer.trace(model)
     except Exception as exc:  # fx raises many kinds of errors
         raise TraceError(_one_line(exc)) from exc
 
