@@ -194,13 +194,14 @@ def test_an_expert_bank_is_judged_as_the_convolution_it_parameterises():
     ("GatedMLP", "blocks.0.channel_proj1", "in_residual_branch"),
     ("TinyViT", "blocks.0.query", "in_residual_branch"),
     ("StarNet", "blocks.0.f1", "in_residual_branch"),
+    ("OnePlusGate", "modulation", "constant_gate"),
 ])
 def test_identity_at_init_designs_are_read_off_the_graph(model, module, fact):
     r = lint_fixture("identity_at_init", model, select=["AL104"])
     init = {li.node.module_path: li for li in r.analysis.facts.init.layers}
     assert getattr(init[module], fact) is True
     # the trunk is in no branch: the head, or a patch embedding, carries the whole signal
-    trunk = "head" if "head" in init else "patch_embed"
+    trunk = next(name for name in ("head", "patch_embed", "fc2") if name in init)
     assert init[trunk].in_residual_branch is False and init[trunk].constant_gate is False
 
 
