@@ -1005,8 +1005,11 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
              + f"; lint ok {len(ok)}/{n} "
              f"(tracer: {', '.join(f'{k} {v}' for k, v in tracers.most_common())}); "
              f"status: {', '.join(f'{k} {v}' for k, v in status.most_common())}"]
+    by_code = Counter(f["code"] for r in recs for f in r.get("findings") or [])
     lines.append(f"   findings: {sum(sev.values())} on {with_findings} models "
-                 f"({', '.join(f'{k} {v}' for k, v in sev.most_common()) or 'none'})")
+                 f"(by severity: {', '.join(f'{k} {v}' for k, v in sev.most_common()) or 'none'}"
+                 + (f"; by code: {', '.join(f'{k} {v}' for k, v in sorted(by_code.items()))}"
+                    if by_code else "") + ")")
 
     def fig(key: str, absval: bool = False) -> tuple[Optional[float], str]:
         vals = [(abs(r['score'][key]) if absval else r['score'][key], r["name"]) for r in scored
@@ -1062,6 +1065,62 @@ def summary_lines(recs: list[dict], label: str, elapsed: Optional[float] = None)
     lines.append(f"   time: lint {t_lint:.0f}s, per model {t_total:.0f}s in all"
                  + (f", wall {elapsed:.0f}s" if elapsed is not None else ""))
     return lines
+
+
+def findings_left_lines(recs: list[dict]) -> list[str]:
+    """Every finding left on these architectures, all known to train (issue 9's bars: every
+    model analysed, no error-severity finding, no AL105/AL106, every other warning one to
+    defend to the model's authors). One line per finding, grouped by model."""
+    found = [(r, f) for r in recs for f in r.get("findings") or []]
+    sev = Counter(f["severity"] for _, f in found)
+    verdicts = [(r, f) for r, f in found if f["code"] in ("AL105", "AL106")]
+    not_ok = [r for r in recs if status_of(r) not in ("ok", "measure-error")]
+    lines = [f"== findings left on architectures known to train: {len(found)} on "
+             f"{len({id(r) for r, _ in found})} of {len(recs)} models "
+             f"({', '.join(f'{k} {v}' for k, v in sev.most_common()) or 'none'})",
+             f"   bars: analysed {len(recs) - len(not_ok)}/{len(recs)}"
+             + (f" [not: {', '.join(r['name'] for r in not_ok)}]" if not_ok else "")
+             + f"; error-severity findings {sev.get('error', 0)}; AL105/AL106 {len(verdicts)}"
+             + f"; other warnings {len(found) - len(verdicts) - sev.get('error', 0)}"]
+    for r, f in found:
+        lines.append(f"   [{r['library']}] {r['name']}: {f['code']} {f['severity']} at "
+                     f"{f.get('module') or '-'}: {' '.join((f['message'] or '').split())[:240]}")
+    return lines
+
+
+def run_header(argv: list[str], versions: dict[str, str], started: Optional[float] = None
+               ) -> str:
+    """The first line of a results file: the command, date, versions and the git commit of the
+    archlint code that ran."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
+    vers = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "archlint")
+    load = ""
+    try:
+        load = f"; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return (f"# python benchmarks/zoo_libraries.py {' '.join(argv)}  ({when}; archlint "
+            f"{versions.get('archlint', '?')} at {archlint_commit()}; {vers}{load})")
+
+
+def archlint_commit() -> str:
+    """The git commit of the archlint package this run imports (``+dirty`` when its files
+    differ from it), found without importing it."""
+    import importlib.util
+    import subprocess
+
+    spec = importlib.util.find_spec("archlint")
+    if spec is None or not spec.origin:
+        return "?"
+    where = str(Path(spec.origin).resolve().parent)
+    try:
+        head = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
 
 
 def _p90(vals: list[float]) -> float:
@@ -1264,7 +1323,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
 
     if args.from_json:
-        recs = json.loads(Path(args.from_json).read_text())["models"]
+        saved = json.loads(Path(args.from_json).read_text())
+        recs = saved["models"]
+        if (saved.get("meta") or {}).get("header"):
+            print(saved["meta"]["header"])
         for r in recs:
             if r.get("pred") is not None and r.get("meas") is not None:
                 r["score"] = score(r)
@@ -1274,13 +1336,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                 print("\n".join(summary_lines(sub, lib)))
         print("\n".join(summary_lines(recs, "all libraries")))
     else:
+        header = run_header(sys.argv[1:] if argv is None else argv, _versions())
+        print(header, flush=True)
         recs = run(args)
         if args.json:
-            meta = {"argv": sys.argv[1:], "versions": _versions(), "timeout": args.timeout}
+            meta = {"argv": sys.argv[1:], "versions": _versions(), "timeout": args.timeout,
+                    "header": header}
             Path(args.json).write_text(json.dumps({"meta": meta, "models": recs}, indent=1))
             print(f"wrote {args.json}")
     if args.details:
         print("\n".join(detail_lines(recs)))
+    print("\n".join(findings_left_lines(recs)))
     if args.strict and any(status_of(r) in ("lint-crash", "lint-error") for r in recs):
         return 1
     return 0

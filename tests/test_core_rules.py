@@ -6,6 +6,8 @@ facts need a lint of their own, through the public API."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from archlint.rules.exploding_gradient import ExplodingGradient
@@ -114,6 +116,20 @@ def test_skip_joins_are_found_from_the_graph(model, joins):
         assert codes(strict) == ["AL103"]
 
 
+def test_the_limit_applies_between_skip_joins():
+    # ConvMixer: 34 weight layers from the stem to the output, a skip join in each of the 32
+    # blocks: the longest plain stretch is short
+    r = lint_fixture("identity_at_init", "conv_mixer", select=["AL103"])
+    assert r.status == "ok" and codes(r) == []
+    s = structure_of(r)
+    stem = node_of(r, "0")
+    assert s.layers_to_output[stem] + 1 == 34
+    assert s.unskipped_run[stem] + 1 <= 2
+    strict = one(lint_fixture("identity_at_init", "conv_mixer", select=["AL103"],
+                              options={"AL103": {"max-depth": 1}}), "AL103")
+    assert strict.data["depth"] == 2
+
+
 def test_max_depth_option_of_al103():
     r = lint_fixture("AL103", "thirty_layers", select=["AL103"],
                      options={"AL103": {"max-depth": 29}})
@@ -162,6 +178,52 @@ def test_layers_sharing_a_line_are_merged_and_shared_layers_are_not():
     assert (merged["module"], merged["data"]["merged"]) == ("fcs.0", 5)
     # one Linear applied three times is one layer
     assert "merged" not in fixture_finding("AL104", "SharedTinyLinear", "AL104")["data"]
+
+
+def test_an_expert_bank_is_judged_as_the_convolution_it_parameterises():
+    f = fixture_finding("AL104", "MixedKernels", "AL104")
+    # experts N(0, 1e-3) for a 4-in, 8-out 3x3 conv under a ReLU: He std sqrt(2/36) by
+    # fan-in, sqrt(2/72) by fan-out (the closer one counts) -- not the 3 experts as a fan-in
+    assert f["data"]["target_sigma_w2"] == 2.0 and "fan-in 36" in f["message"]
+    assert 0.85 < (1 / f["data"]["factor"]) / (math.sqrt(2 / 72) / 1e-3) < 1.15
+
+
+@pytest.mark.parametrize("model,module,fact", [
+    ("GatedMLP", "blocks.0.sgu.spatial_proj", "constant_gate"),
+    ("GatedMLPZeroGate", "blocks.0.sgu.spatial_proj", "constant_gate"),
+    ("GatedMLP", "blocks.0.channel_proj1", "in_residual_branch"),
+    ("TinyViT", "blocks.0.query", "in_residual_branch"),
+    ("StarNet", "blocks.0.f1", "in_residual_branch"),
+    ("OnePlusGate", "modulation", "constant_gate"),
+])
+def test_identity_at_init_designs_are_read_off_the_graph(model, module, fact):
+    r = lint_fixture("identity_at_init", model, select=["AL104"])
+    init = {li.node.module_path: li for li in r.analysis.facts.init.layers}
+    assert getattr(init[module], fact) is True
+    # the trunk is in no branch: the head, or a patch embedding, carries the whole signal
+    trunk = next(name for name in ("head", "patch_embed", "fc2") if name in init)
+    assert init[trunk].in_residual_branch is False and init[trunk].constant_gate is False
+
+
+def test_gates_and_fixed_filters_that_are_not_identity_at_init():
+    gate = lint_fixture("AL104", "GateStartsAtZero", select=["AL104"])
+    init = {li.node.module_path: li for li in gate.analysis.facts.init.layers}
+    assert init["gate"].constant_gate is False  # no bias: the gate starts near zero
+    frozen = lint_fixture("identity_at_init", "FrozenEdgeFilters", select=["AL104"])
+    init = {li.node.module_path: li for li in frozen.analysis.facts.init.layers}
+    assert init["smooth"].trainable is False and init["smooth"].constant
+    assert init["features.0"].trainable is True
+    blur = lint_fixture("identity_at_init", "BlurPoolNet", select=["AL104"])
+    fixed = [li for li in blur.analysis.facts.init.layers if not li.trainable]
+    assert len(fixed) == 3 and all(li.symmetric for li in fixed)
+
+
+def test_max_branch_factor_option():
+    # std 0.02 at width 16 inside residual branches: ~12x below LeCun, within the default 100
+    r = lint_fixture("identity_at_init", "TinyViT", select=["AL104"],
+                     options={"AL104": {"max-branch-factor": 5.0}})
+    found = {f.module for f in r.findings if f.data["problem"] == "scale"}
+    assert "blocks.0.query" in found
 
 
 def test_max_factor_option():

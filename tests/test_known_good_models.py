@@ -73,6 +73,33 @@ def test_timm_models_are_clean(name):
     assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
 
 
+#: Identity-at-init designs and fixed filters the library zoo once reported (AL103/AL104):
+#: blur buffers, a conditional convolution's expert bank, std-0.02 layers inside residual
+#: branches, talking heads, gMLP's constant gate, GRN, ConvMixer. The structural rules must stay
+#: silent; the gradient verdicts (AL105/AL106) are the estimate's and judged in the zoo.
+TIMM_IDENTITY_AT_INIT = ["resnetblur18", "densenetblur121d", "tresnet_m",
+                         "efficientnet_cc_b0_4e", "starnet_s050", "convmixer_768_32",
+                         "cait_xxs24_224", "tnt_s_patch16_224", "mobilevit_xxs",
+                         "swiftformer_xs", "convnextv2_atto", "gmlp_ti16_224"]
+STRUCTURAL = ["AL101", "AL102", "AL103", "AL104", "AL107"]
+
+
+@pytest.mark.skipif(not _have("timm"), reason="timm not installed (optional)")
+@pytest.mark.parametrize("name", TIMM_IDENTITY_AT_INIT)
+def test_timm_identity_at_init_designs_get_no_structural_finding(name):
+    import timm
+
+    def build():
+        try:  # models with position embeddings are built for the input size
+            return timm.create_model(name, pretrained=False, img_size=64)
+        except TypeError:
+            return timm.create_model(name, pretrained=False)
+
+    result = lint_model(build, {"shape": [4, 3, 64, 64]}, select=STRUCTURAL)
+    assert result.status == "ok", result.error
+    assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
+
+
 def _hf_cases():
     import transformers as T
 
@@ -93,6 +120,28 @@ def _hf_cases():
             num_hidden_layers=12, hidden_size=64, num_attention_heads=4, intermediate_size=128,
             image_size=32, patch_size=4)), {"shape": [2, 3, 32, 32]}),
     }
+
+
+@pytest.mark.skipif(not _have("transformers"), reason="transformers not installed (optional)")
+@pytest.mark.parametrize("name", ["gemma", "swin"])
+def test_transformers_identity_at_init_designs_get_no_structural_finding(name):
+    """Gemma's RMSNorm computes x * (1 + weight) from a zero weight; Swin's q/k/v projections
+    (std 0.02, width 16) sit inside residual branches."""
+    import transformers as T
+
+    if name == "gemma":
+        build = lambda: T.GemmaForCausalLM(T.GemmaConfig(  # noqa: E731
+            num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16, intermediate_size=128, vocab_size=1000))
+        spec = _ids()
+    else:
+        build = lambda: T.SwinForImageClassification(T.SwinConfig(  # noqa: E731
+            image_size=32, patch_size=2, embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+            window_size=4, num_labels=10))
+        spec = {"shape": [2, 3, 32, 32]}
+    result = lint_model(build, spec, select=STRUCTURAL)
+    assert result.status == "ok", result.error
+    assert [f.code for f in result.findings] == [], [f.message for f in result.findings]
 
 
 @pytest.mark.skipif(not _have("transformers"), reason="transformers not installed (optional)")

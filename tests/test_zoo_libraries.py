@@ -184,3 +184,36 @@ def test_one_torchvision_model_end_to_end():
     s = zl.score(rec)
     assert s["layers"] > 10 and s["median_error"] < 0.5
     assert [r["stage"] for r in sent] == ["lint", "measure"]
+
+
+def _linted(name: str, findings: list[dict], **extra) -> dict:
+    rec = {"library": "t", "name": name, "build_ok": True, "lint_status": "ok", "tracer": "fx",
+           "findings": findings}
+    rec.update(extra)
+    return rec
+
+
+def test_the_findings_left_are_listed_with_the_bars():
+    warn = {"code": "AL104", "severity": "warning", "module": "fc", "message": "tiny\n  init"}
+    verdict = {"code": "AL105", "severity": "warning", "module": "stem", "message": "vanishes"}
+    err = {"code": "AL101", "severity": "error", "module": "act", "message": "saturates"}
+    recs = [_linted("a", [warn, verdict]), _linted("b", []), _linted("c", [err]),
+            {"library": "t", "name": "d", "build_ok": False, "error": "build: boom"}]
+    lines = zl.findings_left_lines(recs)
+    assert lines[0].startswith("== findings left on architectures known to train: 3 on 2 of 4")
+    assert "analysed 3/4 [not: d]" in lines[1]
+    assert "error-severity findings 1; AL105/AL106 1; other warnings 1" in lines[1]
+    assert lines[2:] == ["   [t] a: AL104 warning at fc: tiny init",
+                         "   [t] a: AL105 warning at stem: vanishes",
+                         "   [t] c: AL101 error at act: saturates"]
+    summary = zl.summary_lines(recs, "t")
+    assert "by severity: warning 2, error 1; by code: AL101 1, AL104 1, AL105 1" in summary[1]
+    assert "tracer: fx 3" in summary[0]
+
+
+def test_the_header_names_the_command_the_versions_and_the_commit():
+    line = zl.run_header(["--library", "timm"], {"torch": "9.9", "archlint": "0.1.0"})
+    assert line.startswith("# python benchmarks/zoo_libraries.py --library timm  (")
+    assert "torch 9.9" in line and "archlint 0.1.0 at " in line
+    commit = zl.archlint_commit()
+    assert commit == "?" or commit.rstrip("+dirty").isalnum()

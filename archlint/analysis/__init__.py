@@ -23,7 +23,8 @@ class GraphFacts:
 
 
 def analyse_graph(graph: Graph) -> GraphFacts:
-    return GraphFacts(structure=analyse_structure(graph), init=analyse_init(graph),
+    structure = analyse_structure(graph)
+    return GraphFacts(structure=structure, init=analyse_init(graph, structure),
                       recurrence=analyse_recurrence(graph))
 
 

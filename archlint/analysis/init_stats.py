@@ -5,6 +5,22 @@ signal's second moment, Poole et al. 2016), whether the weight is all zero, cons
 identical rows (symmetric), the activation that consumes its output, whether the layer ends a
 residual branch or feeds the output directly (identity-at-init designs), and the length of the
 norm-free chain of weight layers it belongs to.
+
+Identity-at-init designs take many forms, and each is read off the graph and the weights:
+
+- a zero or small *last* layer of a residual branch, or a head (``identity_at_init_ok``);
+- a small layer anywhere *inside* a residual branch (``in_residual_branch``): its scale only
+  shrinks the branch's contribution beside the skip, which carries the signal and the gradient
+  (Fixup scales every layer of a branch down on purpose; timm and Hugging Face initialise every
+  projection with std 0.02, far below LeCun at small widths);
+- a near-constant gate (``constant_gate``): a layer whose output multiplies another tensor and
+  is, at init, mostly its bias or ``1 + `` a small term (gMLP's spatial gating unit: zero weight,
+  bias one): the product starts as its other operand;
+- weights that are not trained (``trainable`` False): fixed filters kept as buffers or frozen
+  (anti-aliasing blur), which are no initialisation at all;
+- a bank of weights that another layer reads as its weight (a conditional convolution's
+  experts, mixed per sample by a router): judged as weights of the layer that reads them, with
+  that layer's fan-in (``weight_of``).
 """
 
 from __future__ import annotations
@@ -20,6 +36,7 @@ from ..graph.ir import Graph, Kind, Node
 from ..ops import op_info
 from ..ops.linear import weight_fans
 from ..ops.norms import measured_affine, norm_affine
+from .structure import Structure
 
 #: Ops a value passes through without changing which activation consumes it.
 _PASSTHROUGH = {Kind.RESHAPE, Kind.DROPOUT, Kind.POOL}
@@ -40,6 +57,18 @@ class LayerInit:
     chain: Node  # a representative of its plain chain (same object for every member)
     chain_length: int  # weight layers in its norm-free, join-free chain
     nonfinite: bool = False  # NaN or Inf among the weights
+    #: The weights are trained (a parameter with requires_grad, or computed from one): False
+    #: for fixed filters kept as buffers or frozen.
+    trainable: bool = True
+    #: Every way from the layer to the output passes the branch side of a residual join (the
+    #: skip side computed before the layer): its scale only sets the branch's share.
+    in_residual_branch: bool = False
+    #: Its output multiplies another tensor and is, at init, about constant and non-zero: its
+    #: bias (larger than what the weights add for unit-scale inputs) or ``1 +`` its output.
+    constant_gate: bool = False
+    #: A bank of weights another layer reads as its weight (conditional-convolution experts):
+    #: that layer; fans and the consuming activation are that layer's.
+    weight_of: Optional[Node] = None
 
     def scale_ratio(self) -> Optional[float]:
         """Std of the weights relative to the ideal init for the consuming activation.
@@ -109,6 +138,123 @@ def _feeds_join_or_output(node: Node, graph: Graph) -> bool:
     return False
 
 
+def _in_residual_branch(node: Node, graph: Graph, joins: set[Node], order: dict[Node, int]
+                        ) -> bool:
+    """Does every way from ``node`` to the output pass a residual join on its branch side?
+
+    A join contains ``node`` when one of its other data inputs was computed before ``node``
+    (in execution order), so cannot depend on it: the skip. Ways that end without reaching the
+    output (an unused value) do not count; at least one join must be passed."""
+    frontier = list(node.users)
+    seen = set()
+    contained = False
+    while frontier:
+        u = frontier.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if u is graph.output or u.kind == Kind.OUTPUT:
+            return False
+        if u in joins and u.kind == Kind.ADD:
+            others = [i for i in u.inputs if i.kind not in (Kind.PARAM, Kind.CONSTANT)
+                      and i is not node and order.get(i, -1) < order[node]]
+            if others:
+                contained = True
+                continue
+        frontier.extend(u.users)
+    return contained
+
+
+def _bias(node: Node) -> Optional[torch.Tensor]:
+    m = node.module
+    if m is not None:
+        b = getattr(m, "bias", None)
+        return b if isinstance(b, torch.Tensor) else None
+    for i in node.inputs:
+        if i.kind == Kind.PARAM and isinstance(i.tensor, torch.Tensor) and i.tensor.dim() == 1:
+            return i.tensor
+    return None
+
+
+def _is_constant(node: Node) -> bool:
+    return node.kind in (Kind.PARAM, Kind.CONSTANT)
+
+
+def _constant_gate(node: Node, sigma_w2: Optional[float]) -> bool:
+    """Is ``node``'s output a gate (it multiplies another tensor) that is about constant and
+    non-zero at init: its bias outweighs what its weights add to a unit-scale input, or a
+    constant is added to it (``x * (1 + g(y))``)?"""
+    b = _bias(node)
+    bias_led = False
+    if b is not None and b.numel() and b.is_floating_point() and b.device.type != "meta":
+        mean = float(b.detach().float().mean())
+        bias_led = mean * mean > (sigma_w2 or 0.0)
+    frontier = [(u, node, bias_led) for u in node.users]
+    seen = set()
+    while frontier:
+        u, came_from, led = frontier.pop()
+        if (u, led) in seen:
+            continue
+        seen.add((u, led))
+        if u.kind in (Kind.RESHAPE, Kind.DROPOUT):
+            frontier.extend((v, u, led) for v in u.users)
+        elif u.kind == Kind.ADD and _one_data_input(u):
+            shifted = led or any(_is_constant(i) or not isinstance(i, Node) for i in u.inputs
+                                 if i is not came_from) or _adds_number(u)
+            frontier.extend((v, u, shifted) for v in u.users)
+        elif u.kind == Kind.MUL and not _one_data_input(u):
+            if led:
+                return True
+        # anything else: not a gate along this way
+    return False
+
+
+def _adds_number(node: Node) -> bool:
+    """An add whose other operand is a Python number (``1 + x``), kept in its arguments."""
+    args = node.attrs.get("args") or ()
+    return any(isinstance(a, (int, float)) and a != 0 for a in args) if isinstance(
+        args, (list, tuple)) else False
+
+
+def _read_as_weight(node: Node) -> Optional[Node]:
+    """The weight layer that reads ``node``'s output (through reshapes) as its weight, if any:
+    ``node`` is then a bank of weights, e.g. a conditional convolution's experts."""
+    frontier = [(u, node) for u in node.users]
+    seen = set()
+    while frontier:
+        u, came_from = frontier.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if u.kind == Kind.RESHAPE:
+            frontier.extend((v, u) for v in u.users)
+        elif u.kind in (Kind.CONV, Kind.LINEAR) and u.inputs and u.inputs[0] is not came_from:
+            return u
+    return None
+
+
+def _bank_fans(reader: Node, shape: tuple, bank: torch.Tensor
+               ) -> tuple[Optional[int], Optional[int]]:
+    """Fans of one row of a weight bank (one expert) as a weight of ``reader``: its fan-in,
+    and the outputs one input feeds (the reader may fold the batch into groups, so its
+    weight's first dimension is no count of outputs)."""
+    fan_in, _ = weight_fans(reader, torch.empty(shape, device="meta"))
+    if not fan_in:
+        return None, None
+    row = bank[0].numel() if bank.dim() >= 2 else bank.numel()
+    taps = math.prod(int(k) for k in shape[2:]) if reader.kind == Kind.CONV else 1
+    return fan_in, max(1, row // fan_in) * taps
+
+
+def _trainable(node: Node, w: torch.Tensor) -> bool:
+    """Is the weight trained: a parameter with requires_grad, or computed from one?"""
+    computed = node.attrs.get("derived_weight")
+    if isinstance(computed, torch.Tensor) and node.module is None and \
+            not isinstance(node.attrs.get("weight_param"), Node):
+        return bool(computed.requires_grad)
+    return bool(w.requires_grad)
+
+
 def _target_sigma_w2(op: str, consumer: list[Node]) -> float:
     row = op_info(op)
     if row is not None and row.rectifier:
@@ -158,8 +304,10 @@ class InitFacts:
     norms: list[NormInit]
 
 
-def analyse_init(graph: Graph) -> InitFacts:
+def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFacts:
     chain_of = _chains(graph)
+    joins = set(structure.skip_joins) if structure is not None else set()
+    order = {n: k for k, n in enumerate(graph.nodes)}
     sizes: dict[Node, int] = {}
     for root in chain_of.values():
         sizes[root] = sizes.get(root, 0) + 1
@@ -183,10 +331,17 @@ def analyse_init(graph: Graph) -> InitFacts:
         rows = wd.reshape(wd.shape[0], -1)
         symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
                      and torch.equal(rows[0], rows[1]) and bool((rows == rows[0:1]).all()))
-        fan_in, fan_out = weight_fans(node, wd)
+        reader = _read_as_weight(node)
+        shape = reader.input_shapes[1] if reader is not None and \
+            len(reader.input_shapes) > 1 else None
+        if reader is not None and shape:  # a bank of weights: judged as the reader's weight
+            fan_in, fan_out = _bank_fans(reader, shape, wd)
+        else:
+            reader = None
+            fan_in, fan_out = weight_fans(node, wd)
         sigma_w2 = fan_in * mean_sq if fan_in else None
         sigma_w2_out = fan_out * mean_sq if fan_out else None
-        op, consumer = _consumer(node)
+        op, consumer = _consumer(reader if reader is not None else node)
         layers.append(LayerInit(
             node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
             sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
@@ -196,6 +351,10 @@ def analyse_init(graph: Graph) -> InitFacts:
             identity_at_init_ok=_feeds_join_or_output(node, graph),
             chain=chain_of.get(node, node),
             chain_length=sizes.get(chain_of.get(node, node), 1),
+            trainable=_trainable(node, w),
+            in_residual_branch=_in_residual_branch(node, graph, joins, order),
+            constant_gate=_constant_gate(node, None if nonfinite else sigma_w2),
+            weight_of=reader,
         ))
     norms: list[NormInit] = []
     for node in graph.by_kind(Kind.NORM):

@@ -10,6 +10,8 @@ path that crosses none of ``f``'s layers.
   (``n`` itself not counted).
 - ``unnormalised_run[n]``: the same count, but restarting at every normalisation layer: the
   length of the norm-free stack of weight layers between ``n`` and the next normalisation.
+- ``unskipped_run[n]``: the same count, but restarting at every skip join the gradient passes:
+  the length of the plain stretch between ``n`` and the next skip connection (or the output).
 - ``saturating_run[n]``: the fewest saturating activations a gradient crosses from the output
   to ``n``, restarting at every normalisation layer.
 - ``longest_path``: the most weight layers on any forward path from an input to the output.
@@ -36,10 +38,12 @@ class Structure:
     layers_to_output: dict[Node, float] = field(default_factory=dict)
     unnormalised_run: dict[Node, float] = field(default_factory=dict)
     saturating_run: dict[Node, float] = field(default_factory=dict)
+    unskipped_run: dict[Node, float] = field(default_factory=dict)
     #: For each run metric, the user node through which the minimum is reached.
     next_layer: dict[Node, Optional[Node]] = field(default_factory=dict)
     next_unnormalised: dict[Node, Optional[Node]] = field(default_factory=dict)
     next_saturating: dict[Node, Optional[Node]] = field(default_factory=dict)
+    next_unskipped: dict[Node, Optional[Node]] = field(default_factory=dict)
     longest_path: int = 0
     longest_path_end: Optional[Node] = None
     longest_before: dict[Node, int] = field(default_factory=dict)
@@ -106,6 +110,16 @@ def analyse_structure(graph: Graph) -> Structure:
     s.unnormalised_run, s.next_unnormalised = _backward_min(graph, grad_users, unnormalised_step)
     s.saturating_run, s.next_saturating = _backward_min(graph, grad_users, saturating_step)
 
+    s.skip_joins = _skip_joins(graph)
+    joins = set(s.skip_joins)
+
+    def unskipped_step(u: Node, v: float) -> float:
+        if u in joins:
+            return 0.0
+        return v + (1 if counts(u) else 0)
+
+    s.unskipped_run, s.next_unskipped = _backward_min(graph, grad_users, unskipped_step)
+
     # Longest forward path in weight layers (over data edges, ids included: an embedding counts).
     longest: dict[Node, int] = {}
     for n in graph.nodes:
@@ -118,8 +132,6 @@ def analyse_structure(graph: Graph) -> Structure:
     elif longest:
         end = max(longest, key=lambda k: longest[k])
         s.longest_path, s.longest_path_end = longest[end], end
-
-    s.skip_joins = _skip_joins(graph)
     return s
 
 
@@ -188,14 +200,38 @@ def _differ_in_depth(sets: list[dict[Node, int]]) -> bool:
     return False
 
 
-def walk_run(start: Node, via: dict[Node, Optional[Node]], stop_kind: str = Kind.NORM
-             ) -> list[Node]:
-    """Follow the minimising users from ``start`` until a normalisation node or the output."""
+def walk_run(start: Node, via: dict[Node, Optional[Node]], stop_kind: str = Kind.NORM,
+             stop_at: Optional[set[Node]] = None) -> list[Node]:
+    """Follow the minimising users from ``start`` until a node of ``stop_kind`` (a
+    normalisation node by default), a node of ``stop_at``, or the output."""
     path = [start]
     cur = via.get(start)
     seen = {start}
-    while cur is not None and cur not in seen and cur.kind != stop_kind:
+    while cur is not None and cur not in seen and cur.kind != stop_kind and \
+            (stop_at is None or cur not in stop_at):
         path.append(cur)
         seen.add(cur)
         cur = via.get(cur)
     return path
+
+
+def longest_plain_stretch(s: Structure, nodes: list[Node]) -> Optional[Node]:
+    """The weight layer that starts the longest stretch of weight layers the gradient must cross
+    with no skip join between them (earliest first among equals)."""
+    worst, depth = None, 0.0
+    for node in nodes:
+        if not s.counts_as_layer(node):
+            continue
+        d = s.unskipped_run.get(node, INF)
+        if d == INF or s.layers_to_output.get(node, INF) == INF:
+            continue
+        if d + 1 > depth:
+            worst, depth = node, d + 1
+    return worst
+
+
+def plain_stretch(s: Structure, start: Node) -> list[Node]:
+    """The weight layers of the plain stretch that starts at ``start``."""
+    joins = set(s.skip_joins)
+    return [n for n in walk_run(start, s.next_unskipped, stop_kind="", stop_at=joins)
+            if s.counts_as_layer(n)]

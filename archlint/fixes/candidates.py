@@ -29,7 +29,7 @@ import torch
 
 from ..analysis import GraphFacts
 from ..analysis.init_stats import LayerInit
-from ..analysis.structure import INF, walk_run
+from ..analysis.structure import INF, longest_plain_stretch, plain_stretch, walk_run
 from ..estimate import GradientFacts
 from ..graph.ir import Graph, Kind, Node
 from ..paths import display_path
@@ -433,13 +433,10 @@ def _al102(finding: Finding, ctx: Context) -> list[Candidate]:
 @register("AL103")
 def _al103(finding: Finding, ctx: Context) -> list[Candidate]:
     s = ctx.facts.structure
-    layers_ = [n for n in ctx.graph.nodes if s.counts_as_layer(n)
-               and s.layers_to_output.get(n, INF) < INF]
-    if not layers_:
+    worst = longest_plain_stretch(s, ctx.graph.nodes)
+    if worst is None:
         return []
-    worst = max(layers_, key=lambda n: s.layers_to_output[n])
-    path = [n for n in walk_run(worst, s.next_layer, stop_kind="") if s.counts_as_layer(n)]
-    return add_skips(path, ctx)
+    return add_skips(plain_stretch(s, worst), ctx)
 
 
 @register("AL104")

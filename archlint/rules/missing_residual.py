@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..analysis.structure import INF, walk_run
+from ..analysis.structure import longest_plain_stretch, plain_stretch
 from ..results import Finding
 from .base import Rule, RuleContext, span
 
@@ -16,7 +16,10 @@ class MissingResidual(Rule):
     output back to the earliest layer, and reports networks where that number exceeds a
     threshold because there is no skip path (a tensor added to, or concatenated with, a
     transformed version of itself) around the deep part. Skips are found from the graph, not
-    from names.
+    from names. What is counted is the longest plain stretch: the weight layers the gradient
+    crosses between two skip joins. A network with a skip join in every block is a residual
+    design even where part of each block stays outside the skip (ConvMixer keeps its pointwise
+    convolutions outside the residual around its spatial mixing, and trains at 32 blocks).
 
     ## Why is this bad?
     Plain deep networks are hard to optimise even with normalisation: past about twenty layers
@@ -44,7 +47,8 @@ class MissingResidual(Rule):
     ```
 
     ## Options
-    - `max-depth` (default 30): the most weight layers the gradient may have to cross.
+    - `max-depth` (default 30): the most weight layers the gradient may have to cross with no
+      skip join between them.
 
     ## References
     - He, Zhang, Ren & Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
@@ -93,22 +97,19 @@ class Model(nn.Module):
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
         limit = int(ctx.options["max-depth"])
         s = ctx.facts.structure
-        worst, depth = None, 0
-        for node in ctx.graph.nodes:
-            if not s.counts_as_layer(node):
-                continue
-            d = s.layers_to_output.get(node, INF)
-            if d == INF:
-                continue
-            if d + 1 > depth:
-                worst, depth = node, int(d) + 1
-        if worst is None or depth <= limit:
+        worst = longest_plain_stretch(s, ctx.graph.nodes)
+        if worst is None:
             return
-        path = [n for n in walk_run(worst, s.next_layer, stop_kind="") if s.counts_as_layer(n)]
+        path = plain_stretch(s, worst)
+        depth = len(path)
+        if depth <= limit:
+            return
+        total = int(s.layers_to_output.get(worst, 0)) + 1
         skips = len(s.skip_joins)
         skip_text = ("the network has no skip connection" if skips == 0 else
-                     f"its {skips} skip connection{'s' if skips > 1 else ''} do not bypass "
-                     f"these layers")
+                     "no skip connection joins between them" + (
+                         f" ({total} weight layers in all to the output)" if total > depth
+                         else ""))
         yield self.finding(
             ctx, worst,
             f"the gradient reaching {worst.location_module or worst.name} must cross {depth} "
@@ -116,5 +117,6 @@ class Model(nn.Module):
             f"{s.longest_path} weight layers)",
             hint="add residual (x + f(x)) or dense (cat) connections around groups of layers",
             data={"depth": depth, "limit": limit, "longest_path": s.longest_path,
-                  "skip_joins": skips},
+                  "skip_joins": skips, "layers_to_output": total},
         )
+

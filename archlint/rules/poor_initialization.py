@@ -22,10 +22,24 @@ class PoorInitialization(Rule):
       tanh, sigmoid and linear outputs. The message gives the factor;
     - plain stacks whose small per-layer scale errors compound over depth.
 
-    A layer that ends a residual branch, or a classifier head that feeds the output directly,
-    may be zero or small on purpose (zero-init residual, SkipInit, Fixup, ReZero, GPT-2's scaled
-    projections): those are healthy and not reported. So is the scale of a layer followed
-    directly by normalisation, which cancels it.
+    Identity-at-init designs are healthy and not reported:
+    - a zero or small layer that ends a residual branch, or a classifier head that feeds the
+      output directly (zero-init residual, SkipInit, Fixup, ReZero, GPT-2's scaled
+      projections);
+    - a small (not zero) layer inside a residual branch, up to `max-branch-factor`: it only
+      shrinks the branch beside the skip (Fixup scales a branch's layers down on purpose; a
+      fixed std of 0.02, as timm and Hugging Face initialise, is far below LeCun at small
+      widths);
+    - a gate that starts as a constant: a layer whose output multiplies another tensor and is
+      mostly its bias at init (gMLP's spatial gating unit: zero weight, bias one), or is added
+      to a constant (`x * (1 + g(y))`);
+    - the scale of a layer followed directly by normalisation, which cancels it;
+    - weights that are not trained: fixed filters kept as buffers or with
+      `requires_grad=False` (an anti-aliasing blur is no initialisation).
+
+    A bank of weights another layer reads as its weight (the experts of a conditional
+    convolution, mixed per sample by a router) is judged as that layer's weight: with its fan-in
+    and the activation after it.
 
     ## Why is this bad?
     With zero weights, the layers before get no gradient at all; with symmetric weights every
@@ -49,6 +63,8 @@ class PoorInitialization(Rule):
     - `max-factor` (default 10): report any layer whose weight scale is off by more than this
       factor (in standard deviation). Both He modes count as ideal: fan-in (preserves the
       signal) and fan-out (preserves the gradient).
+    - `max-branch-factor` (default 100): a layer inside a residual branch is reported as too
+      small only past this factor.
     - `max-stack-decades` (default 4): in a plain stack of at least `min-stack` (5) layers
       without normalisation or skips, report when the scale errors compound to more than this
       many decades (PyTorch's default init is 2.45x below He for ReLU: a 12-layer plain ReLU
@@ -63,7 +79,8 @@ class PoorInitialization(Rule):
     code = "AL104"
     name = "poor-initialization"
     severity = "warning"
-    options = {"max-factor": 10.0, "max-stack-decades": 4.0, "min-stack": 5}
+    options = {"max-factor": 10.0, "max-branch-factor": 100.0, "max-stack-decades": 4.0,
+               "min-stack": 5}
 
     bad_example = """
 import torch.nn as nn
@@ -97,8 +114,9 @@ class Model(nn.Module):
     def check(self, ctx: RuleContext) -> Iterator[Finding]:
         layers, norms = ctx.facts.init.layers, ctx.facts.init.norms
         hard = float(ctx.options["max-factor"])
+        branch = max(hard, float(ctx.options["max-branch-factor"]))
         for li in layers:
-            yield from self._check_layer(ctx, li, hard)
+            yield from self._check_layer(ctx, li, hard, branch)
         yield from self._check_stacks(ctx, layers, hard)
         for ni in norms:
             if ni.zero_scale and not ni.identity_at_init_ok:
@@ -121,7 +139,8 @@ class Model(nn.Module):
             return None  # small last layers of residual branches / heads are by design
         return ratio
 
-    def _check_layer(self, ctx: RuleContext, li: LayerInit, hard: float) -> Iterator[Finding]:
+    def _check_layer(self, ctx: RuleContext, li: LayerInit, hard: float, branch: float
+                     ) -> Iterator[Finding]:
         node = li.node
         name = node.location_module or node.name
         if li.nonfinite:
@@ -132,8 +151,10 @@ class Model(nn.Module):
                      "a custom init)",
                 data={"problem": "nonfinite"})
             return
+        if not li.trainable:
+            return  # a fixed filter (a buffer, or frozen): not an initialisation
         if li.all_zero:
-            if li.identity_at_init_ok:
+            if li.identity_at_init_ok or li.constant_gate:
                 return
             yield self.finding(
                 ctx, node,
@@ -154,6 +175,8 @@ class Model(nn.Module):
         ratio = self._judged_ratio(li)
         if ratio is None or max(ratio, 1 / ratio) <= hard:
             return
+        if ratio < 1 and (li.constant_gate or (li.in_residual_branch and 1 / ratio <= branch)):
+            return
         yield self.finding(ctx, node, _scale_message(li, ratio), hint=_hint(li),
                            data={"problem": "scale", "factor": ratio, "sigma_w2": li.sigma_w2,
                                  "target_sigma_w2": li.target_sigma_w2})
@@ -165,7 +188,8 @@ class Model(nn.Module):
         min_stack = int(ctx.options["min-stack"])
         stacks: dict[object, list[LayerInit]] = {}
         for li in layers:
-            if li.chain_length >= min_stack and not (li.all_zero or li.constant or li.symmetric):
+            if li.chain_length >= min_stack and li.trainable and not (
+                    li.all_zero or li.constant or li.symmetric):
                 stacks.setdefault(li.chain, []).append(li)
         for members in stacks.values():
             ratios = [(li, self._judged_ratio(li)) for li in members]
