@@ -350,6 +350,9 @@ def validate_rule_options(raw: Any, loc: _Located, rules: list[type[Rule]]
                 raise ConfigError(f"{loc.where(okeys)}: unknown option {name!r} for "
                                   f"{rule.code} (allowed: {allowed})")
             clean[canon] = coerce_option(value, rule.options[canon], loc.where(okeys))
+            problem = rule.check_option(canon, clean[canon])
+            if problem is not None:
+                raise ConfigError(f"{loc.where(okeys)}: {problem}")
         out[rule.code] = {**out.get(rule.code, {}), **clean}
     return out
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
-from .engine import Analysis, Settings, lint_and_analyse
+from .engine import Analysis, Settings, lint_and_analyse, lint_source, model_facts
 from .guard import StepError, guarded
 from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
 from .loading.inputs import InputSpec, infer_input, uninferable_input
-from .loading.targets import Target
+from .loading.targets import Target, display_path
+from .rules import ModelFacts
 from .results import TargetResult, Unbuilt, unbuilt_note
 
 #: Seconds each model may take to build and be analysed (and a file to be imported).
@@ -78,6 +79,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
                        job.timeout, user_file=target.path)
     except StepError as exc:
         yield error(target.display, str(exc))
+        yield from _source(job, {})  # the source rules need no import
         return
     finally:
         step("idle", "", None)
@@ -100,6 +102,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     del built
     if not kept and unbuilt and target.display not in job.done:
         yield error(target.display, unbuilt_note(unbuilt, plan.hint()))  # nothing linted
+    facts: dict[str, ModelFacts] = {}
     while kept:
         item = kept.pop(0)
         if item.display in job.done:
@@ -109,11 +112,23 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
             continue
         limit = _remaining(job.timeout, spent.get(item.display, 0.0))
         step("lint", item.display, limit)
-        outcome = lint_model_guarded(item, job, limit, target.path)
+        outcome = lint_model_guarded(item, job, limit, target.path, facts)
         step("idle", "", None)
         yield outcome
         del item, outcome
     yield from unbuilt
+    yield from _source(job, facts)
+
+
+def _source(job: Job, facts: dict[str, ModelFacts]) -> Iterator[Item]:
+    """The source rules on the target's file (never imported for them), once its models are
+    linted: their graphs tell which ones end in a sigmoid."""
+    path = job.target.path
+    if path is None or not path.is_file():
+        return
+    result = lint_source(path, display_path(path), job.settings, facts)
+    if result is not None:
+        yield Outcome(result, [str(path)])
 
 
 def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
@@ -123,8 +138,10 @@ def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
 
 
 def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
-                       user_file: Optional[Path] = None) -> Outcome:
-    """Settle the example input, trace, analyse, run the rules (and ``--measure``)."""
+                       user_file: Optional[Path] = None,
+                       facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
+    """Settle the example input, trace, analyse, run the rules (and ``--measure``).
+    ``facts``: filled with what the source rules may read of the analysed model."""
     def work() -> Outcome:
         seed_everything()
         spec = loaded.input or job.default_input or infer_input(loaded.model)
@@ -133,6 +150,9 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
             if problem is not None:
                 return error(loaded.display, problem)
         result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+        if facts is not None:
+            for name in {type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]}:
+                facts[name] = model_facts(name, analysis)
         if job.measure and analysis is not None:
             seed_everything()
             _measure(loaded, analysis, result)

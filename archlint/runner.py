@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Settings
+from .engine import SOURCE_TRACER, Settings
 from .guard import can_interrupt, watch_interrupts
 from .pipeline import Item, Job, error, lint_target
 from .watchdog import Watchdog
@@ -175,6 +175,8 @@ class _Run:
         #: The target being linted and the models of it already reported.
         self.current: Optional[Target] = None
         self.reported: set[str] = set()
+        #: Files whose source rules have reported (once per file).
+        self.source_files: set[str] = set()
 
     def job(self, target: Target, skip: frozenset = frozenset(),
             done: frozenset = frozenset()) -> Job:
@@ -263,11 +265,18 @@ class _Run:
             report.unbuilt.append(item)
             return
         result = item.result
+        source = result.tracer == SOURCE_TRACER
+        if source:  # a file's source rules: once per file, however many of its targets
+            if result.target in self.source_files:
+                return
+            self.source_files.add(result.target)
         self.reported.add(result.target)
         self.coverage.add(result, target, item.files)
         if self.suppressions is not None:
             result.findings, silenced = self.suppressions.filter(result.findings)
             report.suppressed += silenced
+        if source and result.status == "ok" and not result.findings and not result.notes:
+            return  # nothing to say about the file's source: no target of its own
         _apply_per_file_ignores(result, self.config,
                                 target.path if target is not None else None)
         if opts.baseline is not None:

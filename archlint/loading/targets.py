@@ -106,6 +106,21 @@ def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
                    explicit=True)]
 
 
+#: Words without which a file cannot hold what the built-in source rules look for (a loss, a
+#: log, a sigmoid, a softmax): a script without them and without models is not even parsed.
+SOURCE_CUES = ("log", "loss", "sigmoid", "softmax", "bce", "binary_cross_entropy", "nll",
+               "softplus", "criterion")
+
+
+def might_need_source_rules(path: Path) -> bool:
+    """Cheap check: could the built-in source rules (AL108, AL109) find anything in the file?"""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace").lower()
+    except OSError:
+        return True
+    return any(cue in text for cue in SOURCE_CUES)
+
+
 def might_define_models(path: Path) -> bool:
     """Cheap check before importing: does the file define classes or build objects at top level?
 

@@ -1,0 +1,586 @@
+"""Simple data flow inside the functions of a file, for the source rules (AL108, AL109).
+
+Reads the syntax tree only (nothing is imported or run). Each function (and the module body) is
+read statement by statement, in order, into an environment from names to :class:`Val`: what a
+value is known to be -- a discriminator's output (and whether its input was detached), a
+probability made by a sigmoid or a softmax, a constant label, a loss criterion, an instance of
+one of the file's classes -- and, for loss expressions, a sum of signed log terms:
+``log D`` and ``log(1 - D)`` of a discriminator output. ``nn.BCELoss`` against label 0 is
+``-log(1 - D)``, ``softplus(d)`` is ``-log(1 - sigmoid(d))``, a minus sign flips every term.
+
+What the rules read (:func:`analyse_file`):
+
+- ``saturating``: the statements where a loss first holds ``+log(1 - D)`` of a discriminator
+  output that was not detached -- a generator minimising the minimax objective;
+- ``probability_logs``: a log or a probability loss (BCELoss, NLLLoss) applied to a sigmoid's or
+  a softmax's output.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+from .base import ModelFacts
+
+#: Names of a discriminator (or critic) module: ``D``, ``netD``, ``self.discriminator``...
+_D_NAME = re.compile(r"^(d|net_?d|model_?d|d_?net|d_?model|disc|dis|discriminator\w*|"
+                     r"critic\w*|net_?disc\w*|\w*_discriminator)$", re.IGNORECASE)
+_D_CLASS = re.compile(r"discriminator|critic", re.IGNORECASE)
+_G_NAME = re.compile(r"^(g|net_?g|model_?g|g_?net|gen|generator\w*|\w*_generator)$",
+                     re.IGNORECASE)
+#: Names of a loss criterion whose kind is not known here (a parameter, an import).
+_CRITERION_NAME = re.compile(r"^(criterion\w*|\w*_criterion|adversarial_loss|adv_loss|bce\w*|"
+                             r"gan_loss|loss_fn|loss_func)$", re.IGNORECASE)
+#: Function parameters that hold a discriminator's output on fakes (``d_fake``, ``fake_logits``).
+_D_PARAM = re.compile(r"^(d_?fake\w*|d_?g_?z|dgz|fake_?(logits?|scores?|preds?|outputs?|out|d)"
+                      r"|d_?out_?fake|logits?_?fake|scores?_?fake|preds?_?fake|disc_?fake\w*)$",
+                      re.IGNORECASE)
+#: Methods and functions that pass a value through unchanged for our purposes.
+_SAME = {"view", "reshape", "squeeze", "unsqueeze", "flatten", "mean", "sum", "contiguous",
+         "to", "float", "double", "half", "cuda", "cpu", "view_as", "reshape_as", "type_as",
+         "clone", "apply", "train", "eval", "Variable", "squeeze_", "unsqueeze_", "requires_grad_",
+         "expand_as", "expand", "permute", "transpose", "t"}
+_SIGMOID = {"sigmoid", "sigmoid_", "expit"}
+_SOFTMAX = {"softmax"}
+_ZEROS = {"zeros", "zeros_like", "new_zeros"}
+_ONES = {"ones", "ones_like", "new_ones"}
+_CRITERIA = {"BCELoss": "bce", "BCEWithLogitsLoss": "bce_logits", "NLLLoss": "nll",
+             "MSELoss": "other", "L1Loss": "other", "CrossEntropyLoss": "ce",
+             "SmoothL1Loss": "other", "HingeEmbeddingLoss": "other"}
+_LOSS_FUNCTIONS = {"binary_cross_entropy": "bce", "binary_cross_entropy_with_logits": "bce_logits",
+                   "nll_loss": "nll"}
+
+
+@dataclass(frozen=True)
+class DOut:
+    """A discriminator's output: where the call is, and whether its input was detached."""
+
+    line: int
+    what: str
+    detached: bool = False
+
+
+@dataclass(frozen=True)
+class Term:
+    sign: int
+    kind: str  # "log" (log D) or "log1m" (log(1 - D))
+    d: DOut
+
+
+@dataclass
+class Val:
+    d: Optional[DOut] = None
+    #: "sigmoid" / "softmax" when the value is a probability, with the line that made it and
+    #: how to say it.
+    prob: Optional[str] = None
+    prob_line: int = 0
+    prob_what: str = ""
+    label: Optional[float] = None
+    terms: tuple[Term, ...] = ()
+    criterion: Optional[str] = None
+    criterion_what: str = ""
+    model_class: Optional[str] = None
+    is_d: bool = False
+    is_g: bool = False
+    detached: bool = False
+
+
+@dataclass
+class SaturatingLoss:
+    line: int
+    col: int
+    node: ast.AST
+    term: Term
+    text: str
+
+
+@dataclass
+class ProbabilityLog:
+    node: ast.AST
+    what: str  # "nn.BCELoss", "torch.log", "NLLLoss"...
+    prob: str  # "sigmoid" / "softmax"
+    prob_line: int
+    prob_what: str
+
+
+@dataclass
+class FileFlow:
+    saturating: list[SaturatingLoss] = field(default_factory=list)
+    probability_logs: list[ProbabilityLog] = field(default_factory=list)
+
+
+def _name(func: ast.AST) -> str:
+    """``torch.nn.functional.sigmoid`` -> ``sigmoid``; ``self.netD`` -> ``netD``."""
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return ""
+
+
+def _dotted(e: ast.AST) -> str:
+    if isinstance(e, ast.Name):
+        return e.id
+    if isinstance(e, ast.Attribute):
+        base = _dotted(e.value)
+        return f"{base}.{e.attr}" if base else e.attr
+    return ""
+
+
+def _number(e: ast.AST) -> Optional[float]:
+    if isinstance(e, ast.Constant) and isinstance(e.value, (int, float)) \
+            and not isinstance(e.value, bool):
+        return float(e.value)
+    if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+        v = _number(e.operand)
+        return -v if v is not None else None
+    return None
+
+
+class _ClassOutputs:
+    """Which of the file's classes produce a sigmoid's or a softmax's output: from the analysed
+    graph when the model was linted, else from the class source (the last layer of a
+    ``nn.Sequential`` attribute, a ``torch.sigmoid`` in the value ``forward`` returns)."""
+
+    def __init__(self, tree: ast.Module, models: dict[str, ModelFacts]) -> None:
+        self.classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+        self.models = models
+        self._cache: dict[str, Optional[tuple[str, int, str]]] = {}
+
+    def output(self, cls: Optional[str]) -> Optional[tuple[str, int, str]]:
+        """(``"sigmoid"`` | ``"softmax"``, line, description) of ``cls``'s output, or None."""
+        if cls is None:
+            return None
+        if cls not in self._cache:
+            self._cache[cls] = None  # no recursion through itself
+            self._cache[cls] = self._output(cls)
+        return self._cache[cls]
+
+    def _output(self, cls: str) -> Optional[tuple[str, int, str]]:
+        node = self.classes.get(cls)
+        facts = self.models.get(cls)
+        if facts is not None and facts.output_op is not None:
+            kind = "sigmoid" if facts.output_op == "sigmoid" else \
+                "softmax" if facts.output_op == "softmax" else None
+            if kind is None:
+                return None
+            line = node.lineno if node is not None else 0
+            if node is not None:
+                line = self._source_output(node, cls)[1] if self._source_output(node, cls) \
+                    else line
+            return kind, line, f"{cls} ends in a {kind} (its analysed graph)"
+        if node is None:
+            return None
+        return self._source_output(node, cls)
+
+    def _source_output(self, node: ast.ClassDef, cls: str) -> Optional[tuple[str, int, str]]:
+        attrs: dict[str, ast.AST] = {}
+        forward = None
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                for st in ast.walk(item):
+                    if isinstance(st, ast.Assign) and len(st.targets) == 1 and \
+                            isinstance(st.targets[0], ast.Attribute) and \
+                            isinstance(st.targets[0].value, ast.Name) and \
+                            st.targets[0].value.id == "self":
+                        attrs[st.targets[0].attr] = st.value
+            elif isinstance(item, ast.FunctionDef) and item.name == "forward":
+                forward = item
+        if forward is None:
+            return None
+        local: dict[str, ast.AST] = {}
+        result = None
+        for st in forward.body:
+            if isinstance(st, ast.Assign) and len(st.targets) == 1 and \
+                    isinstance(st.targets[0], ast.Name):
+                local[st.targets[0].id] = st.value
+            elif isinstance(st, ast.Return) and st.value is not None:
+                result = self._expr_output(st.value, attrs, local, cls, 0)
+        return result
+
+    def _module_output(self, e: ast.AST, cls: str) -> Optional[tuple[str, int, str]]:
+        """The output of a module constructed by ``e`` (``nn.Sigmoid()``, ``nn.Sequential(...,
+        nn.Sigmoid())``, ``Discriminator()``)."""
+        if not isinstance(e, ast.Call):
+            return None
+        name = _name(e.func)
+        if name == "Sigmoid":
+            return "sigmoid", e.lineno, f"{cls} ends in nn.Sigmoid (line {e.lineno})"
+        if name == "Softmax":
+            return "softmax", e.lineno, f"{cls} ends in nn.Softmax (line {e.lineno})"
+        if name == "Sequential" and e.args and not isinstance(e.args[-1], ast.Starred):
+            return self._module_output(e.args[-1], cls)
+        if name in self.classes and name != cls:
+            out = self.output(name)
+            return out
+        return None
+
+    def _expr_output(self, e: ast.AST, attrs: dict, local: dict, cls: str,
+                     depth: int) -> Optional[tuple[str, int, str]]:
+        if depth > 8:
+            return None
+        if isinstance(e, ast.Name) and e.id in local:
+            return self._expr_output(local[e.id], attrs, local, cls, depth + 1)
+        if not isinstance(e, ast.Call):
+            return None
+        name = _name(e.func)
+        if name in _SIGMOID:
+            return "sigmoid", e.lineno, f"{cls}.forward returns a sigmoid (line {e.lineno})"
+        if name in _SOFTMAX:
+            return "softmax", e.lineno, f"{cls}.forward returns a softmax (line {e.lineno})"
+        if isinstance(e.func, ast.Attribute):
+            if name in _SAME:
+                return self._expr_output(e.func.value, attrs, local, cls, depth + 1)
+            if isinstance(e.func.value, ast.Name) and e.func.value.id == "self" and \
+                    name in attrs:
+                return self._module_output(attrs[name], cls)
+        return None
+
+
+class _Flow:
+    """Statement-by-statement reading of one function body."""
+
+    def __init__(self, outputs: _ClassOutputs, out: FileFlow, env: dict[str, Val],
+                 d_classes: set[str], g_classes: set[str]) -> None:
+        self.outputs = outputs
+        self.out = out
+        self.env = env
+        self.d_classes = d_classes
+        self.g_classes = g_classes
+        self.reported: set[tuple] = set()
+        self.seen_logs: set[tuple] = set()
+
+    # ----------------------------------------------------------------------------- statements
+    def body(self, stmts: list[ast.stmt]) -> None:
+        for st in stmts:
+            self.stmt(st)
+
+    def stmt(self, st: ast.stmt) -> None:
+        if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            return
+        if isinstance(st, ast.Assign):
+            val = self.eval(st.value)
+            for t in st.targets:
+                self.bind(t, val)
+            self.judge(st, st.value, val)
+        elif isinstance(st, ast.AnnAssign) and st.value is not None:
+            val = self.eval(st.value)
+            self.bind(st.target, val)
+            self.judge(st, st.value, val)
+        elif isinstance(st, ast.AugAssign):
+            old = self.eval(st.target)
+            new = self.eval(st.value)
+            if isinstance(st.op, ast.Sub):
+                new = replace(new, terms=_negated(new.terms))
+            val = replace(old, terms=old.terms + new.terms) if isinstance(
+                st.op, (ast.Add, ast.Sub)) else old
+            self.bind(st.target, val)
+            self.judge(st, st.value, val)
+        elif isinstance(st, ast.Expr):
+            val = self.eval(st.value)
+            self.judge(st, st.value, val)
+        elif isinstance(st, ast.Return) and st.value is not None:
+            self.judge(st, st.value, self.eval(st.value))
+        elif isinstance(st, (ast.If, ast.For, ast.While, ast.AsyncFor)):
+            if isinstance(st, (ast.For, ast.AsyncFor)):
+                self.bind(st.target, Val())
+            self.body(st.body)
+            self.body(st.orelse)
+        elif isinstance(st, (ast.With, ast.AsyncWith)):
+            self.body(st.body)
+        elif isinstance(st, ast.Try):
+            self.body(st.body)
+            for h in st.handlers:
+                self.body(h.body)
+            self.body(st.orelse)
+            self.body(st.finalbody)
+
+    def bind(self, target: ast.AST, val: Val) -> None:
+        key = _dotted(target)
+        if key and isinstance(target, (ast.Name, ast.Attribute)):
+            self.env[key] = val
+        elif isinstance(target, (ast.Tuple, ast.List)):
+            for t in target.elts:
+                self.bind(t, Val())
+
+    def judge(self, st: ast.stmt, expr: ast.AST, val: Val) -> None:
+        """A loss holding +log(1 - D) of a discriminator output the generator's gradient
+        crosses: reported where it first appears."""
+        for term in val.terms:
+            if term.sign > 0 and term.kind == "log1m" and not term.d.detached:
+                key = (term.kind, term.d.line, term.d.what)
+                if key in self.reported:
+                    continue
+                self.reported.add(key)
+                text = ast.unparse(st).split("\n")[0]
+                self.out.saturating.append(SaturatingLoss(st.lineno, st.col_offset, st, term,
+                                                          text[:80]))
+
+    # ---------------------------------------------------------------------------- expressions
+    def lookup(self, e: ast.AST) -> Val:
+        key = _dotted(e)
+        if key in self.env:
+            return self.env[key]
+        name = _name(e)
+        if _CRITERION_NAME.match(name):  # a criterion passed in: its sign still counts
+            return Val(criterion="unknown", criterion_what=name)
+        if _D_NAME.match(name):
+            return Val(is_d=True, model_class=_only(self.d_classes))
+        if _G_NAME.match(name):
+            return Val(is_g=True, model_class=_only(self.g_classes))
+        return Val()
+
+    def eval(self, e: Optional[ast.AST]) -> Val:
+        if e is None:
+            return Val()
+        if isinstance(e, (ast.Name, ast.Attribute)):
+            return self.lookup(e)
+        n = _number(e)
+        if n is not None:
+            return Val(label=n)
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+            v = self.eval(e.operand)
+            return replace(v, terms=_negated(v.terms),
+                           label=-v.label if v.label is not None else None)
+        if isinstance(e, ast.BinOp):
+            return self.binop(e)
+        if isinstance(e, ast.Subscript):
+            return self.eval(e.value)
+        if isinstance(e, ast.Call):
+            return self.call(e)
+        return Val()
+
+    def binop(self, e: ast.BinOp) -> Val:
+        left, right = self.eval(e.left), self.eval(e.right)
+        if isinstance(e.op, ast.Add):
+            return Val(terms=left.terms + right.terms)
+        if isinstance(e.op, ast.Sub):
+            return Val(terms=left.terms + _negated(right.terms))
+        if isinstance(e.op, (ast.Mult, ast.Div)):
+            for a, b in ((left, right), (right, left)) if isinstance(e.op, ast.Mult) \
+                    else ((left, right),):
+                if b.label is not None and a.terms:
+                    return Val(terms=a.terms if b.label > 0 else _negated(a.terms))
+            if left.label is not None and right.label is not None:
+                return Val(label=left.label * right.label if isinstance(e.op, ast.Mult)
+                           else None)
+        return Val()
+
+    def call(self, e: ast.Call) -> Val:
+        func = e.func
+        name = _name(func)
+        args = e.args
+        arg0 = args[0] if args else None
+        receiver = func.value if isinstance(func, ast.Attribute) else None
+        if receiver is not None and not _is_namespace(receiver):
+            # calling a value held in an attribute (self.netD(x), self.criterion(o, y))
+            fv = self.lookup(func)
+            if fv.criterion is not None or fv.is_d or fv.is_g or fv.model_class is not None:
+                return self.call_value(e, fv)
+            return self.function(e, name, receiver, receiver)  # a method: x.sigmoid()
+        if isinstance(func, ast.Name) and func.id in self.outputs.classes \
+                and func.id not in self.env:
+            return Val(model_class=func.id, is_d=func.id in self.d_classes,
+                       is_g=func.id in self.g_classes)
+        if isinstance(func, ast.Name):
+            fv = self.lookup(func)
+            if fv.criterion is not None or fv.is_d or fv.is_g or fv.model_class is not None:
+                return self.call_value(e, fv)
+        if isinstance(func, ast.Call):  # nn.BCELoss()(x, y), nn.Sigmoid()(x)
+            fv = self.eval(func)
+            if fv.criterion is not None:
+                return self.call_value(e, fv)
+            if _name(func.func) == "Sigmoid" and arg0 is not None:
+                return self.function(e, "sigmoid", arg0, None)
+            if _name(func.func) == "Softmax" and arg0 is not None:
+                return self.function(e, "softmax", arg0, None)
+            return Val()
+        return self.function(e, name, arg0, None)
+
+    def call_value(self, e: ast.Call, fv: Val) -> Val:
+        """Calling a criterion, a discriminator, a generator or a model of the file."""
+        args = e.args
+        if fv.criterion is not None:
+            return self.criterion(e, fv.criterion, f"{fv.criterion_what} ({_dotted(e.func)})")
+        if fv.is_d:
+            detached = any(self.eval(a).detached for a in args)
+            d = DOut(e.lineno, ast.unparse(e)[:60], detached)
+            out = self.outputs.output(fv.model_class)
+            if out is not None:
+                return Val(d=d, prob=out[0], prob_line=out[1], prob_what=out[2])
+            return Val(d=d)
+        out = self.outputs.output(fv.model_class)
+        if out is not None:
+            return Val(prob=out[0], prob_line=out[1], prob_what=out[2])
+        return Val()
+
+    def function(self, e: ast.Call, name: str, subject: Optional[ast.AST],
+                 receiver: Optional[ast.AST]) -> Val:
+        """A function (``torch.log(x)``: ``subject`` is ``x``) or a method of a value
+        (``x.log()``: ``subject`` and ``receiver`` are ``x``)."""
+        args = e.args
+        arg0 = args[0] if args else None
+        if name in ("detach", "detach_") and receiver is not None:
+            v = self.eval(receiver)
+            return replace(v, detached=True,
+                           d=replace(v.d, detached=True) if v.d is not None else None)
+        if name in _SAME and subject is not None:
+            return self.eval(subject)
+        if name in _CRITERIA:
+            return Val(criterion=_CRITERIA[name], criterion_what=f"nn.{name}")
+        if name in self.outputs.classes and receiver is None:
+            return Val(model_class=name, is_d=name in self.d_classes,
+                       is_g=name in self.g_classes)
+        if name in _ZEROS:
+            return Val(label=0.0)
+        if name in _ONES:
+            return Val(label=1.0)
+        if name in ("full", "full_like", "new_full") and len(args) >= 2:
+            return Val(label=self.eval(args[1]).label)
+        if name in ("fill_", "fill") and receiver is not None:
+            label = self.eval(arg0).label if arg0 is not None else None
+            key = _dotted(receiver)
+            if key and isinstance(receiver, (ast.Name, ast.Attribute)):
+                self.env[key] = replace(self.env.get(key, Val()), label=label)
+            return Val(label=label)
+        if name == "tensor" and arg0 is not None:
+            return Val(label=self.eval(arg0).label)
+        if name in _SIGMOID and subject is not None:
+            v = self.eval(subject)
+            return Val(d=v.d, detached=v.detached, prob="sigmoid", prob_line=e.lineno,
+                       prob_what=f"the sigmoid on line {e.lineno}")
+        if name in _SOFTMAX and subject is not None:
+            return Val(prob="softmax", prob_line=e.lineno,
+                       prob_what=f"the softmax on line {e.lineno}")
+        if name in ("log", "log2", "log10") and subject is not None:
+            return self.log(e, subject)
+        if name == "log1p" and subject is not None:
+            inner = subject.operand if isinstance(subject, ast.UnaryOp) and \
+                isinstance(subject.op, ast.USub) else None
+            if inner is not None:
+                v = self.eval(inner)
+                self.probability_log(e, "torch.log1p", v)
+                if v.d is not None:
+                    return Val(terms=(Term(1, "log1m", v.d),))
+            return Val()
+        if name == "logsigmoid" and subject is not None:
+            neg, v = self._maybe_negated(subject)
+            if v.d is not None:
+                return Val(terms=(Term(1, "log1m" if neg else "log", v.d),))
+            return Val()
+        if name == "softplus" and subject is not None:
+            neg, v = self._maybe_negated(subject)
+            if v.d is not None:
+                return Val(terms=(Term(-1, "log" if neg else "log1m", v.d),))
+            return Val()
+        if name in _LOSS_FUNCTIONS and receiver is None:
+            return self.criterion(e, _LOSS_FUNCTIONS[name], f"F.{name}")
+        if name == "Variable" and arg0 is not None:
+            return self.eval(arg0)
+        return Val()
+
+    def _maybe_negated(self, e: ast.AST) -> tuple[bool, Val]:
+        if isinstance(e, ast.UnaryOp) and isinstance(e.op, ast.USub):
+            return True, self.eval(e.operand)
+        return False, self.eval(e)
+
+    def log(self, e: ast.Call, subject: ast.AST) -> Val:
+        # log(1 - d)
+        if isinstance(subject, ast.BinOp) and isinstance(subject.op, ast.Sub) and \
+                _number(subject.left) == 1.0:
+            v = self.eval(subject.right)
+            self.probability_log(e, "torch.log", v)
+            if v.d is not None:
+                return Val(terms=(Term(1, "log1m", v.d),))
+            return Val()
+        v = self.eval(subject)
+        self.probability_log(e, "torch.log", v)
+        if v.d is not None:
+            return Val(terms=(Term(1, "log", v.d),))
+        return Val()
+
+    def criterion(self, e: ast.Call, kind: str, what: str) -> Val:
+        inp = e.args[0] if e.args else next((k.value for k in e.keywords if k.arg == "input"),
+                                            None)
+        tgt = e.args[1] if len(e.args) > 1 else next(
+            (k.value for k in e.keywords if k.arg == "target"), None)
+        v = self.eval(inp)
+        if kind in ("bce", "nll"):
+            self.probability_log(e, what, v, loss=kind)
+        if kind in ("bce", "bce_logits", "unknown") and v.d is not None and tgt is not None:
+            label = self.eval(tgt).label
+            if label is not None:
+                return Val(terms=(Term(-1, "log" if label >= 0.5 else "log1m", v.d),))
+        return Val()
+
+    def probability_log(self, e: ast.Call, what: str, v: Val, loss: Optional[str] = None
+                        ) -> None:
+        if v.prob is None:
+            return
+        if loss == "bce" and v.prob != "sigmoid":
+            return
+        if loss == "nll" and v.prob != "softmax":
+            return
+        key = (e.lineno, e.col_offset)
+        if key in self.seen_logs:
+            return
+        self.seen_logs.add(key)
+        self.out.probability_logs.append(ProbabilityLog(e, what, v.prob, v.prob_line,
+                                                        v.prob_what))
+
+
+def _negated(terms: tuple[Term, ...]) -> tuple[Term, ...]:
+    return tuple(replace(t, sign=-t.sign) for t in terms)
+
+
+def _only(names: set[str]) -> Optional[str]:
+    return next(iter(names)) if len(names) == 1 else None
+
+
+def _is_namespace(e: ast.AST) -> bool:
+    """``torch``, ``F``, ``nn``, ``torch.nn.functional``: a module, not a value."""
+    return _dotted(e).split(".")[0] in ("torch", "F", "nn", "functional", "np", "math",
+                                        "autograd", "special")
+
+
+def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = None) -> FileFlow:
+    """Read every function of the file (and its module body) for the source rules."""
+    outputs = _ClassOutputs(tree, models or {})
+    d_classes = {c for c in outputs.classes if _D_CLASS.search(c)}
+    g_classes = {c for c in outputs.classes if re.search("generator", c, re.IGNORECASE)}
+    out = FileFlow()
+    module_env: dict[str, Val] = {}
+    _Flow(outputs, out, module_env, d_classes, g_classes).body(tree.body)
+
+    def function(fn: ast.AST, env: dict[str, Val]) -> None:
+        env = dict(env)
+        args = fn.args  # type: ignore[attr-defined]
+        for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
+            if _D_PARAM.match(a.arg):
+                env[a.arg] = Val(d=DOut(fn.lineno, f"parameter {a.arg}"))  # type: ignore
+            elif a.arg in env:
+                del env[a.arg]
+        _Flow(outputs, out, env, d_classes, g_classes).body(fn.body)  # type: ignore
+
+    def visit(node: ast.AST, env: dict[str, Val]) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                class_env = dict(env)
+                for item in child.body:  # self.* bound in __init__, for the other methods
+                    if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                        flow = _Flow(outputs, FileFlow(), class_env, d_classes, g_classes)
+                        flow.body(item.body)
+                visit(child, class_env)
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                function(child, env)
+                visit(child, env)
+            elif isinstance(child, ast.stmt):
+                visit(child, env)
+
+    visit(tree, module_env)
+    out.saturating.sort(key=lambda s: s.line)
+    out.probability_logs.sort(key=lambda p: p.node.lineno)  # type: ignore[attr-defined]
+    return out
