@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.modules.loss import _Loss
 
 from ..guard import StepError, TimeLimitExceeded, guarded, one_line_error
 from ..results import Unbuilt
@@ -420,6 +421,8 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
                 else:
                     plan.need_arguments.append((obj, f"{obj.__name__}({', '.join(needed)})"))
         elif isinstance(obj, nn.Module):
+            if isinstance(obj, _Loss):
+                continue  # ``criterion = nn.BCELoss()`` in a training script: not a model
             site = obj.__dict__.get(SITE_ATTR)
             if (site is not None and Path(site.path).resolve() == path) or attr in assigned:
                 instances.append((attr, obj))

@@ -116,12 +116,18 @@ def train_step(x, y):
         flow = analyse_file(ctx.tree, ctx.models)
         for p in flow.probability_logs:
             line = p.node.lineno  # type: ignore[attr-defined]
-            source = p.prob_what + ("" if str(p.prob_line) in p.prob_what
-                                    else f" (line {p.prob_line})")
+            if p.prob == "sigmoid":
+                why = ("in float32 the sigmoid rounds to exactly 1.0 beyond a logit of about "
+                       "17, and the clamped log then passes no gradient")
+            elif p.what.startswith(("nn.NLLLoss", "F.nll_loss")):
+                why = ("NLLLoss expects log-probabilities: on probabilities it minimises -p, "
+                       "whose gradient vanishes as the softmax saturates")
+            else:
+                why = ("in float32 a softmax probability underflows to 0 once its logit is "
+                       "about 100 below the largest: the log is then -inf and its gradient NaN")
             yield self.source_finding(
                 ctx, p.node,
-                f"{p.what} on line {line} applied to the output of a {p.prob} ({source}): in "
-                f"float32 the {p.prob} rounds to exactly 1.0 beyond a logit of about 17 and the "
-                f"clamped log then passes no gradient; {_INSTEAD[p.prob]}",
+                f"{p.what} on line {line} applied to the output of a {p.prob} ({p.prob_what}): "
+                f"{why}; {_INSTEAD[p.prob]}",
                 hint=_INSTEAD[p.prob],
                 data={"loss_line": line, "probability_line": p.prob_line, "kind": p.prob})

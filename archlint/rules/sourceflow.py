@@ -161,20 +161,17 @@ class _ClassOutputs:
 
     def _output(self, cls: str) -> Optional[tuple[str, int, str]]:
         node = self.classes.get(cls)
+        source = self._source_output(node, cls) if node is not None else None
         facts = self.models.get(cls)
-        if facts is not None and facts.output_op is not None:
-            kind = "sigmoid" if facts.output_op == "sigmoid" else \
-                "softmax" if facts.output_op == "softmax" else None
-            if kind is None:
-                return None
-            line = node.lineno if node is not None else 0
-            if node is not None:
-                line = self._source_output(node, cls)[1] if self._source_output(node, cls) \
-                    else line
-            return kind, line, f"{cls} ends in a {kind} (its analysed graph)"
-        if node is None:
-            return None
-        return self._source_output(node, cls)
+        if facts is None or facts.output_op is None:
+            return source
+        kind = facts.output_op if facts.output_op in ("sigmoid", "softmax") else None
+        if kind is None:
+            return None  # the analysed graph knows better than the source
+        if source is not None and source[0] == kind:
+            return source
+        line = node.lineno if node is not None else 0
+        return kind, line, f"{cls}'s analysed graph ends in a {kind}"
 
     def _source_output(self, node: ast.ClassDef, cls: str) -> Optional[tuple[str, int, str]]:
         attrs: dict[str, ast.AST] = {}
@@ -561,6 +558,9 @@ def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = Non
         for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
             if _D_PARAM.match(a.arg):
                 env[a.arg] = Val(d=DOut(fn.lineno, f"parameter {a.arg}"))  # type: ignore
+            elif isinstance(a.annotation, ast.Name) and a.annotation.id in outputs.classes:
+                cls = a.annotation.id  # ``model: Classifier``
+                env[a.arg] = Val(model_class=cls, is_d=cls in d_classes, is_g=cls in g_classes)
             elif a.arg in env:
                 del env[a.arg]
         _Flow(outputs, out, env, d_classes, g_classes).body(fn.body)  # type: ignore
