@@ -178,6 +178,14 @@ def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> N
     if spec is None:
         result.notes.append("--measure skipped: no example input")
         return
+    if any(f.code == "AL110" for f in result.findings):
+        from .measure_step import measure_dead_units
+
+        try:
+            result.notes.extend(measure_dead_units(loaded.model, spec, result.findings))
+        except Exception as exc:  # the findings stand unmeasured
+            result.notes.append(f"measuring dead units failed: {type(exc).__name__}: "
+                                f"{exc}"[:300])
     try:
         measured = measure_target(loaded.model, spec, result.layers)
     except Exception as exc:  # keep the other targets
