@@ -113,6 +113,9 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target | Unresolve
         for t in found:
             if t.import_path is not None:
                 t.search_path = config.root  # package.module:fn is relative to the config too
+            if entry.feeds is not None:
+                t.feeds, t.feeds_where = _config_feeds(entry.feeds, config.root), \
+                    entry.feeds_where
         targets.extend(found)
     return targets
 
@@ -121,6 +124,11 @@ def _without_prefix(message: str, left: str) -> str:
     """``nope.py: no such file or directory`` -> ``no such file or directory`` (the target's
     name is printed before it anyway)."""
     return message[len(left) + 2:] if message.startswith(left + ": ") else message
+
+
+def _config_feeds(feeds: str, root: Path) -> str:
+    """``feeds: models/d.py:Disc`` is relative to the config's folder, like ``target:``."""
+    return _config_relative(feeds, root) if ":" in feeds else feeds
 
 
 def _config_relative(spec: str, root: Path) -> str:
@@ -148,6 +156,9 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
                 t.kwargs = dict(entry.kwargs)  # type: ignore[attr-defined]
             if t.input is None:
                 t.input = entry.input  # type: ignore[attr-defined]
+            if entry.feeds is not None and t.feeds is None:  # type: ignore[attr-defined]
+                t.feeds = _config_feeds(entry.feeds, config.root)  # type: ignore[attr-defined]
+                t.feeds_where = entry.feeds_where  # type: ignore[attr-defined]
 
 
 def run(config: Config, opts: RunOptions) -> Report:

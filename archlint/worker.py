@@ -64,7 +64,8 @@ def _target_data(t: Target) -> dict[str, Any]:
             "name": t.name, "import_path": t.import_path, "kwargs": t.kwargs,
             "input": input_to_data(t.input) if t.input is not None else None,
             "explicit": t.explicit,
-            "search_path": str(t.search_path) if t.search_path is not None else None}
+            "search_path": str(t.search_path) if t.search_path is not None else None,
+            "feeds": t.feeds, "feeds_where": t.feeds_where}
 
 
 def _target_from(d: dict[str, Any]) -> Target:
@@ -72,7 +73,8 @@ def _target_from(d: dict[str, Any]) -> Target:
                   name=d["name"], import_path=d["import_path"], kwargs=d["kwargs"],
                   input=input_from_data(d["input"]) if d["input"] is not None else None,
                   explicit=d["explicit"],
-                  search_path=Path(d["search_path"]) if d["search_path"] else None)
+                  search_path=Path(d["search_path"]) if d["search_path"] else None,
+                  feeds=d.get("feeds"), feeds_where=d.get("feeds_where"))
 
 
 # ------------------------------------------------------------------------------------------

@@ -48,6 +48,10 @@ class Target:
     explicit: bool = False
     #: Folder to import ``import_path`` from besides the working directory (the config's).
     search_path: Optional[Path] = None
+    #: The config's ``feeds:``: the discriminator this target's generator feeds (a name of the
+    #: same file, or ``file.py:Name``), and where the config says so (for messages).
+    feeds: Optional[str] = None
+    feeds_where: Optional[str] = None
 
 
 def is_excluded(path: Path, patterns: list[str]) -> bool:

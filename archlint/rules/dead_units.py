@@ -15,9 +15,11 @@ from .base import Rule, RuleContext
 
 #: Activations whose gradient is exactly zero wherever the unit is inactive.
 DEAD_OPS = ("relu", "relu6")
-#: A unit is dead when its pre-activation mean is more than this many input-driven spreads
-#: below zero: active for fewer than 0.14% of inputs.
-Z_DEAD = 3.0
+#: A unit is predicted dead when its pre-activation mean is more than this many input-driven
+#: spreads below zero. Dead means active for fewer than 0.14% of inputs (3 spreads, what
+#: ``--measure`` counts); the margin covers the estimate's error on small signals, where a
+#: 30% error in the spread moves a whole layer across the threshold.
+Z_DEAD = 4.5
 
 
 @dataclass
@@ -133,8 +135,10 @@ class DeadUnits(Rule):
     `dead-fraction` of the units are. Each unit's pre-activation mean and input-driven spread
     come from its own weights and bias and from the statistics of the layer's input that the
     gradient estimate propagates through the network: a unit is dead when its mean is more than
-    three spreads below zero (active for fewer than 0.14% of inputs). After a normalisation
-    layer, the unit's shift (beta) is compared with its scale (gamma). The message gives the
+    4.5 spreads below zero (active for fewer than 0.14% of inputs -- three spreads -- with a
+    margin for the estimate's error). After a normalisation layer, the unit's shift (beta) is
+    compared with its scale (gamma). `--measure` counts the units positive for fewer than 0.14%
+    of their values on the example batch. The message gives the
     fraction of dead units per layer.
 
     ## Why is this bad?

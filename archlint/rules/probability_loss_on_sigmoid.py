@@ -113,9 +113,16 @@ def train_step(x, y):
 """
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
-        flow = analyse_file(ctx.tree, ctx.models)
+        flow = analyse_file(ctx.tree, ctx.models, ctx.path)
+        groups: dict[tuple, list] = {}  # one finding per loss and probability it is applied to
         for p in flow.probability_logs:
+            groups.setdefault((p.what, p.prob, p.prob_line, p.prob_what), []).append(p)
+        for group in groups.values():
+            p = group[0]
             line = p.node.lineno  # type: ignore[attr-defined]
+            more = [g.node.lineno for g in group[1:]]  # type: ignore[attr-defined]
+            also = (f" (also on line{'s' if len(more) > 1 else ''} "
+                    f"{', '.join(map(str, more))})") if more else ""
             if p.prob == "sigmoid":
                 why = ("in float32 the sigmoid rounds to exactly 1.0 beyond a logit of about "
                        "17, and the clamped log then passes no gradient")
@@ -127,7 +134,9 @@ def train_step(x, y):
                        "about 100 below the largest: the log is then -inf and its gradient NaN")
             yield self.source_finding(
                 ctx, p.node,
-                f"{p.what} on line {line} applied to the output of a {p.prob} ({p.prob_what}): "
+                f"{p.what} on line {line}{also} applied to the output of a {p.prob} "
+                f"({p.prob_what}): "
                 f"{why}; {_INSTEAD[p.prob]}",
                 hint=_INSTEAD[p.prob],
-                data={"loss_line": line, "probability_line": p.prob_line, "kind": p.prob})
+                data={"loss_line": line, "probability_line": p.prob_line, "kind": p.prob,
+                      "also_lines": more})

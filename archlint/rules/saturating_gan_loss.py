@@ -91,7 +91,7 @@ def discriminator_step(netG, netD, optimizerD, real, noise):
 """
 
     def check(self, ctx: SourceContext) -> Iterator[Finding]:
-        flow = analyse_file(ctx.tree, ctx.models)
+        flow = analyse_file(ctx.tree, ctx.models, ctx.path)
         for s in flow.saturating:
             d = s.term.d
             where = (f"the discriminator call on line {d.line} ({d.what})"

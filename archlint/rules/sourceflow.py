@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Optional
 
 from .base import ModelFacts
@@ -140,13 +141,38 @@ def _number(e: ast.AST) -> Optional[float]:
     return None
 
 
+def imported_classes(tree: ast.Module, path: Optional[Path]) -> dict[str, ast.ClassDef]:
+    """Classes the file imports from files beside it (``from models import Discriminator``,
+    ``from .nets import D``), read from their source (never imported)."""
+    out: dict[str, ast.ClassDef] = {}
+    if path is None:
+        return out
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom) or not node.module or node.level > 1:
+            continue
+        file = path.parent.joinpath(*node.module.split(".")).with_suffix(".py")
+        if not file.is_file():
+            continue
+        try:
+            other = ast.parse(file.read_bytes(), filename=str(file))
+        except (SyntaxError, ValueError, OSError):
+            continue
+        wanted = {a.name: a.asname or a.name for a in node.names}
+        for cls in other.body:
+            if isinstance(cls, ast.ClassDef) and cls.name in wanted:
+                out[wanted[cls.name]] = cls
+    return out
+
+
 class _ClassOutputs:
     """Which of the file's classes produce a sigmoid's or a softmax's output: from the analysed
     graph when the model was linted, else from the class source (the last layer of a
     ``nn.Sequential`` attribute, a ``torch.sigmoid`` in the value ``forward`` returns)."""
 
-    def __init__(self, tree: ast.Module, models: dict[str, ModelFacts]) -> None:
-        self.classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
+    def __init__(self, tree: ast.Module, models: dict[str, ModelFacts],
+                 path: Optional[Path] = None) -> None:
+        self.classes = imported_classes(tree, path)
+        self.classes.update({n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)})
         self.models = models
         self._cache: dict[str, Optional[tuple[str, int, str]]] = {}
 
@@ -261,7 +287,7 @@ class _Flow:
         if isinstance(st, ast.Assign):
             val = self.eval(st.value)
             for t in st.targets:
-                self.bind(t, val)
+                self.bind(t, val, st.value)
             self.judge(st, st.value, val)
         elif isinstance(st, ast.AnnAssign) and st.value is not None:
             val = self.eval(st.value)
@@ -295,13 +321,19 @@ class _Flow:
             self.body(st.orelse)
             self.body(st.finalbody)
 
-    def bind(self, target: ast.AST, val: Val) -> None:
+    def bind(self, target: ast.AST, val: Val, value: Optional[ast.AST] = None) -> None:
         key = _dotted(target)
         if key and isinstance(target, (ast.Name, ast.Attribute)):
             self.env[key] = val
         elif isinstance(target, (ast.Tuple, ast.List)):
-            for t in target.elts:
-                self.bind(t, Val())
+            pairs = isinstance(value, (ast.Tuple, ast.List)) and \
+                len(value.elts) == len(target.elts)  # type: ignore[union-attr]
+            for k, t in enumerate(target.elts):
+                if pairs:  # netG, netD = Generator(), Discriminator()
+                    elt = value.elts[k]  # type: ignore[union-attr]
+                    self.bind(t, self.eval(elt), elt)
+                else:
+                    self.bind(t, Val())
 
     def judge(self, st: ast.stmt, expr: ast.AST, val: Val) -> None:
         """A loss holding +log(1 - D) of a discriminator output the generator's gradient
@@ -319,7 +351,7 @@ class _Flow:
     # ---------------------------------------------------------------------------- expressions
     def lookup(self, e: ast.AST) -> Val:
         key = _dotted(e)
-        if key in self.env:
+        if key in self.env and self.env[key] != Val():
             return self.env[key]
         name = _name(e)
         if _CRITERION_NAME.match(name):  # a criterion passed in: its sign still counts
@@ -543,9 +575,11 @@ def _is_namespace(e: ast.AST) -> bool:
                                         "autograd", "special")
 
 
-def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = None) -> FileFlow:
-    """Read every function of the file (and its module body) for the source rules."""
-    outputs = _ClassOutputs(tree, models or {})
+def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = None,
+                 path: Optional[Path] = None) -> FileFlow:
+    """Read every function of the file (and its module body) for the source rules; classes
+    imported from files beside ``path`` are read too."""
+    outputs = _ClassOutputs(tree, models or {}, path)
     d_classes = {c for c in outputs.classes if _D_CLASS.search(c)}
     g_classes = {c for c in outputs.classes if re.search("generator", c, re.IGNORECASE)}
     out = FileFlow()
