@@ -348,3 +348,44 @@ def test_explain_the_new_rules():
         assert result.exit_code == 0
         assert "## Why is this bad?" in result.output or "Why is this bad" in result.output
     assert "non-saturating" in invoke("explain", "AL108").output
+
+
+def test_a_teams_source_rule():
+    """The public API: a local rule of kind "source", its examples checked like the built-in
+    ones, suppression comments and all."""
+    import ast
+
+    from archlint.rules import Rule
+    from archlint.testing import assert_examples
+
+    class NoBCELoss(Rule):
+        """
+        ## What it does
+        Reports `nn.BCELoss()`.
+
+        ## Why is this bad?
+        It reads probabilities.
+
+        ## Example
+        `nn.BCELoss()`
+
+        ## Use instead
+        `nn.BCEWithLogitsLoss()`
+
+        ## References
+        - The team's guide.
+        """
+
+        code = "TEAM002"
+        name = "no-bce-loss"
+        kind = "source"
+        bad_example = "import torch.nn as nn\ncriterion = nn.BCELoss()\n"
+        good_example = "import torch.nn as nn\ncriterion = nn.BCEWithLogitsLoss()\n"
+
+        def check(self, ctx):
+            assert ctx.display.endswith(".py") and isinstance(ctx.tree, ast.Module)
+            for node in ast.walk(ctx.tree):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "BCELoss":
+                    yield self.source_finding(ctx, node, "BCELoss on probabilities")
+
+    assert_examples(NoBCELoss)
