@@ -20,6 +20,9 @@ DEAD_OPS = ("relu", "relu6")
 #: ``--measure`` counts); the margin covers the estimate's error on small signals, where a
 #: 30% error in the spread moves a whole layer across the threshold.
 Z_DEAD = 4.5
+#: After a normalisation layer the pre-activation of a unit is gamma * z + beta with z ~ N(0, 1)
+#: (train mode): exact, no margin needed.
+Z_NORM = 3.0
 
 
 @dataclass
@@ -95,7 +98,7 @@ def _norm_layer(node: Node) -> Optional[DeadLayer]:
     live = gamma > 0  # a zero scale is AL104's
     if not bool(live.any()):
         return None
-    dead = (beta < -Z_DEAD * gamma) & live
+    dead = (beta < -Z_NORM * gamma) & live
     return DeadLayer(node=node, activation=node, units=int(beta.numel()),
                      dead_fraction=float(dead.double().mean()), mean=float(beta.mean()),
                      spread=float(gamma.mean()), cause="shift")
@@ -137,7 +140,7 @@ class DeadUnits(Rule):
     gradient estimate propagates through the network: a unit is dead when its mean is more than
     4.5 spreads below zero (active for fewer than 0.14% of inputs -- three spreads -- with a
     margin for the estimate's error). After a normalisation layer, the unit's shift (beta) is
-    compared with its scale (gamma). `--measure` counts the units positive for fewer than 0.14%
+    compared with its scale (gamma): dead below -3 gamma. `--measure` counts the units positive for fewer than 0.14%
     of their values on the example batch. The message gives the
     fraction of dead units per layer.
 
