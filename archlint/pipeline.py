@@ -53,15 +53,20 @@ class Job:
     #: not to lint again (already reported, or a child died linting them).
     skip: frozenset = frozenset()
     done: frozenset = frozenset()
+    #: Run the source rules on the target's file after its models (the runner asks it of the
+    #: last target of each file), with what the earlier targets' graphs said of their models.
+    source: bool = True
+    facts: dict[str, ModelFacts] = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
     """One model's result, and the source files its analysis looked at (where suppression
-    comments can be judged unused)."""
+    comments can be judged unused); ``facts``: what its graph says, for the source rules."""
 
     result: TargetResult
     files: list[str] = field(default_factory=list)
+    facts: list[ModelFacts] = field(default_factory=list)
 
 
 Item = Union[Outcome, Unbuilt]
@@ -249,9 +254,9 @@ def _source(job: Job, facts: dict[str, ModelFacts]) -> Iterator[Item]:
     """The source rules on the target's file (never imported for them), once its models are
     linted: their graphs tell which ones end in a sigmoid."""
     path = job.target.path
-    if path is None or not path.is_file():
+    if not job.source or path is None or not path.is_file():
         return
-    result = lint_source(path, display_path(path), job.settings, facts)
+    result = lint_source(path, display_path(path), job.settings, {**job.facts, **facts})
     if result is not None:
         yield Outcome(result, [str(path)])
 
@@ -286,9 +291,10 @@ def _lint_loaded(loaded: LoadedModel, spec: Optional[InputSpec], job: Job,
                  facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
     """Trace, analyse, run the rules (and ``--measure``, ``--diff``): inside a guarded step."""
     result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+    found = [model_facts(name, analysis) for name in
+             sorted({type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]})]
     if facts is not None:
-        for name in {type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]}:
-            facts[name] = model_facts(name, analysis)
+        facts.update({f.name: f for f in found})
     if job.measure and analysis is not None:
         seed_everything()
         _measure(loaded, analysis, result)
@@ -298,7 +304,7 @@ def _lint_loaded(loaded: LoadedModel, spec: Optional[InputSpec], job: Job,
         result.notes.extend(add_diffs(analysis.fixes))
     files = sorted({n.site.path for n in analysis.graph.nodes if n.site is not None}) \
         if analysis is not None else []
-    return Outcome(result, files)
+    return Outcome(result, files, found)
 
 
 def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> None:

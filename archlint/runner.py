@@ -188,12 +188,22 @@ class _Run:
         self.reported: set[str] = set()
         #: Files whose source rules have reported (once per file).
         self.source_files: set[str] = set()
+        #: The source rules run with the last target of each file, knowing what the graphs
+        #: of the file's models linted before said (``ModelFacts`` by name).
+        self.last_of_file: dict[Path, int] = {}
+        for t in self.targets:
+            if isinstance(t, Target) and t.path is not None:
+                self.last_of_file[t.path.resolve()] = id(t)
+        self.file_facts: dict[Path, dict] = {}
 
     def job(self, target: Target, skip: frozenset = frozenset(),
             done: frozenset = frozenset()) -> Job:
+        path = target.path.resolve() if target.path is not None else None
         return Job(target, self.settings, default_input=self.config.input,
                    measure=self.opts.measure, diff=self.opts.diff, timeout=self.timeout,
-                   skip=skip, done=done)
+                   skip=skip, done=done,
+                   source=path is None or self.last_of_file.get(path) == id(target),
+                   facts=dict(self.file_facts.get(path, {})) if path is not None else {})
 
     def children(self) -> ChildPool:
         if self.pool is None:
@@ -276,6 +286,9 @@ class _Run:
             report.unbuilt.append(item)
             return
         result = item.result
+        if item.facts and target is not None and target.path is not None:
+            known = self.file_facts.setdefault(target.path.resolve(), {})
+            known.update({f.name: f for f in item.facts})
         source = result.tracer == SOURCE_TRACER
         if source:  # a file's source rules: once per file, however many of its targets
             if result.target in self.source_files:
