@@ -87,6 +87,8 @@ class Val:
     is_d: bool = False
     is_g: bool = False
     detached: bool = False
+    #: The statement that last formed the value's loss terms (where a finding points).
+    origin: Optional[ast.stmt] = field(default=None, compare=False)
 
 
 @dataclass
@@ -267,7 +269,9 @@ class _Flow:
     """Statement-by-statement reading of one function body."""
 
     def __init__(self, outputs: _ClassOutputs, out: FileFlow, env: dict[str, Val],
-                 d_classes: set[str], g_classes: set[str]) -> None:
+                 d_classes: set[str], g_classes: set[str], scope: str = "") -> None:
+        #: The enclosing class and function names (``GeneratorLoss.forward``), for the role.
+        self.scope = scope
         self.outputs = outputs
         self.out = out
         self.env = env
@@ -285,14 +289,14 @@ class _Flow:
         if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             return
         if isinstance(st, ast.Assign):
-            val = self.eval(st.value)
+            val = self.formed(self.eval(st.value), st)
             for t in st.targets:
                 self.bind(t, val, st.value)
-            self.judge(st, st.value, val)
+            self.assigned(st, [t for t in st.targets], val)
         elif isinstance(st, ast.AnnAssign) and st.value is not None:
-            val = self.eval(st.value)
+            val = self.formed(self.eval(st.value), st)
             self.bind(st.target, val)
-            self.judge(st, st.value, val)
+            self.assigned(st, [st.target], val)
         elif isinstance(st, ast.AugAssign):
             old = self.eval(st.target)
             new = self.eval(st.value)
@@ -300,13 +304,14 @@ class _Flow:
                 new = replace(new, terms=_negated(new.terms))
             val = replace(old, terms=old.terms + new.terms) if isinstance(
                 st.op, (ast.Add, ast.Sub)) else old
+            val = self.formed(val, st)
             self.bind(st.target, val)
-            self.judge(st, st.value, val)
+            self.assigned(st, [st.target], val)
         elif isinstance(st, ast.Expr):
-            val = self.eval(st.value)
-            self.judge(st, st.value, val)
+            self.eval(st.value)  # sinks (x.backward(), G.minimize(x)) are judged in call()
         elif isinstance(st, ast.Return) and st.value is not None:
-            self.judge(st, st.value, self.eval(st.value))
+            val = self.formed(self.eval(st.value), st)
+            self.judge(val, self.role_of_scope(), st)
         elif isinstance(st, (ast.If, ast.For, ast.While, ast.AsyncFor)):
             if isinstance(st, (ast.For, ast.AsyncFor)):
                 self.bind(st.target, Val())
@@ -335,18 +340,71 @@ class _Flow:
                 else:
                     self.bind(t, Val())
 
-    def judge(self, st: ast.stmt, expr: ast.AST, val: Val) -> None:
-        """A loss holding +log(1 - D) of a discriminator output the generator's gradient
-        crosses: reported where it first appears."""
-        for term in val.terms:
-            if term.sign > 0 and term.kind == "log1m" and not term.d.detached:
-                key = (term.kind, term.d.line, term.d.what)
-                if key in self.reported:
-                    continue
-                self.reported.add(key)
-                text = ast.unparse(st).split("\n")[0]
-                self.out.saturating.append(SaturatingLoss(st.lineno, st.col_offset, st, term,
-                                                          text[:80]))
+    @staticmethod
+    def formed(val: Val, st: ast.stmt) -> Val:
+        """``val`` with ``st`` as the statement that formed its loss terms, unless it is a
+        plain copy of a value formed earlier."""
+        if not val.terms:
+            return val
+        if isinstance(st, (ast.Assign, ast.AnnAssign, ast.Return)) and \
+                isinstance(st.value, (ast.Name, ast.Attribute)) and val.origin is not None:
+            return val
+        return replace(val, origin=st)
+
+    def assigned(self, st: ast.stmt, targets: list[ast.AST], val: Val) -> None:
+        """A loss assigned to a generator's loss (``errG``, ``g_loss``, ``loss_G``) is the
+        generator's objective."""
+        roles = {role_of(_dotted(t)) for t in targets}
+        if "G" in roles:
+            self.judge(val, "G", st)
+
+    def role_of_scope(self) -> Optional[str]:
+        return role_of(self.scope)
+
+    def judge(self, val: Val, role: Optional[str], at: Optional[ast.stmt]) -> None:
+        """A minimised loss holding +log(1 - D) of a discriminator output the generator's
+        gradient crosses (not detached). The whole minimax value (with +log D(x) as well) is
+        the discriminator's objective to maximise unless the loss is the generator's; a lone
+        log(1 - D) term is the generator's unless the loss is the discriminator's."""
+        bad = [t for t in val.terms if t.sign > 0 and t.kind == "log1m" and not t.d.detached]
+        if not bad:
+            return
+        whole = any(t.sign > 0 and t.kind == "log" for t in val.terms)
+        if (whole and role != "G") or (not whole and role == "D"):
+            return
+        st = val.origin or at
+        if st is None:
+            return
+        for term in bad:
+            key = (term.kind, term.d.line, term.d.what)
+            if key in self.reported:
+                continue
+            self.reported.add(key)
+            text = ast.unparse(st).split("\n")[0]
+            self.out.saturating.append(SaturatingLoss(st.lineno, st.col_offset, st, term,
+                                                      text[:80]))
+
+    def sink(self, e: ast.Call, name: str, receiver: Optional[ast.AST]) -> bool:
+        """``loss.backward()``, ``torch.autograd.backward(loss)``, ``G.minimize(loss)`` /
+        ``D.maximize(loss)``: the value is minimised (or maximised) there."""
+        if name == "backward" and receiver is not None and not _is_namespace(receiver):
+            val = self.eval(receiver)
+            role = role_of(_dotted(receiver)) if isinstance(
+                receiver, (ast.Name, ast.Attribute)) else None
+            self.judge(val, role or self.role_of_scope(), None)
+            return True
+        if name in ("minimize", "maximize", "backward") and e.args:
+            val = self.eval(e.args[0])
+            if name == "maximize":
+                val = replace(val, terms=_negated(val.terms))
+            owner = role_of(_dotted(receiver)) if receiver is not None and \
+                name != "backward" else None
+            arg = e.args[0]
+            role = owner or (role_of(_dotted(arg)) if isinstance(
+                arg, (ast.Name, ast.Attribute)) else None) or self.role_of_scope()
+            self.judge(val, role, None)
+            return True
+        return False
 
     # ---------------------------------------------------------------------------- expressions
     def lookup(self, e: ast.AST) -> Val:
@@ -404,6 +462,8 @@ class _Flow:
         args = e.args
         arg0 = args[0] if args else None
         receiver = func.value if isinstance(func, ast.Attribute) else None
+        if name in ("backward", "minimize", "maximize") and self.sink(e, name, receiver):
+            return Val()
         if receiver is not None and not _is_namespace(receiver):
             # calling a value held in an attribute (self.netD(x), self.criterion(o, y))
             fv = self.lookup(func)
@@ -517,6 +577,7 @@ class _Flow:
         return False, self.eval(e)
 
     def log(self, e: ast.Call, subject: ast.AST) -> Val:
+        subject = _without_epsilon(subject)
         # log(1 - d)
         if isinstance(subject, ast.BinOp) and isinstance(subject.op, ast.Sub) and \
                 _number(subject.left) == 1.0:
@@ -561,6 +622,53 @@ class _Flow:
                                                         v.prob_what))
 
 
+_G_TOKENS = {"g", "gen", "generator", "netg"}
+_D_TOKENS = {"d", "dis", "disc", "discriminator", "critic", "netd"}
+
+
+def role_of(name: str) -> Optional[str]:
+    """"G" when a name says generator (``errG``, ``g_loss``, ``loss_G``, ``GeneratorLoss``,
+    ``optimize_G``), "D" when it says discriminator, else None (the innermost part wins:
+    ``GAN.generator_step``)."""
+    for part in reversed([p for p in name.split(".") if p]):
+        tokens = {t.lower() for t in re.split(r"[_\W\d]+|(?<=[a-z])(?=[A-Z])", part) if t}
+        g, d = bool(tokens & _G_TOKENS), bool(tokens & _D_TOKENS)
+        if g != d:
+            return "G" if g else "D"
+    return None
+
+
+_EPS_NAME = re.compile(r"^(eps\w*|epsilon|tiny|EPS\w*|EPSILON)$", re.IGNORECASE)
+
+
+def _without_epsilon(e: ast.AST) -> ast.AST:
+    """``1 - d + 1e-8``, ``(1 - d).clamp(min=eps)``, ``torch.clamp(d, 1e-7, 1)`` -> the
+    value the log is really of."""
+    for _ in range(4):
+        if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Add):
+            small = [side for side in (e.left, e.right) if _tiny(side)]
+            if len(small) == 1:
+                e = e.right if small[0] is e.left else e.left
+                continue
+        if isinstance(e, ast.Call) and _name(e.func) in ("clamp", "clamp_min", "clip", "clamp_"):
+            receiver = e.func.value if isinstance(e.func, ast.Attribute) else None
+            if receiver is not None and not _is_namespace(receiver):
+                e = receiver
+                continue
+            if e.args:
+                e = e.args[0]
+                continue
+        break
+    return e
+
+
+def _tiny(e: ast.AST) -> bool:
+    n = _number(e)
+    if n is not None:
+        return 0 < abs(n) < 0.01
+    return isinstance(e, (ast.Name, ast.Attribute)) and bool(_EPS_NAME.match(_name(e)))
+
+
 def _negated(terms: tuple[Term, ...]) -> tuple[Term, ...]:
     return tuple(replace(t, sign=-t.sign) for t in terms)
 
@@ -586,7 +694,7 @@ def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = Non
     module_env: dict[str, Val] = {}
     _Flow(outputs, out, module_env, d_classes, g_classes).body(tree.body)
 
-    def function(fn: ast.AST, env: dict[str, Val]) -> None:
+    def function(fn: ast.AST, env: dict[str, Val], scope: str) -> None:
         env = dict(env)
         args = fn.args  # type: ignore[attr-defined]
         for a in [*args.posonlyargs, *args.args, *args.kwonlyargs]:
@@ -597,9 +705,9 @@ def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = Non
                 env[a.arg] = Val(model_class=cls, is_d=cls in d_classes, is_g=cls in g_classes)
             elif a.arg in env:
                 del env[a.arg]
-        _Flow(outputs, out, env, d_classes, g_classes).body(fn.body)  # type: ignore
+        _Flow(outputs, out, env, d_classes, g_classes, scope).body(fn.body)  # type: ignore
 
-    def visit(node: ast.AST, env: dict[str, Val]) -> None:
+    def visit(node: ast.AST, env: dict[str, Val], scope: str) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.ClassDef):
                 class_env = dict(env)
@@ -607,14 +715,15 @@ def analyse_file(tree: ast.Module, models: Optional[dict[str, ModelFacts]] = Non
                     if isinstance(item, ast.FunctionDef) and item.name == "__init__":
                         flow = _Flow(outputs, FileFlow(), class_env, d_classes, g_classes)
                         flow.body(item.body)
-                visit(child, class_env)
+                visit(child, class_env, f"{scope}.{child.name}".strip("."))
             elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                function(child, env)
-                visit(child, env)
+                inner = f"{scope}.{child.name}".strip(".")
+                function(child, env, inner)
+                visit(child, env, inner)
             elif isinstance(child, ast.stmt):
-                visit(child, env)
+                visit(child, env, scope)
 
-    visit(tree, module_env)
+    visit(tree, module_env, "")
     out.saturating.sort(key=lambda s: s.line)
     out.probability_logs.sort(key=lambda p: p.node.lineno)  # type: ignore[attr-defined]
     return out
