@@ -161,6 +161,8 @@ def _pairs(job: Job, plan: Any, kept: list, step: StepListener) -> list:
     models = [m for m in kept if isinstance(m, LoadedModel)]
     target = job.target
     feeds = getattr(target, "feeds", None)
+    if not any(r.kind == "model" for r in job.settings.rules):
+        return []  # only source rules selected: nothing to learn from the composition
     if feeds is None:
         if target.name is not None:
             return []

@@ -70,6 +70,8 @@ def _weight_layer(node: Node, x: Sig) -> Optional[DeadLayer]:
     else:
         share = 1.0
     rows = w.reshape(w.shape[0], -1)
+    if not bool(rows.any()):
+        return None  # all-zero weights are AL104's: every unit is its bias
     a = (rows * rows).sum(1) * share  # sum_j W_ij^2 per unit
     rowsum = rows.sum(1) * share
     fl = max(x.q - x.s, 0.0)  # what varies from input to input

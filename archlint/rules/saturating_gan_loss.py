@@ -21,8 +21,13 @@ class SaturatingGanLoss(Rule):
     (`errG = -errD_fake`, `g_loss = -d_loss`). A discriminator output is the result of calling
     `D`, `netD`, `discriminator`, `critic` (also as `self.` attributes), an instance of a class
     named `*Discriminator*`/`*Critic*`, or a parameter named like `d_fake`/`fake_logits`.
-    Discriminator updates (the output of `D(fake.detach())`, or the loss with the minus sign)
-    are not reported. The message names the generator loss's line and the discriminator call's.
+    A loss is judged where it is minimised: `loss.backward()`, `return loss`, `G.minimize(loss)`
+    (`maximize` flips the sign), or assigned to a generator's loss (`errG`, `g_loss`,
+    `loss_G`). Discriminator updates are not reported: a discriminator output of
+    `D(fake.detach())`, the loss with the minus sign, and the whole minimax value
+    `log D(x) + log(1 - D(G(z)))` unless the names say it is the generator's (`g_loss = -d_loss`,
+    a function `optimize_G`). Epsilons and clamps inside the log are seen through. The message
+    names the generator loss's line and the discriminator call's.
 
     ## Why is this bad?
     `d/dD log(1 - D) = -1/(1 - D)`: when the discriminator confidently rejects the fakes
