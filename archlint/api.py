@@ -22,9 +22,10 @@ from torch import nn
 from .config import ConfigError, _Located, validate_rule_options
 from .engine import Settings, lint_model
 from .guard import StepError, guarded
-from .loading.inputs import (ArgList, InputError, InputSpec, TensorSpec, all_forward_parameters,
-                             forward_parameters, infer_input, parse_input, parse_tensor_spec,
-                             uninferable_input)
+from .loading.infer import infer_input
+from .loading.inputs import (ArgList, DictArg, InputError, InputSpec, TensorSpec,
+                             all_forward_parameters, forward_parameters, parse_input,
+                             parse_tensor_spec, uninferable_input)
 from .results import TargetResult
 from .report.model import Report
 from .rule_docs import rule_info
@@ -205,6 +206,11 @@ def to_input_spec(example: ExampleInput, model: nn.Module) -> Optional[InputSpec
 def _one(value: Any, where: str) -> TensorSpec:
     if isinstance(value, torch.Tensor):
         return tensor_spec(value)
+    if isinstance(value, Mapping) and value and not set(value) & {"shape", "dtype", "high",
+                                                                   "low", "value"}:
+        # a mapping argument (forward(self, batch) reading batch["ids"]): a spec per key
+        return DictArg({str(k): _one(v, f"{where}[{k!r}]") for k, v in value.items()},
+                       origin="example_input")  # type: ignore[return-value]
     if isinstance(value, Mapping):
         return parse_tensor_spec(value, where, origin="example_input")
     if _is_shape(value):

@@ -154,7 +154,8 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         return result, None
     result.tracer = graph.tracer
     used_spec = graph.input_spec
-    result.input = f"{used_spec.describe()} ({used_spec.origin})" if used_spec is not None \
+    result.input = (used_spec.describe() if used_spec.origin.startswith("guessed") else
+                    f"{used_spec.describe()} ({used_spec.origin})") if used_spec is not None \
         else None
     result.notes.extend(graph.fallback_reasons)
     if graph.output is None:

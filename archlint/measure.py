@@ -27,8 +27,9 @@ restored as well, so the model is left exactly as it was.  A parameter shared by
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -120,6 +121,36 @@ class _ModelState:
                 buf.copy_(saved)
 
 
+@contextlib.contextmanager
+def plain_checkpoints() -> Iterator[None]:
+    """Gradient checkpointing off for the probe: ``torch.utils.checkpoint.checkpoint`` runs its
+    function as a plain call. The gradients are the same (checkpointing trades memory for a
+    second forward pass), and a fix carried out by intercepting calls (a functional sigmoid
+    swapped for a ReLU) is not undone by the recomputation, which runs outside those hooks."""
+    import torch.utils.checkpoint as ckpt
+
+    def plain_generator(*args: Any, **kwargs: Any) -> Iterator[None]:
+        yield  # before the forward call; finishing after it
+
+    class PlainFunction:
+        @staticmethod
+        def apply(function: Any, preserve: Any, *args: Any) -> Any:
+            return function(*args)
+
+    saved = {name: getattr(ckpt, name, None) for name in
+             ("_checkpoint_without_reentrant_generator", "CheckpointFunction")}
+    if any(v is None for v in saved.values()):  # another torch: leave checkpointing alone
+        yield
+        return
+    ckpt._checkpoint_without_reentrant_generator = plain_generator  # type: ignore[assignment]
+    ckpt.CheckpointFunction = PlainFunction  # type: ignore[assignment,misc]
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(ckpt, name, value)
+
+
 def measure_grad_rms(model: nn.Module, inputs: Inputs, seed: int = 0) -> MeasureResult:
     """Run the ground-truth probe (module docstring) and return per-module gradient RMS.
 
@@ -136,7 +167,7 @@ def measure_grad_rms(model: nn.Module, inputs: Inputs, seed: int = 0) -> Measure
     state = _ModelState(model)
     try:
         model.train()
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        with torch.random.fork_rng(devices=[]), torch.enable_grad(), plain_checkpoints():
             torch.manual_seed(seed)
             y = select_output(_call(model, inputs))
             loss = _probe_loss(y, seed)

@@ -23,7 +23,8 @@ from torch import nn
 from .engine import Analysis, Settings, lint_and_analyse, lint_source, model_facts
 from .guard import StepError, guarded
 from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
-from .loading.inputs import InputSpec, infer_input, uninferable_input
+from .loading.infer import infer_input
+from .loading.inputs import InputSpec, uninferable_input
 from .loading.targets import Target, display_path
 from .rules import ModelFacts
 from .results import TargetResult, Unbuilt, unbuilt_note
@@ -293,6 +294,8 @@ def _lint_loaded(loaded: LoadedModel, spec: Optional[InputSpec], job: Job,
                  facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
     """Trace, analyse, run the rules (and ``--measure``, ``--diff``): inside a guarded step."""
     result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+    if loaded.note:
+        result.notes.insert(0, loaded.note)
     found = [model_facts(name, analysis) for name in
              sorted({type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]})]
     if facts is not None:

@@ -282,7 +282,7 @@ class Linted:
         if self._analysis is None:
             from archlint.api import to_input_spec
             from archlint.engine import analyse_model
-            from archlint.loading.inputs import infer_input
+            from archlint.loading.infer import infer_input
 
             spec = to_input_spec(self._input, self._model) or infer_input(self._model)
             self._analysis = analyse_model(self._model, spec)

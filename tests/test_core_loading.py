@@ -328,3 +328,99 @@ def test_unknown_package_is_a_target_error(in_tmp):
     [failure] = load("no_such_pkg_for_archlint.models:make")
     assert isinstance(failure, LoadFailure)
     assert "no_such_pkg_for_archlint" in failure.error
+
+
+CONFIGURED = '''
+from dataclasses import dataclass, field
+import torch.nn as nn
+
+
+@dataclass
+class {config}:
+    width: int = 24
+    depth: int = 3
+    sizes: list = field(default_factory=lambda: [1, 2])
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc = nn.Linear(config.width, config.width)
+
+    def forward(self, x):
+        return self.fc(x).relu()
+
+
+class Net(nn.Module):
+    def __init__(self, {argument}):
+        super().__init__()
+        self.blocks = nn.Sequential(*[Block({name}) for _ in range({name}.depth)])
+
+    def forward(self, x):
+        return self.blocks(x)
+{extra}
+'''
+
+
+@pytest.mark.parametrize("config,argument,extra", [
+    ("NetConfig", "cfg: NetConfig", ""),          # annotated with the config class
+    ("GPTConfig", "config", ""),                  # nanoGPT style: the file's one *Config
+    ("ModelArgs", "args", ""),                    # LLaMA reference style
+])
+def test_a_model_whose_config_has_defaults_is_built_with_them(tmp_path, config, argument, extra):
+    name = argument.split(":")[0]
+    path = write(tmp_path / f"cfg_{uuid.uuid4().hex[:8]}.py",
+                 CONFIGURED.format(config=config, argument=argument, name=name, extra=extra))
+    loaded = load(str(path))
+    models = ok(loaded)
+    assert list(models) == [f"{path.name}:Net"], loaded  # Block is a block of Net: not its own
+    net = models[f"{path.name}:Net"]
+    assert len(net.blocks) == 3 and net.blocks[0].fc.in_features == 24
+    note = next(x.note for x in loaded if isinstance(x, LoadedModel))
+    assert f"built as Net({name}={config}())" in note
+
+
+@pytest.mark.parametrize("argument,extra", [
+    ("config", "\n@dataclass\nclass OtherConfig:\n    width: int = 8\n"),  # which of two?
+    ("width", ""),                                # not a config argument
+    ("cfg: int", ""),                             # annotated with a plain type
+])
+def test_a_config_archlint_cannot_choose_is_listed_not_guessed(tmp_path, argument, extra):
+    name = argument.split(":")[0]
+    path = write(tmp_path / f"cfg_{uuid.uuid4().hex[:8]}.py",
+                 CONFIGURED.format(config="NetConfig", argument=argument, name=name,
+                                   extra=extra))
+    assert f"{path.name}:Net" not in ok(load(str(path)))
+
+
+def test_a_training_script_that_parses_its_options_at_import_gets_its_defaults(tmp_path):
+    # PyTorch-GAN style: `opt = parser.parse_args()` at module level, read by the models
+    path = write(tmp_path / f"gan_{uuid.uuid4().hex[:8]}.py", '''
+import argparse
+import sys
+import torch.nn as nn
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--latent_dim", type=int, default=100)
+opt = parser.parse_args()
+ARGV = list(sys.argv)
+
+
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(opt.latent_dim, 784)
+        self.argv = list(sys.argv)
+
+    def forward(self, z):
+        return self.fc(z).tanh()
+''')
+    argv = list(sys.argv)
+    sys.argv = ["archlint", str(path), "--select", "AL105", "-v"]
+    try:
+        loaded = load(str(path))
+    finally:
+        sys.argv = argv
+    model = ok(loaded)[f"{path.name}:Generator"]
+    assert model.fc.in_features == 100
+    assert model.argv == [str(path.resolve())]  # as `python gan.py` would see it

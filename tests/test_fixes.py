@@ -24,7 +24,8 @@ import torch
 from archlint.engine import Settings, lint_and_analyse
 from archlint.fixes import measure_fixes
 from archlint.loading.build import LoadedModel, load_target
-from archlint.loading.inputs import infer_input, parse_input
+from archlint.loading.infer import infer_input
+from archlint.loading.inputs import parse_input
 from archlint.loading.targets import resolve
 from archlint.rules import ALL_RULES, selected_rules
 
@@ -300,6 +301,39 @@ def test_measure_puts_measured_beside_predicted():
                                 "json", cwd=ROOT).stdout)
     fx = report["targets"][0]["findings"][0]["fixes"][0]
     assert abs(fx["measured_gradient_decades"] - fx["predicted_gradient_decades"]) < AGREE
+
+
+CHECKPOINTED = """
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(64, 64) for _ in range(12)])
+        self.head = nn.Linear(64, 10)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = checkpoint(lambda t: torch.sigmoid(layer(t)), x, use_reentrant=REENTRANT)
+        return self.head(x)
+"""
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_a_fix_inside_gradient_checkpointing_is_measured_as_predicted(tmp_path, reentrant):
+    # checkpoint recomputes its function in backward, outside the hooks that swap the
+    # functional sigmoid: the probe runs checkpointed functions as plain calls
+    path = tmp_path / f"ckpt_{reentrant}.py"
+    path.write_text(CHECKPOINTED.replace("REENTRANT", str(reentrant)))
+    report = json.loads(run_cli(str(path), "--measure", "--format", "json").stdout)
+    (target,) = report["targets"]
+    fixes = [fx for f in target["findings"] for fx in f["fixes"]]
+    assert fixes and all(fx["measured_gradient_decades"] is not None for fx in fixes)
+    for fx in fixes:
+        assert abs(fx["measured_gradient_decades"] - fx["predicted_gradient_decades"]) < AGREE, fx
 
 
 # ----------------------------------------------------------------------------- --diff, SARIF

@@ -186,8 +186,8 @@ class Propagation:
             if not n.is_weight_layer or n.module_path is None:
                 continue
             g = self.g2.get(n, 0.0)
-            if (g > 0 and self.unknown_g2.get(n, 0.0) > 0.5 * g) or \
-                    (g <= 0 and n in self.behind_unknown):
+            if n in self.unknown_nodes or (g > 0 and self.unknown_g2.get(n, 0.0) > 0.5 * g) \
+                    or (g <= 0 and n in self.behind_unknown):  # an unknown weight layer too
                 out.add(n.module_path)
         return out
 

@@ -34,11 +34,27 @@ def param_only_call(inputs: list[Node]) -> bool:
         for i in inputs)
 
 
+def rebuild(value: Any, items: Any) -> Any:
+    """A list or tuple like ``value`` holding ``items``: a named tuple (``PackedSequence``,
+    ``torch.return_types.max``) keeps its type, built from its fields."""
+    items = list(items)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        # tuple.__new__: a class's own __new__ may check its fields (PackedSequence reads
+        # its indices' device), and here they may be graph nodes or shapes
+        return tuple.__new__(type(value), items)
+    if isinstance(value, tuple) and type(value) is not tuple:  # torch.return_types...
+        try:
+            return type(value)(items)
+        except TypeError:
+            return tuple(items)
+    return type(value)(items)
+
+
 def _substitute(value: Any, memo: dict) -> Any:
     if isinstance(value, Node):
         return _replay(value, memo)
     if isinstance(value, (list, tuple)):
-        return type(value)(_substitute(v, memo) for v in value)
+        return rebuild(value, (_substitute(v, memo) for v in value))
     if isinstance(value, dict):
         return {k: _substitute(v, memo) for k, v in value.items()}
     return value

@@ -17,6 +17,7 @@ import inspect
 import random
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -42,12 +43,27 @@ class LoadedModel:
     display: str
     model: nn.Module
     input: Optional[InputSpec]
+    #: How archlint built it, when it chose arguments itself ("built as UNet(cfg=Config())").
+    note: str = ""
 
 
 @dataclass
 class LoadFailure:
     display: str
     error: str
+
+
+@contextlib.contextmanager
+def _script_argv(path: Optional[Path]) -> Iterator[None]:
+    """``sys.argv`` as ``python file.py`` would set it: a training script that parses its
+    options at import time (``opt = parser.parse_args()``) gets its defaults, not archlint's
+    command line."""
+    argv = sys.argv
+    sys.argv = [str(path) if path is not None else argv[0] if argv else ""]
+    try:
+        yield
+    finally:
+        sys.argv = argv
 
 
 @contextlib.contextmanager
@@ -165,7 +181,7 @@ def import_file(path: Path) -> ModuleType:
     host = _host_shadowed(root)
     before = set(sys.modules)
     try:
-        with _user_code(root):
+        with _user_code(root), _script_argv(path):
             if "." in dotted:
                 module = importlib.import_module(dotted)
                 if Path(getattr(module, "__file__", "") or "").resolve() != path:
@@ -228,7 +244,7 @@ def seed_everything(seed: int = 0) -> None:
 def _build(obj: Any, what: str, kwargs: dict, user_file: Optional[Path]) -> nn.Module:
     seed_everything()
     try:
-        with _user_code(None):
+        with _user_code(None), _script_argv(user_file):
             model = obj(**kwargs)
     except LoadError:
         raise
@@ -287,6 +303,7 @@ class Candidate:
     user_file: Optional[Path] = None
     #: Found in the file (not named): a failure to build it may be a block of another model.
     found: bool = False
+    note: str = ""
 
     @property
     def built(self) -> bool:
@@ -335,7 +352,7 @@ class Plan:
             if cand.found and ((cand.built and id(m) in inner_ids)
                                or (not cand.built and type(m) in inner_types)):
                 continue
-            out.append(LoadedModel(cand.display, m, cand.input))
+            out.append(LoadedModel(cand.display, m, cand.input, cand.note))
         path = display_path(self.target.path) if self.target.path is not None else ""
         unbuilt = [Unbuilt(path=path, name=cls.__name__, call=call,
                            reason="its constructor needs arguments", hint=self.hint())
@@ -432,6 +449,7 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
     path = target.path.resolve()
     disp = display_path(path)
     classes: list[tuple[str, type]] = []
+    configs: list[tuple[str, Callable[[], nn.Module], str]] = []
     instances: list[tuple[str, nn.Module]] = []
     # ``model = make()`` / ``model = torchvision.models.resnet18()``: built by code in another
     # file, but bound here -- unlike ``from other import model``, which is that file's.
@@ -441,8 +459,15 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
             if obj.__module__ == module.__name__ and _has_forward(obj) \
                     and not inspect.isabstract(obj):
                 needed = required_arguments(obj)
+                defaults = _default_arguments(obj, needed) if needed else None
                 if needed is None:
                     classes.append((attr, obj))
+                elif defaults is not None:
+                    call = ", ".join(f"{n}={c.__name__}()" for n, c in defaults.items())
+                    configs.append((attr, _with_defaults(obj, defaults),
+                                    f"built as {obj.__name__}({call}): its constructor needs "
+                                    f"{', '.join(needed)}; name a factory or give kwargs in "
+                                    f"the config to lint another configuration"))
                 else:
                     plan.need_arguments.append((obj, f"{obj.__name__}({', '.join(needed)})"))
         elif isinstance(obj, nn.Module):
@@ -464,6 +489,56 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
             continue  # the module-level instance is linted instead
         plan.candidates.append(Candidate(f"{disp}:{attr}", cls, target.input, user_file=path,
                                          found=True))
+    for attr, make, note in configs:
+        if getattr(make, "model_class", None) in instance_types:
+            continue
+        plan.candidates.append(Candidate(f"{disp}:{attr}", make, target.input, user_file=path,
+                                         found=True, note=note))
+
+
+def _default_arguments(cls: type, needed: list[str]) -> Optional[dict[str, type]]:
+    """For a model whose every required constructor argument is annotated with a class of the
+    user's code that builds without arguments (``def __init__(self, cfg: GPTConfig)`` with a
+    dataclass of defaults): those classes by argument name; else None."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: nothing to go by
+        return None
+    out: dict[str, type] = {}
+    for name in needed:
+        hint = hints.get(name)
+        if hint is None and _CONFIG_NAME.fullmatch(name):
+            hint = _config_class(sys.modules.get(cls.__module__))
+        if not inspect.isclass(hint) or hint.__module__ in ("builtins", "typing") \
+                or issubclass(hint, nn.Module):
+            return None
+        file = getattr(sys.modules.get(hint.__module__), "__file__", None)
+        if not file or _library_file(file) or required_arguments(hint) is not None:
+            return None
+        out[name] = hint
+    return out
+
+
+#: Unannotated constructor arguments that conventionally take the file's config object.
+_CONFIG_NAME = re.compile(r"config|cfg|conf|hparams|model_args|args|params", re.IGNORECASE)
+
+
+def _config_class(module: Optional[ModuleType]) -> Optional[type]:
+    """The one config class of a file (``GPTConfig``, ``ModelArgs``: a class named *Config,
+    *Cfg or *Args defined there), or None when there is none or more than one."""
+    if module is None:
+        return None
+    found = [obj for name, obj in vars(module).items()
+             if inspect.isclass(obj) and obj.__module__ == module.__name__
+             and re.search(r"(Config|Cfg|Args)$", name) and not issubclass(obj, nn.Module)]
+    return found[0] if len(found) == 1 else None
+
+
+def _with_defaults(cls: type, defaults: dict[str, type]) -> Callable[[], nn.Module]:
+    def make() -> nn.Module:
+        return cls(**{name: config() for name, config in defaults.items()})
+    make.model_class = cls  # type: ignore[attr-defined]
+    return make
 
 
 #: Function names that look like model factories (``build``, ``make_model``, ``resnet18``...).

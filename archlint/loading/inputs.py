@@ -1,24 +1,19 @@
-"""Example inputs: parse specs (config / CLI), infer them from the first layer, build tensors.
+"""Example inputs: parse specs (config / CLI), bind them to forward()'s arguments, build tensors.
 
 The input of a target is settled here, before tracing starts: the one given (config, command
-line, Python API), else :func:`infer_input`; the tracer receives it, or None when there is none.
+line, Python API), else :func:`archlint.loading.infer.infer_input`; the tracer receives it, or None when there is none.
 """
 
 from __future__ import annotations
 
 import inspect
-import operator
 import re
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Union
 
 import torch
-import torch.fx
 from torch import nn
 
-from ..ops import canonical_name, is_leaf_module
-from ..ops.opaque import see_through
 
 DEFAULT_BATCH = 8
 DEFAULT_SEQ_LEN = 32
@@ -49,6 +44,8 @@ class TensorSpec:
     def describe(self) -> str:
         dt = str(self.dtype).replace("torch.", "")
         extra = f", ids in [{self.low}, {self.high})" if self.high is not None else ""
+        if self.origin.startswith("guessed"):
+            extra += " (guessed: forward runs with it)"
         return f"{list(self.shape)} {dt}{extra}"
 
     def make(self, device: str = "cpu", seed: int = 0) -> torch.Tensor:
@@ -89,7 +86,23 @@ class ArgList:
         return "(" + ", ".join(i.describe() for i in self.items) + ")"
 
 
-Arg = Union[TensorSpec, Value, ArgList]
+@dataclass
+class DictArg:
+    """A mapping argument: ``forward(self, batch)`` reading ``batch["user_id"]``; a spec (or a
+    value) per key."""
+
+    items: dict[str, Union[TensorSpec, Value]] = field(default_factory=dict)
+    origin: str = "config"
+
+    def describe(self) -> str:
+        return "{" + ", ".join(f"{k}: {v.describe()}" for k, v in self.items.items()) + "}"
+
+    def make(self, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+        return {k: v.make(device=device, seed=seed + i) for i, (k, v) in
+                enumerate(self.items.items())}
+
+
+Arg = Union[TensorSpec, Value, ArgList, DictArg]
 
 
 @dataclass
@@ -328,6 +341,15 @@ def _parse_arg(raw: Any, where: str, origin: str) -> Arg:
     if isinstance(raw, Mapping):
         if set(raw) == {"value"}:
             return Value(raw["value"], origin=origin)
+        if raw and not set(raw) & (_TENSOR_KEYS | {"value"}) \
+                and all(isinstance(v, Mapping) for v in raw.values()):
+            # a mapping argument: a spec per key
+            items = {str(k): _parse_arg(v, f"{where}.{k}", origin) for k, v in raw.items()}
+            bad = next((k for k, v in items.items() if not isinstance(v, (TensorSpec, Value))),
+                       None)
+            if bad is not None:
+                raise InputError(f"{where}.{bad}: expected a tensor spec or {{value: ...}}")
+            return DictArg(items, origin=origin)  # type: ignore[arg-type]
         return parse_tensor_spec(raw, where, origin)
     if isinstance(raw, list) and raw and all(isinstance(x, Mapping) for x in raw):
         return _parse_list(raw, where, origin)
@@ -346,6 +368,8 @@ def input_to_data(spec: InputSpec) -> list:
                                "high": a.high, "low": a.low}, "origin": a.origin}
         if isinstance(a, Value):
             return {"value": a.value, "origin": a.origin}
+        if isinstance(a, DictArg):
+            return {"dict": [[k, arg(v)] for k, v in a.items.items()], "origin": a.origin}
         return {"items": [arg(i) for i in a.items], "origin": a.origin}
 
     return [[name, arg(a)] for name, a in spec.tensors.items()]
@@ -359,200 +383,9 @@ def input_from_data(data: list) -> InputSpec:
                               high=t["high"], low=t["low"], origin=d["origin"])
         if "value" in d:
             return Value(d["value"], origin=d["origin"])
+        if "dict" in d:
+            return DictArg({k: arg(v) for k, v in d["dict"]},  # type: ignore[misc]
+                           origin=d["origin"])
         return ArgList([arg(i) for i in d["items"]], origin=d["origin"])  # type: ignore[misc]
 
     return InputSpec({name: arg(a) for name, a in data})
-
-
-# ------------------------------------------------------------------------------------------
-# Inference from the first layer
-# ------------------------------------------------------------------------------------------
-
-def infer_input(model: nn.Module) -> Optional[InputSpec]:
-    """Guess the example input from the first layer that reads each required argument.
-
-    A symbolic trace of ``model`` (torch.fx, stopping at the layers archlint classifies, as the
-    tracer does) follows each ``forward`` argument without a default to the first layer that
-    consumes it; that layer's type and sizes give the spec (:func:`spec_for_layer`). When fx
-    cannot trace the model, the first leaf layer in definition order reads the first argument.
-    None when no such layer is found.
-    """
-    with see_through(model) as seen:
-        return _infer_input(seen)
-
-
-def _infer_input(model: nn.Module) -> Optional[InputSpec]:
-    if getattr(model, "_archlint_opaque", False):  # a whole TorchScript model
-        spec = spec_for_layer(model, "model")
-        return InputSpec({None: spec}) if spec is not None else None
-    if uninferable_input(model) is not None:
-        return None
-    required = [p.name for p in forward_parameters(model) if p.default is p.empty]
-    fxg = _symbolic_graph(model)
-    if fxg is not None:
-        specs: dict[Optional[str], Arg] = {}
-        for node in fxg.nodes:
-            if node.op != "placeholder":
-                continue
-            name = str(node.target).lstrip("*")
-            if name not in required:
-                continue
-            spec = _first_consumer_spec(model, node)
-            if spec is None:
-                return None
-            specs[name] = spec
-        if specs:
-            if len(specs) == 1:
-                return InputSpec({None: next(iter(specs.values()))})
-            return InputSpec(specs)
-    for path, mod in model.named_modules():
-        if mod is model or not is_leaf_module(mod):
-            continue
-        spec = spec_for_layer(mod, path)
-        if spec is not None:
-            return InputSpec({None: spec})
-    return None
-
-
-class _LayerTracer(torch.fx.Tracer):
-    """torch.fx with archlint's leaves: torch.nn's own layers; custom blocks traced through."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return is_leaf_module(m)
-
-
-def _symbolic_graph(model: nn.Module) -> Optional[torch.fx.Graph]:
-    try:
-        return _LayerTracer().trace(model)
-    except Exception:  # fx raises many kinds of errors; the tracer reports them
-        return None
-
-
-#: Functional weight layers: canonical call name -> the op :func:`spec_for_weight` knows.
-_FUNCTIONAL_LAYERS = {"linear": "linear", "conv1d": "conv", "conv2d": "conv", "conv3d": "conv",
-                      "embedding": "embedding", "matmul": "linear"}
-
-
-def _first_consumer_spec(model: nn.Module, placeholder: torch.fx.Node) -> Optional[TensorSpec]:
-    """Breadth-first from an argument: the spec the first recognised layer reading it expects."""
-    queue = deque([placeholder])
-    seen = {placeholder}
-    while queue:
-        node = queue.popleft()
-        for user in node.users:
-            if user in seen:
-                continue
-            seen.add(user)
-            if user.op == "call_module":
-                mod = model.get_submodule(str(user.target))
-                spec = spec_for_layer(mod, str(user.target))
-                if spec is not None:
-                    return spec
-            elif user.op == "call_function" or user.op == "call_method":
-                fname = canonical_name(user.target)
-                weights = [a for a in user.all_input_nodes if a.op == "get_attr"]
-                if fname in _FUNCTIONAL_LAYERS and fname != "matmul":
-                    weights = _computed_from(user, node) or weights  # the weight argument
-                if weights and fname in _FUNCTIONAL_LAYERS:
-                    w = _tensor_attribute(model, str(weights[0].target))
-                    if fname == "matmul" and w is not None and w.dim() == 2:
-                        w = w.t()  # x @ W: W is (in, out)
-                    if w is not None:
-                        spec = spec_for_weight(w, _FUNCTIONAL_LAYERS[fname],
-                                               str(weights[0].target))
-                        if spec is not None:
-                            return spec
-            queue.append(user)
-    return None
-
-
-def _computed_from(call: torch.fx.Node, data: torch.fx.Node) -> list[torch.fx.Node]:
-    """The parameter a functional layer's weight argument is (or is computed from:
-    ``F.conv2d(x, self.weight - self.weight.mean(...))``), when the input is not."""
-    weight = call.args[1] if len(call.args) > 1 else call.kwargs.get("weight")
-    if not isinstance(weight, torch.fx.Node) or weight is data:
-        return []
-    queue, seen = deque([weight]), {weight}
-    while queue:
-        node = queue.popleft()
-        if node.op == "get_attr":
-            return [node]
-        if node.op == "placeholder":
-            return []
-        for a in node.all_input_nodes:
-            if a not in seen:
-                seen.add(a)
-                queue.append(a)
-    return []
-
-
-def _tensor_attribute(model: nn.Module, qualified_name: str) -> Optional[torch.Tensor]:
-    try:
-        obj = operator.attrgetter(qualified_name)(model)
-    except AttributeError:
-        return None
-    return obj if hasattr(obj, "dim") else None
-
-
-def spec_for_layer(module: nn.Module, where: str) -> Optional[TensorSpec]:
-    """The example input a first layer expects, with archlint's default sizes."""
-    B, T = DEFAULT_BATCH, DEFAULT_SEQ_LEN
-    origin = f"inferred from {where} ({type(module).__name__})"
-    if getattr(module, "_archlint_opaque", False):  # a TorchScript module: its first layer
-        for name, inner in module.__dict__["target"].named_modules():
-            kind = getattr(inner, "original_name", "")
-            if kind in ("Linear", "Embedding") or kind.startswith("Conv"):
-                n_in = getattr(inner, "in_features", None) or getattr(inner, "in_channels", None)
-                origin = f"inferred from {where}.{name} (scripted {kind})"
-                if kind == "Embedding":
-                    return TensorSpec((B, T), torch.int64, high=int(inner.num_embeddings),
-                                      origin=origin)
-                if kind == "Linear" and n_in:
-                    return TensorSpec((B, int(n_in)), origin=origin)
-                if n_in:
-                    nd = len(inner.kernel_size)
-                    return TensorSpec((B, int(n_in)) + DEFAULT_SPATIAL.get(nd, (32,) * nd),
-                                      origin=origin)
-        return None
-    if isinstance(module, nn.Embedding) or isinstance(module, nn.EmbeddingBag):
-        return TensorSpec((B, T), torch.int64, high=module.num_embeddings, origin=origin)
-    if isinstance(module, nn.Linear):
-        return TensorSpec((B, module.in_features), origin=origin)
-    if isinstance(module, nn.Bilinear):
-        return TensorSpec((B, module.in1_features), origin=origin)
-    if isinstance(module, nn.modules.conv._ConvNd):
-        nd = len(module.kernel_size)
-        return TensorSpec((B, module.in_channels) + DEFAULT_SPATIAL.get(nd, (32,) * nd),
-                          origin=origin)
-    if isinstance(module, nn.RNNBase):
-        shape = (B, T, module.input_size) if module.batch_first else (T, B, module.input_size)
-        return TensorSpec(shape, origin=origin)
-    if isinstance(module, nn.RNNCellBase):
-        return TensorSpec((B, module.input_size), origin=origin)
-    if isinstance(module, nn.MultiheadAttention):
-        e = module.embed_dim
-        return TensorSpec((B, T, e) if module.batch_first else (T, B, e), origin=origin)
-    if isinstance(module, nn.LayerNorm):
-        return TensorSpec((B, T) + tuple(module.normalized_shape), origin=origin)
-    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        extra = {nn.BatchNorm1d: (), nn.BatchNorm2d: (32, 32), nn.BatchNorm3d: (16, 16, 16)}
-        return TensorSpec((B, module.num_features) + extra.get(type(module), (32, 32)),
-                          origin=origin)
-    if isinstance(module, nn.GroupNorm):
-        return TensorSpec((B, module.num_channels, 32, 32), origin=origin)
-    return None
-
-
-def spec_for_weight(weight: torch.Tensor, op: str, where: str) -> Optional[TensorSpec]:
-    """Inference for functional first layers (F.linear / F.conv / F.embedding on a parameter)."""
-    origin = f"inferred from {where} (functional {op})"
-    if op == "linear" and weight.dim() == 2:
-        return TensorSpec((DEFAULT_BATCH, int(weight.shape[1])), origin=origin)
-    if op == "conv" and weight.dim() >= 3:
-        nd = weight.dim() - 2
-        return TensorSpec((DEFAULT_BATCH, int(weight.shape[1])) + DEFAULT_SPATIAL.get(nd, ()),
-                          origin=origin)
-    if op == "embedding" and weight.dim() == 2:
-        return TensorSpec((DEFAULT_BATCH, DEFAULT_SEQ_LEN), torch.int64,
-                          high=int(weight.shape[0]), origin=origin)
-    return None

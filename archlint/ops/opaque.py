@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..graph.derived import flatten_tensors, is_param_only, replay_value
+from ..graph.derived import flatten_tensors, is_param_only, rebuild, replay_value
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
 from .base import Backward, Propagation, unknown
@@ -133,7 +133,7 @@ class _Runner:
         if isinstance(value, torch.Tensor):  # a constant the execution tracer kept
             return value
         if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-            return type(value)(self._fill(v, gen) for v in value)
+            return rebuild(value, (self._fill(v, gen) for v in value))
         if isinstance(value, dict):
             return {k: self._fill(v, gen) for k, v in value.items()}
         return value
@@ -249,14 +249,14 @@ def _opaque_shape(mod: Opaque, args: Any, kwargs: dict) -> Any:
                 raise NoRule("too large to run")
             return torch.zeros(v.shape, dtype=v.dtype)
         if isinstance(v, (list, tuple)):
-            return type(v)(real(x) for x in v)
+            return rebuild(v, (real(x) for x in v))
         return v
 
     def shape(v: Any) -> Any:
         if isinstance(v, torch.Tensor):
             return TensorShape(tuple(v.shape), v.dtype)
         if isinstance(v, (list, tuple)):
-            return type(v)(shape(x) for x in v)
+            return rebuild(v, (shape(x) for x in v))
         return v
 
     with torch.no_grad():

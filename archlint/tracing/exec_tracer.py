@@ -18,7 +18,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..ops import canonical_name, is_leaf_module
-from ..graph.derived import PARAM_ONLY
+from ..graph.derived import PARAM_ONLY, rebuild
 from ..graph.ir import Graph, Kind, Node
 from ..loading.inputs import call_arguments
 from ..loading.sites import user_site
@@ -103,7 +103,7 @@ class _Recorder:
         if isinstance(value, torch.Tensor):
             return self.node_for(value)
         if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-            return type(value)(self.template(v) for v in value)
+            return rebuild(value, (self.template(v) for v in value))
         if isinstance(value, dict):
             return {k: self.template(v) for k, v in value.items()}
         return value

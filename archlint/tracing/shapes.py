@@ -15,6 +15,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from ..graph.derived import rebuild
 from ..ops import canonical_name, function_op, module_op
 from ..ops.shape import NoRule, ShapeMismatch, TensorShape
 from ..paths import display_path
@@ -30,7 +31,7 @@ def to_shape(value: Any) -> Any:
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return tuple(to_shape(v) for v in value)
     if isinstance(value, (list, tuple)):
-        return type(value)(to_shape(v) for v in value)
+        return rebuild(value, (to_shape(v) for v in value))
     if isinstance(value, dict):
         return {k: to_shape(v) for k, v in value.items()}
     return value
@@ -42,7 +43,7 @@ def to_meta(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return torch.empty(value.shape, dtype=value.dtype, device="meta")
     if isinstance(value, (list, tuple)) and not isinstance(value, torch.Size):
-        return type(value)(to_meta(v) for v in value)
+        return rebuild(value, (to_meta(v) for v in value))
     if isinstance(value, dict):
         return {k: to_meta(v) for k, v in value.items()}
     return value
@@ -125,9 +126,11 @@ def _value(node: torch.fx.Node, model: nn.Module, env: dict, inputs: Mapping[str
             if node.op == "call_method":
                 return getattr(args[0], str(node.target))(*args[1:], **kwargs)
             return python_value(node.target, args, kwargs)
+        # a real tensor made from constants (torch.arange(64)) meets the traced ones: its shape
+        args, kwargs = to_shape(args), to_shape(kwargs)
         if node.op == "call_function" and (
                 node.target is getattr or (node.target is operator.getitem
-                                           and isinstance(args[0], (tuple, list)))):
+                                           and isinstance(args[0], (tuple, list, dict)))):
             return python_value(node.target, args, kwargs)
         target = node.target if node.op == "call_function" else str(node.target)
         return function_shape(target, args, kwargs)
