@@ -146,12 +146,13 @@ def _cli_input(shape: Optional[str], dtype: Optional[str], high: Optional[int]
 
 
 def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
-    """Every path is a Python file that defines no class and builds nothing at top level.
+    """Every path is a Python file that defines no class and builds nothing at top level, and
+    holds nothing the built-in source rules look for (no loss, log, sigmoid...).
 
     Such files are never imported (see ``targets.might_define_models``), so the run can answer
     without importing torch, loading the config or the rules.
     """
-    from .loading.targets import might_define_models, split_spec
+    from .loading.targets import might_define_models, might_need_source_rules, split_spec
 
     if not paths:
         return False
@@ -159,7 +160,7 @@ def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
         left, name = split_spec(p)
         path = Path(left)
         if name is not None or not left.endswith(".py") or not path.is_file() or \
-                might_define_models(path):
+                might_define_models(path) or might_need_source_rules(path):
             return False
     return True
 

@@ -25,7 +25,7 @@ TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input
             "timeout", "subprocess")
 #: Seconds each model may take to build and be analysed (``timeout``; 0: no limit).
 DEFAULT_TIMEOUT = 120.0
-TARGET_KEYS = ("target", "kwargs", "input")
+TARGET_KEYS = ("target", "kwargs", "input", "feeds")
 
 
 class ConfigError(ValueError):
@@ -37,6 +37,10 @@ class TargetEntry:
     target: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     input: Optional[InputSpec] = None
+    #: The discriminator this target (a GAN's generator) feeds: D(G(z)) is also linted.
+    feeds: Optional[str] = None
+    #: ``archlint.yaml:7: targets.0.feeds``: where the config says so, for messages.
+    feeds_where: Optional[str] = None
 
 
 @dataclass
@@ -350,6 +354,9 @@ def validate_rule_options(raw: Any, loc: _Located, rules: list[type[Rule]]
                 raise ConfigError(f"{loc.where(okeys)}: unknown option {name!r} for "
                                   f"{rule.code} (allowed: {allowed})")
             clean[canon] = coerce_option(value, rule.options[canon], loc.where(okeys))
+            problem = rule.check_option(canon, clean[canon])
+            if problem is not None:
+                raise ConfigError(f"{loc.where(okeys)}: {problem}")
         out[rule.code] = {**out.get(rule.code, {}), **clean}
     return out
 
@@ -446,5 +453,21 @@ def _validate_targets(raw: Any, loc: _Located) -> list[TargetEntry]:
                 spec = parse_input(item["input"], loc.where(keys + ("input",)))
             except InputError as exc:
                 raise ConfigError(str(exc)) from None
-        out.append(TargetEntry(target=item["target"], kwargs=dict(kwargs), input=spec))
+        feeds, where = item.get("feeds"), None
+        if "feeds" in item:
+            where = loc.where(keys + ("feeds",))
+            if not isinstance(feeds, str) or not _FEEDS.match(feeds):
+                raise ConfigError(f"{where}: expected the discriminator's name in the target's "
+                                  f"file (Discriminator, netD) or file.py:Name, got {feeds!r}")
+            left = item["target"].rpartition(":")[0] if ":" in item["target"] else \
+                item["target"]
+            if not left.endswith(".py"):
+                raise ConfigError(f"{where}: 'feeds' needs a target that is a file "
+                                  f"(gan.py:Generator), not {item['target']!r}")
+        out.append(TargetEntry(target=item["target"], kwargs=dict(kwargs), input=spec,
+                               feeds=feeds, feeds_where=where))
     return out
+
+
+#: ``feeds:``: a (dotted) name, optionally after ``file.py:``.
+_FEEDS = re.compile(r"^([^:]+\.py:)?[A-Za-z_][\w.]*$")

@@ -24,7 +24,7 @@ from .ops import op_info
 from .ops.opaque import named_modules, see_through
 from .loading.sites import module_site
 from .loading.inputs import InputError, InputSpec
-from .rules import Rule, RuleContext
+from .rules import ModelFacts, Rule, RuleContext, SourceContext
 from .loading.targets import display_path
 from .tracing import TraceError, trace_model
 
@@ -203,7 +203,7 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
     failed: list[str] = []
     for rule in settings.rules:
         severity = settings.severity_for(rule)
-        if severity == "off":
+        if severity == "off" or rule.kind == "source":
             continue
         if rule.needs_input and used_spec is None:
             result.notes.append(f"{rule.code} skipped: no example input (give --input-shape or "
@@ -233,6 +233,65 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.error = problems[0] + (f" (and {len(problems) - 1} more: see the notes)"
                                       if len(problems) > 1 else "")
     return result, analysis
+
+
+#: The result of a file's source rules is marked with this ``tracer``.
+SOURCE_TRACER = "source"
+
+
+def source_rules(settings: Settings) -> list[type[Rule]]:
+    """The selected rules of ``kind = "source"`` that are not off."""
+    return [r for r in settings.rules
+            if r.kind == "source" and settings.severity_for(r) != "off"]
+
+
+def lint_source(path: Path, display: str, settings: Settings,
+                models: Optional[dict[str, ModelFacts]] = None) -> Optional[TargetResult]:
+    """Run the source rules on one file (parsed, never imported); None when none is selected.
+
+    A file that cannot be read or parsed gets a note (its import reports the error), never an
+    exception; a rule that raises makes the result an error, the other rules still report."""
+    rules = source_rules(settings)
+    if not rules:
+        return None
+    result = TargetResult(target=display, tracer=SOURCE_TRACER)
+    try:
+        text = path.read_text(encoding="utf-8")
+        import ast
+
+        tree = ast.parse(text, filename=str(path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        return None  # importing the file reports why it cannot be read
+    failed = []
+    for rule in rules:
+        ctx = SourceContext(path=path, display=display, text=text, tree=tree,
+                            options=settings.options_for(rule),
+                            severity=settings.severity_for(rule), models=dict(models or {}),
+                            target=display)
+        try:
+            result.findings.extend(rule().check(ctx))
+            result.rules_run.append(rule.code)
+        except Exception as exc:  # the other rules still run
+            failed.append(f"{rule.code} ({rule.name}) failed: {one_line_error(exc)}"[:300])
+            result.notes.append(failed[-1])
+    result.findings = merge_same_site(result.findings)
+    if failed:
+        result.status = "error"
+        result.error = failed[0]
+    return result
+
+
+def model_facts(name: str, analysis: Optional[Analysis]) -> ModelFacts:
+    """What a source rule may want of an analysed model: the op producing its output."""
+    op = None
+    if analysis is not None and analysis.graph.output is not None:
+        out = analysis.graph.output
+        while out is not None and out.kind == Kind.OUTPUT and len(out.inputs) == 1:
+            out = out.inputs[0]
+        while out is not None and out.kind == Kind.RESHAPE and out.inputs:
+            out = out.inputs[0]
+        op = out.op if out is not None else None
+    return ModelFacts(name=name, output_op=op)
 
 
 def _tied_names(model: nn.Module) -> dict[str, str]:

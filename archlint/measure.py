@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from . import probe
 
-__all__ = ["MeasureResult", "measure_grad_rms", "select_output"]
+__all__ = ["MeasureResult", "measure_dead_fractions", "measure_grad_rms", "select_output"]
 
 Inputs = Union[Tensor, Sequence[Any], Mapping[str, Any]]
 
@@ -184,3 +184,52 @@ def measure_grad_rms(model: nn.Module, inputs: Inputs, seed: int = 0) -> Measure
         rms[name] = _rms(own) if own else None
     y_rms = math.sqrt(float(y.detach().double().pow(2).mean())) if y.numel() else 0.0
     return MeasureResult(rms=rms, output_shape=tuple(y.shape), output_rms=y_rms)
+
+
+#: A unit positive for fewer than this share of its values is dead: P(z > 3) for a Gaussian
+#: pre-activation whose mean is 3 spreads below zero (archlint.rules.dead_units.Z_DEAD).
+DEAD_SHARE = 0.00135
+
+
+def measure_dead_fractions(model: nn.Module, inputs: Inputs, modules: Sequence[str],
+                           seed: int = 0) -> dict[str, tuple[float, int]]:
+    """The fraction of each named module's output units that are (nearly) never positive on
+    ``inputs`` (the probe's train-mode forward pass): what a ReLU after it leaves dead.
+
+    A unit is a feature of a ``Linear``/``LayerNorm`` output (its last dimension) or a channel
+    (dimension 1) otherwise; it is dead when it is positive for fewer than ``DEAD_SHARE`` of
+    its values (samples times positions) -- the share the prediction calls dead. Returns module
+    name -> (dead fraction, values per unit); modules not found or not called are left out.
+    The model is left as it was (modes, buffers)."""
+    wanted = dict(model.named_modules())
+    seen: dict[str, tuple[float, int]] = {}
+    hooks = []
+
+    def hook_for(name: str, mod: nn.Module):
+        last = isinstance(mod, (nn.Linear, nn.LayerNorm, nn.Bilinear))
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            if not isinstance(out, Tensor) or out.dim() == 0 or not out.is_floating_point():
+                return
+            t = out.detach()
+            axis = t.dim() - 1 if last or t.dim() == 1 else 1
+            active = (t > 0).movedim(axis, -1).reshape(-1, t.shape[axis]).double()
+            dead = active.mean(0) < DEAD_SHARE
+            seen[name] = (float(dead.double().mean()), int(active.shape[0]))
+        return hook
+
+    for name in modules:
+        mod = wanted.get(name)
+        if mod is not None:
+            hooks.append(mod.register_forward_hook(hook_for(name, mod)))
+    state = _ModelState(model)
+    try:
+        model.train()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            _call(model, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        state.restore()
+    return seen

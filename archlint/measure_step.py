@@ -39,3 +39,32 @@ def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo]) -
                     measurement=Measurement(median_decades=acc.error, layers=acc.layers,
                                             zero_by_design_agree=acc.zero_agree,
                                             zero_by_design_disagree=acc.zero_disagree))
+
+
+def measure_dead_units(model: nn.Module, spec: InputSpec, findings: list) -> list[str]:
+    """``--measure`` for AL110: the fraction of dead units of each reported layer on the live
+    model (the example input's batch), into the finding's data and message. Returns notes."""
+    from .measure import measure_dead_fractions
+
+    layers = [(f, d) for f in findings if f.code == "AL110"
+              for d in f.data.get("layers") or () if isinstance(d, dict) and d.get("module")]
+    if not layers:
+        return []
+    with see_through(model, wrap_scripts=False) as seen:
+        args, kwargs = call_arguments(seen, spec.bind(seen))
+        measured = measure_dead_fractions(seen, args or kwargs, [d["module"] for _, d in layers])
+    parts: dict[int, list[str]] = {}
+    notes = []
+    for f, d in layers:
+        got = measured.get(d["module"])
+        if got is None:
+            continue
+        d["measured_dead_fraction"], samples = got
+        parts.setdefault(id(f), []).append(f"{d['module']} {100 * got[0]:.0f}%")
+        notes.append(f"dead units of {d['module']}: predicted {100 * d['dead_fraction']:.0f}%, "
+                     f"measured {100 * got[0]:.0f}% (active for under 0.14% of "
+                     f"{samples} values)")
+    for f, _ in layers:
+        if id(f) in parts and "measured:" not in f.message:
+            f.message += f"; measured: {', '.join(parts[id(f)])}"
+    return notes

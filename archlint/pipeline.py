@@ -16,14 +16,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
-from .engine import Analysis, Settings, lint_and_analyse
+from torch import nn
+
+from .engine import Analysis, Settings, lint_and_analyse, lint_source, model_facts
 from .guard import StepError, guarded
 from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
 from .loading.infer import infer_input
 from .loading.inputs import InputSpec, uninferable_input
-from .loading.targets import Target
+from .loading.targets import Target, display_path
+from .rules import ModelFacts
 from .results import TargetResult, Unbuilt, unbuilt_note
 
 #: Seconds each model may take to build and be analysed (and a file to be imported).
@@ -51,15 +54,20 @@ class Job:
     #: not to lint again (already reported, or a child died linting them).
     skip: frozenset = frozenset()
     done: frozenset = frozenset()
+    #: Run the source rules on the target's file after its models (the runner asks it of the
+    #: last target of each file), with what the earlier targets' graphs said of their models.
+    source: bool = True
+    facts: dict[str, ModelFacts] = field(default_factory=dict)
 
 
 @dataclass
 class Outcome:
     """One model's result, and the source files its analysis looked at (where suppression
-    comments can be judged unused)."""
+    comments can be judged unused); ``facts``: what its graph says, for the source rules."""
 
     result: TargetResult
     files: list[str] = field(default_factory=list)
+    facts: list[ModelFacts] = field(default_factory=list)
 
 
 Item = Union[Outcome, Unbuilt]
@@ -79,6 +87,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
                        job.timeout, user_file=target.path)
     except StepError as exc:
         yield error(target.display, str(exc))
+        yield from _source(job, {})  # the source rules need no import
         return
     finally:
         step("idle", "", None)
@@ -101,6 +110,10 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     del built
     if not kept and unbuilt and target.display not in job.done:
         yield error(target.display, unbuilt_note(unbuilt, plan.hint()))  # nothing linted
+    facts: dict[str, ModelFacts] = {}
+    pairs = _pairs(job, plan, kept, step)
+    in_pairs = {m.display for pair in pairs if not isinstance(pair, Outcome) for m in pair}
+    alone: dict[str, TargetResult] = {}
     while kept:
         item = kept.pop(0)
         if item.display in job.done:
@@ -110,11 +123,145 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
             continue
         limit = _remaining(job.timeout, spent.get(item.display, 0.0))
         step("lint", item.display, limit)
-        outcome = lint_model_guarded(item, job, limit, target.path)
+        outcome = lint_model_guarded(item, job, limit, target.path, facts)
         step("idle", "", None)
+        if item.display in in_pairs:
+            alone[item.display] = outcome.result
         yield outcome
         del item, outcome
     yield from unbuilt
+    for pair in pairs:
+        if isinstance(pair, Outcome):  # the config's ``feeds:`` could not be followed
+            yield pair
+            continue
+        g, d = pair
+        display = pair_display(g.display, d.display)
+        if display in job.done:
+            continue
+        step("lint", display, job.timeout)
+        outcome = lint_pair_guarded(g, d, alone.get(g.display), alone.get(d.display), job,
+                                    target.path)
+        step("idle", "", None)
+        yield outcome
+    yield from _source(job, facts)
+
+
+def pair_display(g: str, d: str) -> str:
+    """``gan.py:netD(netG)``: how the report names the composition D(G(z))."""
+    left, _, gname = g.rpartition(":")
+    dname = d.rpartition(":")[2]
+    return f"{left}:{dname}({gname})" if left else f"{dname}({gname})"
+
+
+def _pairs(job: Job, plan: Any, kept: list, step: StepListener) -> list:
+    """The generator/discriminator pairs to lint composed: found by name among the file's
+    models, or the config's ``feeds:`` (the discriminator of the target's generator, built
+    here); an entry that cannot be followed is an error Outcome naming the config key."""
+    from .loading.pairs import find_pairs
+
+    models = [m for m in kept if isinstance(m, LoadedModel)]
+    target = job.target
+    feeds = getattr(target, "feeds", None)
+    if not any(r.kind == "model" for r in job.settings.rules):
+        return []  # only source rules selected: nothing to learn from the composition
+    if feeds is None:
+        if target.name is not None:
+            return []
+        found = find_pairs([(m.display.rsplit(":", 1)[-1], m.model) for m in models])
+        return [(models[g], models[d]) for g, d in found]
+    where = getattr(target, "feeds_where", None) or "feeds"
+    if len(models) != 1:
+        return [error(target.display, f"{where}: {target.display} must be one generator to "
+                                      f"feed {feeds!r} (it has {len(models)} models)")]
+    cand = plan.feeds
+    if cand is None:
+        return [error(target.display, f"{where}: {plan.feeds_error or feeds!r}")]
+    step("build", cand.display, job.timeout)
+    try:
+        model = guarded(cand.build, f"cannot build {cand.display}", job.timeout,
+                        user_file=cand.user_file)
+    except StepError as exc:
+        return [error(target.display, f"{where}: {exc}")]
+    finally:
+        step("idle", "", None)
+    if not isinstance(model, nn.Module):
+        return [error(target.display, f"{where}: {cand.display} is not an nn.Module")]
+    return [(models[0], LoadedModel(cand.display, model, None))]
+
+
+def lint_pair_guarded(g: LoadedModel, d: LoadedModel, g_alone: Optional[TargetResult],
+                      d_alone: Optional[TargetResult], job: Job,
+                      user_file: Optional[Path] = None) -> Outcome:
+    """D(G(z)) linted as one model from the generator's input; its findings on the
+    generator's layers (those the generator alone does not have), with the decades the
+    discriminator costs the generator."""
+    from .loading.pairs import ComposedGAN, fit_pair
+
+    display = pair_display(g.display, d.display)
+
+    def work() -> Outcome:
+        seed_everything()
+        spec = g.input or job.default_input or infer_input(g.model)
+        if spec is None:
+            return Outcome(TargetResult(target=display, notes=[
+                f"D(G(z)) not analysed: no example input for {g.display}"]))
+        fitted, problem = fit_pair(g.model, d.model, spec)
+        if fitted is None:
+            return Outcome(TargetResult(target=display, notes=[
+                f"D(G(z)) not analysed: {problem}"]))
+        seed_everything()
+        composed = ComposedGAN(g.model, d.model)
+        outcome = _lint_loaded(LoadedModel(display, composed, fitted), fitted, job)
+        _as_generator_sees_it(outcome.result, g_alone, d_alone, g.display, d.display)
+        return outcome
+
+    try:
+        return guarded(work, "cannot analyse", job.timeout, user_file=user_file)
+    except StepError as exc:
+        return error(display, str(exc))
+
+
+def _as_generator_sees_it(result: TargetResult, g_alone: Optional[TargetResult],
+                          d_alone: Optional[TargetResult], g_name: str, d_name: str) -> None:
+    """Keep the composition's findings on the generator's layers that the generator alone
+    does not have; say how many decades the discriminator costs the generator."""
+    if result.status != "ok":
+        return
+    seen = {(f.code, f.path, f.line) for f in (g_alone.findings if g_alone else [])}
+    kept = [f for f in result.findings
+            if (f.module or "").startswith("generator") and (f.code, f.path, f.line) not in seen]
+    result.findings = kept
+    flow = result.gradient_flow.get("vanishing")
+    alone = g_alone.gradient_flow.get("vanishing") if g_alone is not None else None
+    if flow is None:
+        return
+    total = -flow.decades
+    own = -alone.decades if alone is not None else 0.0
+    cost = total - own
+    text = (f"D(G(z)): the generator's gradient loses {total:.1f} decades from its first "
+            f"layer to the discriminator's output; the discriminator ({d_name.rpartition(':')[2]}"
+            f") costs the generator {cost:.1f} decades ({g_name.rpartition(':')[2]} alone: "
+            f"{own:.1f})")
+    result.notes.append(text)
+    for f in kept:
+        f.data["discriminator_decades"] = round(cost, 3)
+        f.data["composed_decades"] = round(total, 3)
+        if f.code == "AL105":
+            f.message += (f"; composed with the discriminator, as the generator's gradient "
+                          f"sees it: the discriminator ({d_name.rpartition(':')[2]}) costs the "
+                          f"generator {cost:.1f} decades ({g_name.rpartition(':')[2]} alone "
+                          f"loses {own:.1f})")
+
+
+def _source(job: Job, facts: dict[str, ModelFacts]) -> Iterator[Item]:
+    """The source rules on the target's file (never imported for them), once its models are
+    linted: their graphs tell which ones end in a sigmoid."""
+    path = job.target.path
+    if not job.source or path is None or not path.is_file():
+        return
+    result = lint_source(path, display_path(path), job.settings, {**job.facts, **facts})
+    if result is not None:
+        yield Outcome(result, [str(path)])
 
 
 def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
@@ -124,8 +271,10 @@ def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
 
 
 def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
-                       user_file: Optional[Path] = None) -> Outcome:
-    """Settle the example input, trace, analyse, run the rules (and ``--measure``)."""
+                       user_file: Optional[Path] = None,
+                       facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
+    """Settle the example input, trace, analyse, run the rules (and ``--measure``).
+    ``facts``: filled with what the source rules may read of the analysed model."""
     def work() -> Outcome:
         seed_everything()
         spec = loaded.input or job.default_input or infer_input(loaded.model)
@@ -133,24 +282,34 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
             problem = uninferable_input(loaded.model)
             if problem is not None:
                 return error(loaded.display, problem)
-        result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
-        if loaded.note:
-            result.notes.insert(0, loaded.note)
-        if job.measure and analysis is not None:
-            seed_everything()
-            _measure(loaded, analysis, result)
-        if job.diff and analysis is not None and analysis.fixes:
-            from .fixes import add_diffs
-
-            result.notes.extend(add_diffs(analysis.fixes))
-        files = sorted({n.site.path for n in analysis.graph.nodes if n.site is not None}) \
-            if analysis is not None else []
-        return Outcome(result, files)
+        return _lint_loaded(loaded, spec, job, facts)
 
     try:
         return guarded(work, "cannot analyse", limit, user_file=user_file)
     except StepError as exc:
         return error(loaded.display, str(exc))
+
+
+def _lint_loaded(loaded: LoadedModel, spec: Optional[InputSpec], job: Job,
+                 facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
+    """Trace, analyse, run the rules (and ``--measure``, ``--diff``): inside a guarded step."""
+    result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+    if loaded.note:
+        result.notes.insert(0, loaded.note)
+    found = [model_facts(name, analysis) for name in
+             sorted({type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]})]
+    if facts is not None:
+        facts.update({f.name: f for f in found})
+    if job.measure and analysis is not None:
+        seed_everything()
+        _measure(loaded, analysis, result)
+    if job.diff and analysis is not None and analysis.fixes:
+        from .fixes import add_diffs
+
+        result.notes.extend(add_diffs(analysis.fixes))
+    files = sorted({n.site.path for n in analysis.graph.nodes if n.site is not None}) \
+        if analysis is not None else []
+    return Outcome(result, files, found)
 
 
 def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> None:
@@ -161,6 +320,14 @@ def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> N
     if spec is None:
         result.notes.append("--measure skipped: no example input")
         return
+    if any(f.code == "AL110" for f in result.findings):
+        from .measure_step import measure_dead_units
+
+        try:
+            result.notes.extend(measure_dead_units(loaded.model, spec, result.findings))
+        except Exception as exc:  # the findings stand unmeasured
+            result.notes.append(f"measuring dead units failed: {type(exc).__name__}: "
+                                f"{exc}"[:300])
     try:
         measured = measure_target(loaded.model, spec, result.layers)
     except Exception as exc:  # keep the other targets

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 
 from .baseline import Baseline
 from .config import Config
-from .engine import Settings
+from .engine import SOURCE_TRACER, Settings
 from .guard import can_interrupt, watch_interrupts
 from .pipeline import Item, Job, error, lint_target
 from .watchdog import Watchdog
@@ -113,6 +113,9 @@ def collect_targets(config: Config, opts: RunOptions) -> list[Target | Unresolve
         for t in found:
             if t.import_path is not None:
                 t.search_path = config.root  # package.module:fn is relative to the config too
+            if entry.feeds is not None:
+                t.feeds, t.feeds_where = _config_feeds(entry.feeds, config.root), \
+                    entry.feeds_where
         targets.extend(found)
     return targets
 
@@ -121,6 +124,11 @@ def _without_prefix(message: str, left: str) -> str:
     """``nope.py: no such file or directory`` -> ``no such file or directory`` (the target's
     name is printed before it anyway)."""
     return message[len(left) + 2:] if message.startswith(left + ": ") else message
+
+
+def _config_feeds(feeds: str, root: Path) -> str:
+    """``feeds: models/d.py:Disc`` is relative to the config's folder, like ``target:``."""
+    return _config_relative(feeds, root) if ":" in feeds else feeds
 
 
 def _config_relative(spec: str, root: Path) -> str:
@@ -148,6 +156,9 @@ def _attach_config_entries(targets: list[Target], config: Config) -> None:
                 t.kwargs = dict(entry.kwargs)  # type: ignore[attr-defined]
             if t.input is None:
                 t.input = entry.input  # type: ignore[attr-defined]
+            if entry.feeds is not None and t.feeds is None:  # type: ignore[attr-defined]
+                t.feeds = _config_feeds(entry.feeds, config.root)  # type: ignore[attr-defined]
+                t.feeds_where = entry.feeds_where  # type: ignore[attr-defined]
 
 
 def run(config: Config, opts: RunOptions) -> Report:
@@ -175,12 +186,24 @@ class _Run:
         #: The target being linted and the models of it already reported.
         self.current: Optional[Target] = None
         self.reported: set[str] = set()
+        #: Files whose source rules have reported (once per file).
+        self.source_files: set[str] = set()
+        #: The source rules run with the last target of each file, knowing what the graphs
+        #: of the file's models linted before said (``ModelFacts`` by name).
+        self.last_of_file: dict[Path, int] = {}
+        for t in self.targets:
+            if isinstance(t, Target) and t.path is not None:
+                self.last_of_file[t.path.resolve()] = id(t)
+        self.file_facts: dict[Path, dict] = {}
 
     def job(self, target: Target, skip: frozenset = frozenset(),
             done: frozenset = frozenset()) -> Job:
+        path = target.path.resolve() if target.path is not None else None
         return Job(target, self.settings, default_input=self.config.input,
                    measure=self.opts.measure, diff=self.opts.diff, timeout=self.timeout,
-                   skip=skip, done=done)
+                   skip=skip, done=done,
+                   source=path is None or self.last_of_file.get(path) == id(target),
+                   facts=dict(self.file_facts.get(path, {})) if path is not None else {})
 
     def children(self) -> ChildPool:
         if self.pool is None:
@@ -263,11 +286,21 @@ class _Run:
             report.unbuilt.append(item)
             return
         result = item.result
+        if item.facts and target is not None and target.path is not None:
+            known = self.file_facts.setdefault(target.path.resolve(), {})
+            known.update({f.name: f for f in item.facts})
+        source = result.tracer == SOURCE_TRACER
+        if source:  # a file's source rules: once per file, however many of its targets
+            if result.target in self.source_files:
+                return
+            self.source_files.add(result.target)
         self.reported.add(result.target)
         self.coverage.add(result, target, item.files)
         if self.suppressions is not None:
             result.findings, silenced = self.suppressions.filter(result.findings)
             report.suppressed += silenced
+        if source and result.status == "ok" and not result.findings and not result.notes:
+            return  # nothing to say about the file's source: no target of its own
         _apply_per_file_ignores(result, self.config,
                                 target.path if target is not None else None)
         if opts.baseline is not None:

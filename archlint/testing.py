@@ -53,7 +53,9 @@ class ExampleCheck:
 def lint_example(rule: type[Rule], source: str,
                  rules: Optional[Iterable[type[Rule]]] = None) -> TargetResult:
     """Lint ``source`` (a module defining ``class Model``) as a file with only ``rule``
-    selected, and return the result of ``Model``.
+    selected, and return the result of ``Model``. A source rule's example (``kind =
+    "source"``: a training script, with or without a model) is linted as a whole file, and the
+    result of the file's source is returned.
 
     ``rules``: the rules the run knows (default: the built-in rules, plus ``rule`` when it is
     not one of them). A rule that judges suppression comments after every other rule ran
@@ -68,12 +70,25 @@ def lint_example(rule: type[Rule], source: str,
     try:
         path = folder / f"{rule.code.lower()}_example.py"
         path.write_text(source)
-        opts = RunOptions(paths=[f"{path}:Model"], input=_example_input(source, path),
+        is_source = getattr(rule, "kind", "model") == "source"
+        opts = RunOptions(paths=[str(path) if is_source else f"{path}:Model"],
+                          input=_example_input(source, path),
                           select=None if rule.checks_source else [rule.code],
                           report_unused_suppressions=rule.checks_source)
         report = run(Config(local_rules=list(dict.fromkeys(local))), opts)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if is_source:
+        from .engine import SOURCE_TRACER
+
+        errors = [t for t in report.targets if t.status != "ok"]
+        mine = [t for t in report.targets if t.tracer == SOURCE_TRACER]
+        if mine:
+            return mine[0]
+        if errors and errors[0].tracer == SOURCE_TRACER:
+            return errors[0]
+        # nothing to say about the file's source: a clean result
+        return TargetResult(target=path.name, tracer=SOURCE_TRACER, rules_run=[rule.code])
     return report.targets[0]
 
 

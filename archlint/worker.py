@@ -37,6 +37,7 @@ from .loading.inputs import input_from_data, input_to_data
 from .loading.targets import Target
 from .pipeline import Item, Job, Outcome, error
 from .results import Unbuilt, result_from_dict
+from .rules import ModelFacts
 
 #: Seconds past a step's limit before the parent kills the child (the child's own timer, which
 #: interrupts Python code, fires first and reports the timeout itself).
@@ -64,7 +65,8 @@ def _target_data(t: Target) -> dict[str, Any]:
             "name": t.name, "import_path": t.import_path, "kwargs": t.kwargs,
             "input": input_to_data(t.input) if t.input is not None else None,
             "explicit": t.explicit,
-            "search_path": str(t.search_path) if t.search_path is not None else None}
+            "search_path": str(t.search_path) if t.search_path is not None else None,
+            "feeds": t.feeds, "feeds_where": t.feeds_where}
 
 
 def _target_from(d: dict[str, Any]) -> Target:
@@ -72,7 +74,8 @@ def _target_from(d: dict[str, Any]) -> Target:
                   name=d["name"], import_path=d["import_path"], kwargs=d["kwargs"],
                   input=input_from_data(d["input"]) if d["input"] is not None else None,
                   explicit=d["explicit"],
-                  search_path=Path(d["search_path"]) if d["search_path"] else None)
+                  search_path=Path(d["search_path"]) if d["search_path"] else None,
+                  feeds=d.get("feeds"), feeds_where=d.get("feeds_where"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -193,7 +196,8 @@ class ChildPool:
                 return
             data = {"target": _target_data(job.target), "default_input":
                     input_to_data(job.default_input) if job.default_input is not None else None,
-                    "skip": sorted(skip), "done": sorted(done)}
+                    "skip": sorted(skip), "done": sorted(done), "source": job.source,
+                    "facts": [dataclasses.asdict(f) for f in job.facts.values()]}
             if not child.send({"job": data}):
                 child.kill()
                 self.child = None
@@ -226,7 +230,8 @@ class ChildPool:
                 elif kind == "outcome":
                     result = result_from_dict(event["result"])
                     done.add(result.target)
-                    yield Outcome(result, event.get("files", []))
+                    yield Outcome(result, event.get("files", []),
+                                  [ModelFacts(**f) for f in event.get("facts", [])])
                 elif kind == "unbuilt":
                     yield Unbuilt(**event["unbuilt"])
                 elif kind == "done":
@@ -309,7 +314,9 @@ def _serve(emit: Any) -> None:
                       if data["default_input"] is not None else None,
                       measure=setup["measure"], diff=setup.get("diff", False),
                       timeout=setup["timeout"],
-                      skip=frozenset(data["skip"]), done=frozenset(data["done"]))
+                      skip=frozenset(data["skip"]), done=frozenset(data["done"]),
+                      source=data.get("source", True),
+                      facts={f["name"]: ModelFacts(**f) for f in data.get("facts", [])})
 
             def step(kind: str, what: str, limit: Optional[float]) -> None:
                 emit({"event": "step", "kind": kind, "what": what, "limit": limit})
@@ -319,7 +326,8 @@ def _serve(emit: Any) -> None:
                     emit({"event": "unbuilt", "unbuilt": dataclasses.asdict(item)})
                 else:
                     emit({"event": "outcome", "result": dataclasses.asdict(item.result),
-                          "files": item.files})
+                          "files": item.files,
+                          "facts": [dataclasses.asdict(f) for f in item.facts]})
             emit({"event": "done"})
 
 

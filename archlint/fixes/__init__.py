@@ -50,8 +50,9 @@ DESCRIPTIONS: dict[str, list[str]] = {
         "re-initialise its weight layers (He/LeCun, orthogonal)",
     ],
     "AL110": [
-        "initialise the biases of the layers whose units are dead at zero",
-        "replace their ReLU with GELU or LeakyReLU",
+        "initialise the biases (after a normalisation layer: its shift, beta) of the layers "
+        "whose units are dead at zero",
+        "replace their ReLU with LeakyReLU or GELU",
     ],
     "AL106": [
         "re-initialise the weight layers on the dominant gradient path (He/LeCun, orthogonal)",

@@ -483,25 +483,29 @@ def _al105(finding: Finding, ctx: Context) -> list[Candidate]:
 
 @register("AL110")
 def _al110(finding: Finding, ctx: Context) -> list[Candidate]:
-    """Dead ReLU units (a shifted bias, a norm's shift): biases at zero, or an activation that
-    passes gradient where ReLU passes none."""
+    """Dead ReLU units (a shifted bias, a norm's shift): biases (or the norm's shift) at zero,
+    or an activation that passes gradient where ReLU passes none."""
+    from ..rules.dead_units import DEAD_OPS, dead_input
+
     names = {d.get("module") for d in finding.data.get("layers") or () if isinstance(d, dict)}
-    layers = [n for n in ctx.graph.nodes if n.kind in (Kind.LINEAR, Kind.CONV)
+    layers = [n for n in ctx.graph.nodes if n.kind in (Kind.LINEAR, Kind.CONV, Kind.NORM)
               and n.module is not None and n.module_path in names]
     acts = [n for n in ctx.graph.nodes if n.kind == Kind.ACTIVATION
-            and n.op in ("relu", "relu6") and producer(n) in layers]
+            and n.op in DEAD_OPS and dead_input(n) in layers]
     out = []
     biased = [n for n in _unique(layers) if isinstance(getattr(n.module, "bias", None),
                                                        torch.Tensor)]
     if biased:
+        norms = all(n.kind == Kind.NORM for n in biased)
+        what = "shifts (beta)" if norms else "biases"
         out.append(Candidate(
-            kind="reinitialize", description=f"initialise the biases of the {_what(biased)} at 0",
+            kind="reinitialize", description=f"initialise the {what} of the {_what(biased)} at 0",
             modules=_names(biased), parameters={"init": "zeros", "parameter": "bias",
                                                 "layers": _names(biased)},
             actions=[Action("bias", n, tensor=torch.zeros_like(n.module.bias.detach()))
                      for n in biased],
             source=_sources(biased, "init", ctx.graph, scheme="zeros", parameter="bias")))
-    for k, (op, label) in enumerate((("gelu", "GELU"), ("leaky_relu", "LeakyReLU"))):
+    for k, (op, label) in enumerate((("leaky_relu", "LeakyReLU"), ("gelu", "GELU"))):
         if acts:
             out.append(Candidate(
                 kind="replace-activation", description=f"replace the {_what(acts)} with {label}",

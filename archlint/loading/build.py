@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import nn
+from torch.nn.modules.loss import _Loss
 
 from ..guard import StepError, TimeLimitExceeded, guarded, one_line_error
 from ..results import Unbuilt
@@ -325,6 +326,9 @@ class Plan:
     need_arguments: list[tuple[type, str]] = field(default_factory=list)
     #: Functions of the file that might build a model (``build``), for the hint.
     factories: list[str] = field(default_factory=list)
+    #: The discriminator the config's ``feeds:`` names (to build), or why it cannot be found.
+    feeds: Optional[Candidate] = None
+    feeds_error: Optional[str] = None
 
     def keep(self, built: list[tuple[Candidate, Union[nn.Module, LoadFailure]]]
              ) -> tuple[list[Union[LoadedModel, LoadFailure]], list[Unbuilt]]:
@@ -379,7 +383,29 @@ def plan_target(target: Target) -> Plan:
         plan.candidates.append(_named(module, target, target.path))
     else:
         _file_models(module, target, plan)
+    if target.feeds:
+        _feeds(plan, module, target)
     return plan
+
+
+def _feeds(plan: Plan, module: ModuleType, target: Target) -> None:
+    """The discriminator named by the config's ``feeds:``: a name of the target's file, or
+    ``file.py:Name`` (relative to the working directory)."""
+    assert target.path is not None and target.feeds is not None
+    left, _, name = target.feeds.rpartition(":")
+    path = target.path
+    try:
+        if left:
+            path = Path(left)
+            if not path.is_file():
+                plan.feeds_error = f"{left}: no such file"
+                return
+            module = import_file(path.resolve())
+        spec = Target(display=f"{display_path(path)}:{name}", path=path.resolve(), name=name,
+                      explicit=True)
+        plan.feeds = _named(module, spec, path.resolve())
+    except LoadError as exc:
+        plan.feeds_error = f"{exc} (the discriminator {target.feeds!r} it names)"
 
 
 def load_target(target: Target) -> list[Union[LoadedModel, LoadFailure]]:
@@ -445,6 +471,8 @@ def _file_models(module: ModuleType, target: Target, plan: Plan) -> None:
                 else:
                     plan.need_arguments.append((obj, f"{obj.__name__}({', '.join(needed)})"))
         elif isinstance(obj, nn.Module):
+            if isinstance(obj, _Loss):
+                continue  # ``criterion = nn.BCELoss()`` in a training script: not a model
             site = obj.__dict__.get(SITE_ATTR)
             if (site is not None and Path(site.path).resolve() == path) or attr in assigned:
                 instances.append((attr, obj))

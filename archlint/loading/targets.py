@@ -48,6 +48,10 @@ class Target:
     explicit: bool = False
     #: Folder to import ``import_path`` from besides the working directory (the config's).
     search_path: Optional[Path] = None
+    #: The config's ``feeds:``: the discriminator this target's generator feeds (a name of the
+    #: same file, or ``file.py:Name``), and where the config says so (for messages).
+    feeds: Optional[str] = None
+    feeds_where: Optional[str] = None
 
 
 def is_excluded(path: Path, patterns: list[str]) -> bool:
@@ -104,6 +108,21 @@ def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
         raise TargetError(f"{spec}: {left!r} is neither a path nor a dotted module name")
     return [Target(display=spec, import_path=left, name=name, kwargs=kwargs, input=input_spec,
                    explicit=True)]
+
+
+#: Words without which a file cannot hold what the built-in source rules look for (a loss, a
+#: log, a sigmoid, a softmax): a script without them and without models is not even parsed.
+SOURCE_CUES = ("log", "loss", "sigmoid", "softmax", "bce", "binary_cross_entropy", "nll",
+               "softplus", "criterion")
+
+
+def might_need_source_rules(path: Path) -> bool:
+    """Cheap check: could the built-in source rules (AL108, AL109) find anything in the file?"""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace").lower()
+    except OSError:
+        return True
+    return any(cue in text for cue in SOURCE_CUES)
 
 
 def might_define_models(path: Path) -> bool:

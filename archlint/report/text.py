@@ -18,7 +18,8 @@ def shown_by_default(note: str) -> bool:
     if note.startswith(TRACER_NOTES):
         return False
     return ("skipped" in note or "failed" in note or note.startswith("no gradient analysis")
-            or note.startswith("no tensor output") or note.startswith("estimate vs measured"))
+            or note.startswith("no tensor output") or note.startswith("estimate vs measured")
+            or note.startswith("dead units of"))
 
 
 def _decades(x: Optional[float]) -> str:
@@ -85,7 +86,8 @@ def render_text(report: Report, verbose: bool = False) -> str:
                 if note != t.error and (verbose or shown_by_default(note)):
                     lines.append(f"{t.target}: note: {note}")
         elif verbose:
-            detail = f"traced with {t.tracer}"
+            detail = "source read, not imported" if t.tracer == "source" else \
+                f"traced with {t.tracer}"
             if t.input:
                 detail += f"; input {t.input}"
             lines.append(f"{t.target}: {detail}; {len(t.findings)} finding(s)")
@@ -105,7 +107,10 @@ def render_text(report: Report, verbose: bool = False) -> str:
     c = report.counts()
     total = sum(c.values())
     n = len(report.targets)
-    tracers = sorted({t.tracer for t in report.targets if t.tracer})
+    tracers = sorted({t.tracer for t in report.targets if t.tracer and t.tracer != "source"})
+    sources = sum(1 for t in report.targets if t.tracer == "source")
+    if sources:
+        tracers.append(f"{sources} source file{'s' if sources != 1 else ''}")
     summary = (f"Found {total} finding{'s' if total != 1 else ''} "
                f"({c['error']} error, {c['warning']} warning, {c['info']} info) in {n} "
                f"target{'s' if n != 1 else ''}")

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Iterable, Optional
 
 from ..results import SEVERITIES
-from .base import Rule, RuleContext
+from .base import ModelFacts, Rule, RuleContext, SourceContext
 
 #: What a rule code looks like: capital letters, then digits.
 CODE_PATTERN = re.compile(r"^([A-Z]+)([0-9]+)$")
@@ -79,6 +79,8 @@ def check_rule(rule: type[Rule], builtin: bool = False) -> Optional[str]:
             isinstance(k, str) and _NAME_PATTERN.match(k) and k != "severity"
             for k in rule.options):
         return "options must map kebab-case names (not 'severity') to their defaults"
+    if getattr(rule, "kind", "model") not in ("model", "source"):
+        return f"kind {rule.kind!r} is not 'model' or 'source'"
     if rule.check is Rule.check:
         return "defines no check(self, ctx) method"
     if not rule.documentation():
@@ -211,7 +213,7 @@ def code_prefixes(rules: Iterable[type[Rule]]) -> set[str]:
     return {m.group(1) for r in rules if (m := CODE_PATTERN.match(r.code))}
 
 
-__all__ = ["ALL_RULES", "BUILTIN_PREFIX", "CODE_PATTERN", "ENTRY_POINT_GROUP", "Rule",
-           "RuleContext", "RuleError", "check_rule", "checked", "code_prefixes", "describe", "find_rule",
+__all__ = ["ALL_RULES", "BUILTIN_PREFIX", "CODE_PATTERN", "ENTRY_POINT_GROUP", "ModelFacts",
+           "Rule", "RuleContext", "SourceContext", "RuleError", "check_rule", "checked", "code_prefixes", "describe", "find_rule",
            "known_selector", "matches", "plugin_rules", "rule_set", "rules_in_module",
            "selected_rules"]

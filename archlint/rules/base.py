@@ -6,12 +6,17 @@ kebab-case name, default severity, options with defaults, documentation under ru
 (the class docstring, printed by ``archlint explain CODE``), a bad and a good example model (run
 as tests by :mod:`archlint.testing`), and ``check``, which reads the analysed graph and its facts
 from a :class:`RuleContext` and yields findings. Rules never trace, import or measure.
+
+A rule of ``kind = "source"`` reads a file's source instead (its ``ast``, without importing it):
+``check`` then receives a :class:`SourceContext`, once per file the run lints -- training
+scripts without a model, and files whose models fail to build, included.
 """
 
 from __future__ import annotations
 
+import ast
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterable, Iterator, Optional
 
@@ -41,6 +46,37 @@ class RuleContext:
     target: str = ""
 
 
+@dataclass
+class ModelFacts:
+    """What the analysed graph of one model of the file says, for source rules: how its output
+    is produced (``"sigmoid"``, ``"softmax"``, ``"log_softmax"``, ``"linear"``...)."""
+
+    #: The model's class name (or the module-level name it was linted under).
+    name: str
+    #: Canonical op of the node producing the model's output, or None when unknown.
+    output_op: Optional[str] = None
+
+
+@dataclass
+class SourceContext:
+    """What a source rule's ``check`` reads: one Python file, parsed, never imported."""
+
+    #: The file, and its name as reports show it.
+    path: Path
+    display: str
+    #: Its text and syntax tree (``ast.parse``).
+    text: str
+    tree: ast.Module
+    options: dict[str, Any]
+    severity: str
+    #: The file's models that were built and analysed in this run, by class name (and by the
+    #: module-level name of an instance): what their graphs say. Empty when none was (a script,
+    #: a file whose models failed to build): read the class source then.
+    models: dict[str, ModelFacts] = field(default_factory=dict)
+    #: The target being linted, as the report names it.
+    target: str = ""
+
+
 class Rule:
     #: Capital letters, then digits; ``AL`` codes are archlint's, a team's rules use others
     #: (``TEAM001``).
@@ -60,6 +96,17 @@ class Rule:
     #: A rule that judges the source's suppression comments once every other rule has run (the
     #: built-in AL900), not the graph: its examples are checked with every rule selected.
     checks_source: ClassVar[bool] = False
+    #: ``"model"``: ``check`` reads one analysed model (:class:`RuleContext`). ``"source"``:
+    #: ``check`` reads one file's syntax tree (:class:`SourceContext`), without importing it; it
+    #: runs on every file the run lints, scripts with no model included. Its examples are files
+    #: (a training script), linted whole.
+    kind: ClassVar[str] = "model"
+
+    @classmethod
+    def check_option(cls, name: str, value: Any) -> Optional[str]:
+        """What is wrong with the config's ``value`` for option ``name`` (already of the
+        default's type), or None. Override to refuse values out of range."""
+        return None
 
     def check(self, ctx: RuleContext) -> Iterator[Finding]:  # pragma: no cover - abstract
         """Yield a :class:`~archlint.results.Finding` (see :meth:`finding`) for each problem."""
@@ -81,6 +128,16 @@ class Rule:
             module=module if module is not None else (node.location_module if node else None),
             hint=hint, data=data or {},
         )
+
+    def source_finding(self, ctx: SourceContext, node: Optional[ast.AST], message: str,
+                       hint: Optional[str] = None, data: Optional[dict] = None,
+                       module: Optional[str] = None) -> Finding:
+        """A finding of a source rule located at ``node``'s line and column in ``ctx.path``."""
+        line = getattr(node, "lineno", None)
+        col = getattr(node, "col_offset", None)
+        return Finding(code=self.code, name=self.name, severity=ctx.severity, message=message,
+                       path=ctx.display, line=line, column=col + 1 if col is not None else None,
+                       module=module, hint=hint, data=data or {})
 
     @classmethod
     def documentation(cls) -> str:
