@@ -87,7 +87,7 @@ def render_text(report: Report, verbose: bool = False) -> str:
                     lines.append(f"{t.target}: note: {note}")
         elif verbose:
             detail = "source read, not imported" if t.tracer == "source" else \
-                f"traced with {t.tracer}"
+                f"traced with {t.tracer}" if t.tracer else "not traced"
             if t.input:
                 detail += f"; input {t.input}"
             lines.append(f"{t.target}: {detail}; {len(t.findings)} finding(s)")
