@@ -195,7 +195,7 @@ def lint_pair_guarded(g: LoadedModel, d: LoadedModel, g_alone: Optional[TargetRe
     """D(G(z)) linted as one model from the generator's input; its findings on the
     generator's layers (those the generator alone does not have), with the decades the
     discriminator costs the generator."""
-    from .loading.pairs import ComposedGAN, fit_pair
+    from .loading.pairs import composed, fit_pair
 
     display = pair_display(g.display, d.display)
 
@@ -210,8 +210,9 @@ def lint_pair_guarded(g: LoadedModel, d: LoadedModel, g_alone: Optional[TargetRe
             return Outcome(TargetResult(target=display, notes=[
                 f"D(G(z)) not analysed: {problem}"]))
         seed_everything()
-        composed = ComposedGAN(g.model, d.model)
-        outcome = _lint_loaded(LoadedModel(display, composed, fitted), fitted, job)
+        pair = composed(g.model, d.model)
+        assert pair is not None  # fit_pair said it composes
+        outcome = _lint_loaded(LoadedModel(display, pair, fitted), fitted, job)
         _as_generator_sees_it(outcome.result, g_alone, d_alone, g.display, d.display)
         return outcome
 

@@ -284,6 +284,63 @@ def test_dcgan_pair_gets_no_finding():
     assert [f.code for t in report.targets for f in t.findings] == ["AL109"]
 
 
+CONDITIONAL = """
+import torch
+import torch.nn as nn
+
+
+class Generator(nn.Module):
+    def __init__(self, latent_dim=32, n_classes=10):
+        super().__init__()
+        self.label_emb = nn.Embedding(n_classes, n_classes)
+        layers = [nn.Linear(latent_dim + n_classes, 64)]
+        for _ in range(SIGMOIDS):
+            layers += [nn.Sigmoid(), nn.Linear(64, 64)]
+        self.model = nn.Sequential(*layers, nn.Linear(64, 784), nn.Tanh())
+
+    def forward(self, noise, labels):
+        return self.model(torch.cat((self.label_emb(labels), noise), -1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, n_classes=10):
+        super().__init__()
+        self.label_embedding = nn.Embedding(n_classes, n_classes)
+        layers = [nn.Linear(784 + n_classes, 64)]
+        for _ in range(SIGMOIDS):
+            layers += [nn.Sigmoid(), nn.Linear(64, 64)]
+        self.model = nn.Sequential(*layers, nn.Linear(64, 1))
+
+    def forward(self, img, labels):
+        return self.model(torch.cat((img.view(img.size(0), -1), self.label_embedding(labels)), -1))
+"""
+
+
+def test_a_conditional_pair_is_composed_with_its_labels(tmp_path):
+    # cGAN: G(noise, labels) and D(img, labels); the composition passes D the same labels
+    path = write(tmp_path / "cgan.py", CONDITIONAL.replace("SIGMOIDS", "4"))
+    report = run_paths(path, fixes=False)
+    (pair,) = [t for t in report.targets if t.target.endswith(":Discriminator(Generator)")]
+    assert pair.status == "ok" and pair.tracer, pair.notes
+    assert "noise=[8, 32]" in pair.input and "labels=[8]" in pair.input
+    assert any("costs the generator" in n for n in pair.notes), pair.notes
+    g = next(t for t in report.targets if t.target.endswith(":Generator"))
+    assert -pair.gradient_flow["vanishing"].decades > -g.gradient_flow["vanishing"].decades + 1
+
+
+def test_a_discriminator_needing_an_input_the_generator_lacks_is_a_note(tmp_path):
+    # pix2pix-like: D(img, cond) where G takes only noise
+    path = write(tmp_path / "p2p.py", CONDITIONAL.replace("SIGMOIDS", "1").replace(
+        "def forward(self, noise, labels):\n        return self.model(torch.cat((self.label_emb("
+        "labels), noise), -1))",
+        "def forward(self, noise):\n        return self.model(torch.cat((noise, noise[:, :10]), "
+        "-1))"))
+    report = run_paths(path, fixes=False)
+    (pair,) = [t for t in report.targets if t.target.endswith(":Discriminator(Generator)")]
+    assert pair.status == "ok"
+    assert any("cannot be composed" in n for n in pair.notes), pair.notes
+
+
 def test_shape_mismatch_is_a_note(tmp_path):
     path = write(tmp_path / "gan.py", MODELS.replace("nn.Linear(32, 64)", "nn.Linear(784, 64)"))
     report = run_paths(path, fixes=False)

@@ -64,7 +64,9 @@ def find_pairs(models: list[tuple[str, nn.Module]]) -> list[tuple[int, int]]:
 
 
 class ComposedGAN(nn.Module):
-    """D(G(z)) as one model: the path the generator's gradient takes."""
+    """D(G(z)) as one model: the path the generator's gradient takes. A conditional pair
+    (``G(noise, labels)``, ``D(img, labels)``) passes the discriminator the generator's
+    arguments it also takes by name."""
 
     def __init__(self, generator: nn.Module, discriminator: nn.Module) -> None:
         super().__init__()
@@ -72,10 +74,50 @@ class ComposedGAN(nn.Module):
         self.discriminator = discriminator
 
     def forward(self, z: Any) -> Any:
-        out = self.generator(z)
+        return self._compose(z=z)
+
+    def _compose(self, **given: Any) -> Any:
+        out = self.generator(**given) if set(given) != {"z"} else self.generator(given["z"])
         if isinstance(out, (tuple, list)):
             out = out[0]
-        return self.discriminator(out)
+        shared = {k: v for k, v in given.items() if k in _parameter_names(self.discriminator)
+                  and k != "z"}
+        return self.discriminator(out, **shared)
+
+
+def _parameter_names(model: nn.Module) -> list[str]:
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def composed(generator: nn.Module, discriminator: nn.Module) -> Optional[nn.Module]:
+    """The composition, with the generator's forward arguments as its own (so that input
+    inference and tracing see them by name); None when the discriminator needs an argument
+    beyond the image that the generator does not take (pix2pix's D(x, y) with G(x))."""
+    g_names = _parameter_names(generator)
+    d_names = _parameter_names(discriminator)
+    import inspect
+
+    d_params = [p for p in inspect.signature(discriminator.forward).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    needed = [p.name for p in d_params[1:] if p.default is p.empty]
+    if any(n not in g_names for n in needed):
+        return None
+    if len(g_names) <= 1 or not any(n in d_names[1:] for n in g_names):
+        return ComposedGAN(generator, discriminator)
+    if not all(n.isidentifier() for n in g_names):
+        return None
+    args = ", ".join(g_names)
+    call = ", ".join(f"{n}={n}" for n in g_names)
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {args}):\n    return self._compose({call})\n", namespace)
+    cls = type("ConditionalComposedGAN", (ComposedGAN,), {"forward": namespace["forward"]})
+    return cls(generator, discriminator)
 
 
 def _latent_variants(spec: InputSpec) -> list[InputSpec]:
@@ -98,14 +140,19 @@ def fit_pair(generator: nn.Module, discriminator: nn.Module, spec: InputSpec
     """The generator's example input under which D(G(z)) runs, or (None, why it does not):
     the generator's output shape and the discriminator's complaint. Runs both models once
     (user code: call it guarded)."""
+    model = composed(generator, discriminator)
+    if model is None:
+        return None, ("the discriminator takes an input besides the generator's output that the "
+                      "generator does not take (D(G(z), ...) cannot be composed)")
     problem = ""
     for candidate in _latent_variants(spec):
         try:
             with torch.no_grad():
                 args, kwargs = call_arguments(generator, candidate.bind(generator))
-                if len(args) + len(kwargs) != 1:
-                    return None, ("the generator takes more than one input (D(G(z)) is "
-                                  "composed from a single latent z)")
+                if len(args) + len(kwargs) != 1 and type(model) is ComposedGAN:
+                    return None, ("the generator takes more than one input and the "
+                                  "discriminator none of them (D(G(z)) is composed from a "
+                                  "single latent z)")
                 out = generator(*args, **kwargs)
         except Exception as exc:
             problem = (f"the generator does not run on {candidate.describe()}: "
@@ -114,9 +161,10 @@ def fit_pair(generator: nn.Module, discriminator: nn.Module, spec: InputSpec
         if isinstance(out, (tuple, list)):
             out = out[0]
         shape = list(out.shape) if isinstance(out, torch.Tensor) else None
+        shared = {k: v for k, v in kwargs.items() if k in _parameter_names(discriminator)[1:]}
         try:
             with torch.no_grad():
-                discriminator(out)
+                discriminator(out, **shared)
         except Exception as exc:
             first = str(exc).strip().split("\n")[0][:200]
             problem = (f"the generator's output {shape} does not fit the discriminator's input "
