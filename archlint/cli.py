@@ -231,6 +231,21 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
                    "models that call os._exit, crash the interpreter or hang in C code (slower "
                    "to start: the child imports torch). Default: 'subprocess' in the config, "
                    "else off.")
+@click.option("--device", type=click.Choice(("auto", "cpu", "meta")), default=None,
+              help="Where models are built: cpu (for real), meta (no weights allocated: their "
+                   "statistics come from the recorded initialisation; no --measure), auto "
+                   "(meta above --meta-threshold parameters, with a note). Default: 'device' in "
+                   "the config, else auto.")
+@click.option("--meta-threshold", metavar="PARAMS",
+              help="--device auto: build on the meta device above this many parameters (e.g. "
+                   "200M, the default, or 'meta-threshold' in the config).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes to spread the targets over (default: 'jobs' in the "
+                   "config, else one per core; 1: all in this process). Output order is stable.")
+@click.option("--cache/--no-cache", "use_cache", default=None,
+              help="Reuse the results of unchanged targets from the cache folder "
+                   "(.archlint_cache/ next to the config, or in the working directory). "
+                   "Default: 'cache' in the config, else on.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
@@ -239,7 +254,9 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
           input_dtype: Optional[str], input_high: Optional[int], measure: bool,
           fixes: bool, diff: bool, plot_path: Optional[str], timeout: Optional[float],
-          subprocess_mode: Optional[bool], verbose: bool) -> None:
+          subprocess_mode: Optional[bool], device: Optional[str],
+          meta_threshold: Optional[str], jobs: Optional[int], use_cache: Optional[bool],
+          verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -259,7 +276,7 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                        verbose), output)
         sys.exit(0)
 
-    from .config import ConfigError
+    from .config import ConfigError, parse_count
     from .loading.inputs import InputError
     from .rules import known_selector
     from .runner import RunOptions, UsageError, run
@@ -267,6 +284,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
     try:
         config = _load_config(config_path, isolated)
         spec = _cli_input(input_shape, input_dtype, input_high)
+        threshold = None if meta_threshold is None else parse_count(meta_threshold,
+                                                                    "--meta-threshold")
     except (ConfigError, InputError) as exc:
         _fail(str(exc))
         return
@@ -327,7 +346,11 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
                       measure=measure, fixes=fixes, diff=diff and fixes, timeout=timeout,
-                      subprocess=subprocess_mode, on_abandoned=abandoned)
+                      subprocess=subprocess_mode, on_abandoned=abandoned, device=device,
+                      meta_threshold=threshold)
+    if measure and (device or config.device) == "meta":
+        click.echo("archlint: note: --measure needs real weights and the models are built on "
+                   "the meta device (--device meta): nothing will be measured", err=True)
     try:
         with redirect:
             report = run(config, opts)

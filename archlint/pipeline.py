@@ -20,13 +20,21 @@ from typing import Callable, Iterator, Optional, Union
 
 from .engine import Analysis, Settings, lint_and_analyse
 from .guard import StepError, guarded
-from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
+from torch import nn
+
+from .graph.metainit import forget as forget_meta
+from .loading.build import (Candidate, LoadedModel, LoadError, LoadFailure, plan_target,
+                            seed_everything)
+from .loading.meta import MetaBuild, build_on_meta
 from .loading.inputs import InputSpec, infer_input, uninferable_input
 from .loading.targets import Target
 from .results import TargetResult, Unbuilt, unbuilt_note
 
 #: Seconds each model may take to build and be analysed (and a file to be imported).
 DEFAULT_TIMEOUT = 120.0
+#: ``--device auto``: models with more parameters than this are analysed on the meta device
+#: (a real build of 200M float32 parameters allocates 800 MB and takes seconds).
+DEFAULT_META_THRESHOLD = 200_000_000
 
 #: Called when a step starts: (kind "import" | "build" | "lint", what it is about, its limit),
 #: and with ("idle", "", None) when it is over.
@@ -50,6 +58,10 @@ class Job:
     #: not to lint again (already reported, or a child died linting them).
     skip: frozenset = frozenset()
     done: frozenset = frozenset()
+    #: "cpu" (a real build), "meta" (archlint.loading.meta) or "auto": meta when the model
+    #: has more than ``meta_threshold`` parameters.
+    device: str = "auto"
+    meta_threshold: int = DEFAULT_META_THRESHOLD
 
 
 @dataclass
@@ -82,6 +94,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     finally:
         step("idle", "", None)
     built: list = []
+    metas: dict[int, MetaBuild] = {}
     spent: dict[str, float] = {}
     for cand in plan.candidates:
         if cand.display in job.skip:
@@ -89,15 +102,18 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
         step("build", cand.display, job.timeout)
         t0 = time.monotonic()
         try:
-            model = guarded(cand.build, f"cannot build {cand.display}", job.timeout,
-                            user_file=cand.user_file)
+            model = guarded(lambda: _build(cand, job, metas), f"cannot build {cand.display}",
+                            job.timeout, user_file=cand.user_file)
         except StepError as exc:
             model = LoadFailure(cand.display, str(exc))
         step("idle", "", None)
         spent[cand.display] = time.monotonic() - t0
         built.append((cand, model))
     kept, unbuilt = plan.keep(built)
-    del built
+    for item in kept:
+        if isinstance(item, LoadedModel):
+            item.meta = metas.get(id(item.model))
+    del built, metas
     if not kept and unbuilt and target.display not in job.done:
         yield error(target.display, unbuilt_note(unbuilt, plan.hint()))  # nothing linted
     while kept:
@@ -116,6 +132,30 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     yield from unbuilt
 
 
+def _build(cand: Candidate, job: Job, metas: dict[int, MetaBuild]) -> nn.Module:
+    """Build one model: for real, or on the meta device (``job.device``; "auto": on meta
+    first, kept there when it has more than ``job.meta_threshold`` parameters)."""
+    if cand.built or job.device == "cpu":
+        return cand.build()
+    try:
+        built = build_on_meta(cand.build)
+    except LoadError as exc:
+        if job.device == "meta":
+            raise LoadError(f"{exc} (on the meta device: --device cpu builds it for real)"
+                            ) from None
+        return cand.build()  # it may read its own values while building: a real build
+    if job.device == "auto" and built.parameters <= job.meta_threshold:
+        del built
+        return cand.build()
+    why = (f"{built.parameters:,} parameters, more than the {job.meta_threshold:,} of "
+           "--meta-threshold (--device cpu builds it for real)") if job.device == "auto" \
+        else "--device meta"
+    built.notes.append(f"analysed on the meta device ({why}): weights not allocated; large "
+                       "weights read by the distribution their initialisation draws from")
+    metas[id(built.model)] = built
+    return built.model
+
+
 def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
     if not timeout or timeout <= 0:
         return None
@@ -132,8 +172,15 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
             problem = uninferable_input(loaded.model)
             if problem is not None:
                 return error(loaded.display, problem)
-        result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
-        if job.measure and analysis is not None:
+        try:
+            result, analysis = lint_and_analyse(loaded.model, loaded.display, spec,
+                                                job.settings, meta=loaded.meta)
+        finally:
+            forget_meta()
+        if job.measure and loaded.meta is not None:
+            result.notes.append("--measure skipped: the model was analysed on the meta device, "
+                                "without weights to run (--device cpu measures it)")
+        elif job.measure and analysis is not None:
             seed_everything()
             _measure(loaded, analysis, result)
         if job.diff and analysis is not None and analysis.fixes:

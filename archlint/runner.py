@@ -60,6 +60,10 @@ class RunOptions:
     timeout: Optional[float] = None
     #: Lint each target in a child process (None: the config's ``subprocess``).
     subprocess: Optional[bool] = None
+    #: "cpu", "meta" or "auto" (None: the config's ``device``), and the parameter count above
+    #: which "auto" analyses on the meta device (None: the config's ``meta-threshold``).
+    device: Optional[str] = None
+    meta_threshold: Optional[int] = None
     #: In-process, when a model hangs in C code past its time limit the run is finished in
     #: another thread, which calls this with the report; it must end the process (the main
     #: thread stays stuck). None: no such rescue (the run waits).
@@ -171,6 +175,9 @@ class _Run:
         self.coverage = _Coverage()
         self.timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
         self.in_children = config.subprocess if opts.subprocess is None else opts.subprocess
+        self.device = opts.device or config.device
+        self.meta_threshold = config.meta_threshold if opts.meta_threshold is None \
+            else opts.meta_threshold
         self.pool: Optional[ChildPool] = None
         #: The target being linted and the models of it already reported.
         self.current: Optional[Target] = None
@@ -180,12 +187,13 @@ class _Run:
             done: frozenset = frozenset()) -> Job:
         return Job(target, self.settings, default_input=self.config.input,
                    measure=self.opts.measure, diff=self.opts.diff, timeout=self.timeout,
-                   skip=skip, done=done)
+                   skip=skip, done=done, device=self.device, meta_threshold=self.meta_threshold)
 
     def children(self) -> ChildPool:
         if self.pool is None:
             self.pool = ChildPool(self.config.path, self.settings, measure=self.opts.measure,
-                                  timeout=self.timeout, diff=self.opts.diff)
+                                  timeout=self.timeout, diff=self.opts.diff, device=self.device,
+                                  meta_threshold=self.meta_threshold)
         return self.pool
 
     def execute(self) -> Report:

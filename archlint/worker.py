@@ -35,7 +35,7 @@ from typing import IO, Any, Iterator, Optional
 from .engine import Settings
 from .loading.inputs import input_from_data, input_to_data
 from .loading.targets import Target
-from .pipeline import Item, Job, Outcome, error
+from .pipeline import DEFAULT_META_THRESHOLD, Item, Job, Outcome, error
 from .results import Unbuilt, result_from_dict
 
 #: Seconds past a step's limit before the parent kills the child (the child's own timer, which
@@ -158,11 +158,13 @@ class ChildPool:
     """Lints jobs in a child process, starting a new one whenever the last one died."""
 
     def __init__(self, config_path: Optional[Path], settings: Settings, measure: bool,
-                 timeout: Optional[float], diff: bool = False) -> None:
+                 timeout: Optional[float], diff: bool = False, device: str = "auto",
+                 meta_threshold: int = DEFAULT_META_THRESHOLD) -> None:
         self.setup = {"config": str(config_path) if config_path is not None else None,
                       "rules": [r.code for r in settings.rules],
                       "rule_options": settings.rule_options, "measure": measure,
-                      "timeout": timeout, "fixes": settings.fixes, "diff": diff}
+                      "timeout": timeout, "fixes": settings.fixes, "diff": diff,
+                      "device": device, "meta_threshold": meta_threshold}
         self.child: Optional[_Child] = None
 
     def _live_child(self) -> Optional[_Child]:
@@ -309,7 +311,9 @@ def _serve(emit: Any) -> None:
                       if data["default_input"] is not None else None,
                       measure=setup["measure"], diff=setup.get("diff", False),
                       timeout=setup["timeout"],
-                      skip=frozenset(data["skip"]), done=frozenset(data["done"]))
+                      skip=frozenset(data["skip"]), done=frozenset(data["done"]),
+                      device=setup.get("device", "auto"),
+                      meta_threshold=setup.get("meta_threshold", DEFAULT_META_THRESHOLD))
 
             def step(kind: str, what: str, limit: Optional[float]) -> None:
                 emit({"event": "step", "kind": kind, "what": what, "limit": limit})

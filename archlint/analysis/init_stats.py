@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
+from ..graph.metainit import MetaValueError, meta_dist
 from ..ops import op_info
 from ..ops.linear import weight_fans
 from ..ops.norms import measured_affine, norm_affine
@@ -152,6 +153,25 @@ def _chains(graph: Graph) -> dict[Node, Node]:
     return {n: find(n) for n in parent}
 
 
+def _layer(node: Node, graph: Graph, chain_of: dict, sizes: dict, fan_in: Optional[int],
+           fan_out: Optional[int], mean_sq: float, all_zero: bool, constant: bool,
+           symmetric: bool) -> LayerInit:
+    nonfinite = not math.isfinite(mean_sq)
+    sigma_w2 = fan_in * mean_sq if fan_in else None
+    sigma_w2_out = fan_out * mean_sq if fan_out else None
+    op, consumer = _consumer(node)
+    return LayerInit(
+        node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
+        sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
+        all_zero=all_zero, constant=constant,
+        symmetric=symmetric, next_activation=op,
+        target_sigma_w2=_target_sigma_w2(op, consumer),
+        identity_at_init_ok=_feeds_join_or_output(node, graph),
+        chain=chain_of.get(node, node),
+        chain_length=sizes.get(chain_of.get(node, node), 1),
+    )
+
+
 @dataclass
 class InitFacts:
     layers: list[LayerInit]
@@ -170,6 +190,17 @@ def analyse_init(graph: Graph) -> InitFacts:
         if w is None or w.dim() < 2 or id(w) in seen_weights:
             continue
         seen_weights.add(id(w))  # a shared layer is judged once
+        try:
+            d = meta_dist(w)
+        except MetaValueError:  # made real just now
+            w = node.weight()
+            d = None
+        if d is not None:  # a large weight on the meta device: its entries' distribution
+            fan_in, fan_out = weight_fans(node, w)
+            layers.append(_layer(node, graph, chain_of, sizes, fan_in, fan_out, d.mean_sq,
+                                 all_zero=d.mean_sq == 0.0,
+                                 constant=d.var == 0.0 and d.mean != 0.0, symmetric=False))
+            continue
         wd = w.detach()
         if not wd.is_floating_point():
             wd = wd.float()
@@ -184,19 +215,8 @@ def analyse_init(graph: Graph) -> InitFacts:
         symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
                      and torch.equal(rows[0], rows[1]) and bool((rows == rows[0:1]).all()))
         fan_in, fan_out = weight_fans(node, wd)
-        sigma_w2 = fan_in * mean_sq if fan_in else None
-        sigma_w2_out = fan_out * mean_sq if fan_out else None
-        op, consumer = _consumer(node)
-        layers.append(LayerInit(
-            node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
-            sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
-            all_zero=all_zero, constant=constant,
-            symmetric=symmetric, next_activation=op,
-            target_sigma_w2=_target_sigma_w2(op, consumer),
-            identity_at_init_ok=_feeds_join_or_output(node, graph),
-            chain=chain_of.get(node, node),
-            chain_length=sizes.get(chain_of.get(node, node), 1),
-        ))
+        layers.append(_layer(node, graph, chain_of, sizes, fan_in, fan_out, mean_sq,
+                             all_zero=all_zero, constant=constant, symmetric=symmetric))
     norms: list[NormInit] = []
     for node in graph.by_kind(Kind.NORM):
         gamma, _ = norm_affine(node)  # F.batch_norm's running stats are not its scale

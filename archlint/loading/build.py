@@ -41,6 +41,8 @@ class LoadedModel:
     display: str
     model: nn.Module
     input: Optional[InputSpec]
+    #: Built on the meta device (archlint.loading.meta.MetaBuild), or None.
+    meta: Any = None
 
 
 @dataclass

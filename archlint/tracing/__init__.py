@@ -21,11 +21,12 @@ from .fx_tracer import fx_trace, symbolic_graph
 __all__ = ["TraceError", "trace_model"]
 
 
-def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
+def trace_model(model: nn.Module, spec: Optional[InputSpec], device: str = "cpu") -> Graph:
     """Trace ``model`` with the example input ``spec`` (None: there is none; the fx graph then
     has no shapes, and a model fx cannot trace cannot be traced at all).
 
-    The spec is stored in ``graph.input_spec``.
+    The spec is stored in ``graph.input_spec``. ``device="meta"``: the model is on the meta
+    device (:mod:`archlint.loading.meta`) and so is the execution trace's input.
     """
     fx_error: Optional[str] = None
     fxg: Optional[torch.fx.Graph] = None
@@ -48,7 +49,7 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
                          "could be inferred for the execution tracer; give one with "
                          "--input-shape or 'input:' in the config")
     try:
-        graph = exec_trace(model, spec.bind(model))
+        graph = exec_trace(model, spec.bind(model, device=device))
     except TraceError as exc:
         raise TraceError(f"torch.fx: {fx_error}; execution trace: {exc}") from exc
     graph.fallback_reasons.append(f"fx: {fx_error}")

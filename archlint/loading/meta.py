@@ -1,0 +1,485 @@
+"""Building a model on the meta device, its initialisation recorded (``--device meta``).
+
+The model's constructor runs under ``torch.device("meta")``: no weight is allocated. A
+``TorchDispatchMode`` (:class:`InitRecorder`) records every operation on meta tensors while it
+runs -- the default ``reset_parameters`` of each layer, ``nn.init.*``, ``Tensor.normal_`` /
+``uniform_`` / ``fill_`` / ``zero_`` / ``copy_``, a model's own ``_init_weights`` through
+``self.apply`` -- each as the function, its arguments (tensors as views of storages) and the
+storages it reads and writes. ``nn.init`` functions that skip meta tensors (``trunc_normal_``,
+``orthogonal_``, ``dirac_``, ``sparse_``) are recorded as one call each.
+
+After tracing (on meta inputs), :meth:`MetaBuild.materialise_small` makes every small tensor
+(parameters and buffers up to :data:`SMALL` entries: norm scales, biases, position tables) real
+by replaying, in the order they ran, the recorded operations its storage depends on, with the
+random streams seeded as for a real build: a model whose tensors are all small gets exactly the
+weights a real build gives. A large weight stays on the meta device; the distribution its
+entries were drawn from is read off its recorded operations (:meth:`MetaBuild.dist`) and the
+analysis takes its statistics from it (:mod:`archlint.graph.metainit`). A large tensor whose
+initialisation is not a known distribution (a partial write, an operation that reads data) is
+made real on demand, alone (:meth:`MetaBuild.materialise`), and said so in a note.
+
+Reading a meta tensor's value while the model is built (``.item()``, ``.tolist()``, ``.cpu()``:
+drop-path rates from ``torch.linspace``) replays that tensor's operations for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from ..graph.metainit import Dist, set_dist, set_materialiser
+
+#: Weight matrices up to this many entries are made real after tracing (16 MB in float32).
+SMALL = 1 << 22
+
+_aten = torch.ops.aten
+_META = torch.device("meta")
+_CPU = torch.device("cpu")
+
+
+class MetaError(RuntimeError):
+    """The model cannot be analysed on the meta device (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A meta tensor in a recorded operation: a view of one storage."""
+
+    key: int
+    size: tuple
+    stride: tuple
+    offset: int
+    dtype: torch.dtype
+
+
+@dataclass
+class _Op:
+    func: Any  # an aten overload, or a Python function for a recorded call
+    args: Any
+    kwargs: Any
+    reads: frozenset
+    writes: frozenset
+    outs: Any = None
+
+
+def _key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+def _is_meta(x: Any) -> bool:
+    return isinstance(x, torch.Tensor) and x.device.type == "meta"
+
+
+class InitRecorder(TorchDispatchMode):
+    """Records every operation touching a meta tensor (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[_Op] = []
+        self.keep: list[torch.Tensor] = []  # storages stay alive: their keys stay unique
+        self.nelem: dict[int, tuple[int, torch.dtype]] = {}
+        self.real: dict[int, torch.Tensor] = {}
+        self.silent = 0
+
+    def ref(self, t: torch.Tensor) -> Ref:
+        key = _key(t)
+        if key not in self.nelem:
+            self.keep.append(t)
+            self.nelem[key] = (t.untyped_storage().nbytes() // max(t.element_size(), 1), t.dtype)
+        return Ref(key, tuple(t.size()), tuple(t.stride()), t.storage_offset(), t.dtype)
+
+    def encode(self, value: Any) -> Any:
+        def one(x: Any) -> Any:
+            if _is_meta(x):
+                return self.ref(x)
+            if isinstance(x, torch.Tensor):
+                return x.detach().clone()  # a real literal (a CPU constant copied in)
+            return x
+        return tree_map(one, value)
+
+    def record(self, func: Any, args: tuple, kwargs: dict, out: Any,
+               writes: Optional[list] = None) -> None:
+        eargs, ekwargs = self.encode(args), self.encode(kwargs)
+        reads = {r.key for r in tree_flatten((eargs, ekwargs))[0] if isinstance(r, Ref)}
+        eouts = self.encode(out)
+        written = {r.key for r in tree_flatten(eouts)[0] if isinstance(r, Ref)} - reads
+        for x in writes or []:
+            if _is_meta(x):
+                written.add(self.ref(x).key)
+        self.ops.append(_Op(func, eargs, ekwargs, frozenset(reads), frozenset(written), eouts))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        flat = tree_flatten((args, kwargs))[0]
+        if self.silent or not any(_is_meta(x) for x in flat) and \
+                kwargs.get("device") != _META:
+            return func(*args, **kwargs)
+        if func is _aten._local_scalar_dense.default or (
+                func is _aten._to_copy.default and kwargs.get("device", _META) != _META) or (
+                func is _aten.copy_.default and not _is_meta(args[0])):
+            # a value read while building (.item(), .tolist(), .cpu()): replay it for real
+            return func(*self.realise(args), **self.realise(kwargs))
+        out = func(*args, **kwargs)
+        writes = []
+        schema = getattr(func, "_schema", None)
+        if schema is not None:
+            for i, a in enumerate(schema.arguments):
+                if a.alias_info is not None and a.alias_info.is_write:
+                    value = args[i] if i < len(args) else kwargs.get(a.name)
+                    writes.extend(x for x in tree_flatten(value)[0] if _is_meta(x))
+        self.record(func, args, kwargs, out, writes)
+        return out
+
+    # ------------------------------------------------------------------ replay
+    def realise(self, value: Any) -> Any:
+        """``value`` with its meta tensors replaced by real ones (their operations replayed,
+        without disturbing the random streams)."""
+        keys = {_key(x) for x in tree_flatten(value)[0] if _is_meta(x)}
+        with torch.random.fork_rng(devices=[]):
+            real = self.replay(keys, keep=False)
+        return tree_map(lambda x: _view(real, self.ref(x)) if _is_meta(x) else x, value)
+
+    def replay(self, keys: set[int], keep: bool = True) -> dict[int, torch.Tensor]:
+        """Run, in their order, the recorded operations the storages ``keys`` depend on; the
+        storages as flat real tensors (kept for later replays when ``keep``)."""
+        needed = {k for k in keys if k not in self.real}
+        chosen = []
+        for i in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[i]
+            if op.writes & needed:
+                chosen.append(op)
+                needed |= op.reads
+        real: dict[int, torch.Tensor] = dict(self.real)
+        self.silent += 1
+        try:
+            for op in reversed(chosen):
+                args = _decode(op.args, real)
+                kwargs = _decode(op.kwargs, real)
+                out = op.func(*args, **kwargs)
+                for ref, value in zip(tree_flatten(op.outs)[0], tree_flatten(out)[0]):
+                    if isinstance(ref, Ref) and ref.key not in real and \
+                            isinstance(value, torch.Tensor):
+                        n, dtype = self.nelem[ref.key]
+                        real[ref.key] = value.new_empty(0).set_(
+                            value.untyped_storage(), 0, (n,), (1,))
+        finally:
+            self.silent -= 1
+        if keep:
+            self.real.update({k: v for k, v in real.items() if k in keys})
+        missing = [k for k in keys if k not in real]
+        if missing:
+            raise RuntimeError("the initialisation of a meta tensor was not recorded")
+        return real
+
+
+def _decode(value: Any, real: dict[int, torch.Tensor]) -> Any:
+    def one(x: Any) -> Any:
+        if isinstance(x, Ref):
+            if x.key not in real:
+                raise RuntimeError("a tensor made before the model was built is read")
+            return _view(real, x)
+        if isinstance(x, torch.device) and x.type == "meta":
+            return _CPU
+        if isinstance(x, torch.Tensor):
+            return x.clone()
+        return x
+    return tree_map(one, value)
+
+
+def _view(real: dict[int, torch.Tensor], ref: Ref) -> torch.Tensor:
+    base = real[ref.key]
+    if base.dtype != ref.dtype:
+        base = base.view(ref.dtype)
+    return base.as_strided(ref.size, ref.stride, ref.offset)
+
+
+# ------------------------------------------------------------------ nn.init calls that skip meta
+
+def _recorded_call(recorder: InitRecorder, name: str, original: Callable) -> Callable:
+    def call(tensor, *args, **kwargs):
+        if not _is_meta(tensor):
+            return original(tensor, *args, **kwargs)
+        recorder.record(_Call(name, original), (tensor, *args), kwargs, None, writes=[tensor])
+        return tensor
+    call.__wrapped__ = original  # type: ignore[attr-defined]
+    return call
+
+
+@dataclass(frozen=True)
+class _Call:
+    """A recorded Python-level init call; replayed by calling the original on real tensors."""
+
+    name: str
+    fn: Callable
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.no_grad():
+            return self.fn(*args, **kwargs)
+
+
+_SKIPPING = ("_no_grad_trunc_normal_", "orthogonal_", "dirac_", "sparse_")
+
+
+@contextlib.contextmanager
+def _init_patched(recorder: InitRecorder) -> Iterator[None]:
+    init = nn.init
+    saved = {name: getattr(init, name) for name in _SKIPPING if hasattr(init, name)}
+    try:
+        for name, fn in saved.items():
+            setattr(init, name, _recorded_call(recorder, name, fn))
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
+# ------------------------------------------------------------------ the build
+
+@dataclass
+class MetaBuild:
+    """A model built on the meta device and what its initialisation did."""
+
+    model: nn.Module
+    recorder: InitRecorder
+    parameters: int
+    notes: list[str] = field(default_factory=list)
+    #: Large tensors made real because their initialisation was not a known distribution.
+    materialised: list[str] = field(default_factory=list)
+    _names: dict[int, str] = field(default_factory=dict)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor, bool]]:
+        seen: set[int] = set()
+        for name, p in self.model.named_parameters(remove_duplicate=False):
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p, True
+        for name, b in self.model.named_buffers(remove_duplicate=False):
+            if b is not None and id(b) not in seen:
+                seen.add(id(b))
+                yield name, b, False
+
+    def materialise_small(self, seed: Callable[[], None]) -> None:
+        """Make every small tensor real (exactly as a real build); give every large one its
+        distribution, or make it real when it has none. Call after tracing."""
+        tensors = [(n, t, p) for n, t, p in self.tensors() if _is_meta(t)]
+        small = [(n, t, p) for n, t, p in tensors if not _large(t)]
+        large = [(n, t, p) for n, t, p in tensors if _large(t)]
+        seed()
+        try:
+            real = self.recorder.replay({_key(t) for _, t, _ in small})
+        except Exception as exc:
+            raise MetaError(f"cannot replay the recorded initialisation: {exc}") from None
+        for _, t, is_param in small:
+            _swap(t, _view(real, self.recorder.ref(t)), is_param)
+        for name, t, _ in large:
+            self._names[id(t)] = name
+            set_dist(t, self.dist(t))  # None: made real when its values are read
+        set_materialiser(self.materialise)
+
+    def materialise(self, t: torch.Tensor) -> bool:
+        """Make one large meta tensor real (its recorded operations replayed alone)."""
+        if not _is_meta(t):
+            return True
+        ref = self.recorder.ref(t)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ref.key % (2 ** 31))
+            real = self.recorder.replay({ref.key}, keep=False)
+        _swap(t, _view(real, ref), isinstance(t, nn.Parameter))
+        self.materialised.append(self._names.get(id(t), f"a tensor of shape {list(t.shape)}"))
+        return True
+
+    def dist(self, t: torch.Tensor) -> Optional[Dist]:
+        """The distribution of ``t``'s entries from its recorded operations, None when they are
+        not a sequence of whole-tensor draws, fills, copies and scalings."""
+        return _dist_of(self.recorder, self.recorder.ref(t).key, set())
+
+    def describe(self) -> list[str]:
+        if not self.materialised:
+            return []
+        n = len(self.materialised)
+        shown = ", ".join(self.materialised[:4]) + (f", ... {n - 4} more" if n > 4 else "")
+        return [f"meta device: {n} large tensor{'s' if n != 1 else ''} made real one at a time: "
+                f"their initialisation is not a plain draw whose statistics can be derived "
+                f"({shown})"]
+
+
+def _large(t: torch.Tensor) -> bool:
+    """Left on the meta device: matrices of more than SMALL entries (vectors -- scales, biases
+    -- are always made real)."""
+    return t.dim() >= 2 and t.numel() > SMALL
+
+
+def _swap(t: torch.Tensor, value: torch.Tensor, is_param: bool) -> None:
+    new = nn.Parameter(value, requires_grad=t.requires_grad) if is_param else value
+    torch.utils.swap_tensors(t, new)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_on_meta(build: Callable[[], nn.Module]) -> MetaBuild:
+    """Run ``build`` with every tensor it creates on the meta device, recording their
+    initialisation. Raises what the build raises."""
+    recorder = InitRecorder()
+    with torch.device(_META), _init_patched(recorder), recorder:
+        model = build()
+    if not isinstance(model, nn.Module):
+        return model  # the caller reports it
+    return MetaBuild(model=model, recorder=recorder, parameters=count_parameters(model))
+
+
+# ------------------------------------------------------------------ distributions
+
+_FILLS = {"zeros": 0.0, "zeros_like": 0.0, "new_zeros": 0.0, "ones": 1.0, "ones_like": 1.0,
+          "new_ones": 1.0}
+_EMPTY = ("empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided")
+
+
+def _scalar(x: Any) -> Optional[float]:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return float(x)
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and x.device.type != "meta":
+        return float(x)
+    return None
+
+
+def _trunc_moments(mean: float, std: float, a: float, b: float) -> Dist:
+    """Mean and variance of N(mean, std^2) truncated to [a, b]."""
+    if std <= 0:
+        return Dist(min(max(mean, a), b), 0.0)
+    al, be = (a - mean) / std, (b - mean) / std
+    phi = lambda x: math.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
+    cdf = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    z = max(cdf(be) - cdf(al), 1e-300)
+    pa, pb = phi(al) if math.isfinite(al) else 0.0, phi(be) if math.isfinite(be) else 0.0
+    ta = al * pa if math.isfinite(al) else 0.0
+    tb = be * pb if math.isfinite(be) else 0.0
+    m = (pa - pb) / z
+    return Dist(mean + std * m, std * std * max(1 + (ta - tb) / z - m * m, 0.0))
+
+
+def _dist_of(rec: InitRecorder, key: int, visiting: set[int]) -> Optional[Dist]:
+    if key in visiting:
+        return None
+    visiting = visiting | {key}
+    n = rec.nelem.get(key, (0, None))[0]
+    state: Optional[Dist] = None
+    initialised = False
+    uniform: Optional[tuple[float, float]] = None  # the last draw was uniform(lo, hi)
+    for op in rec.ops:
+        if key not in op.writes:
+            continue
+        func = op.func
+        if isinstance(func, _Call):
+            target = op.args[0]
+            whole = isinstance(target, Ref) and math.prod(target.size) == n
+            if not whole:
+                return None
+            args = list(op.args[1:])
+            kw = dict(op.kwargs)
+            if func.name == "_no_grad_trunc_normal_":
+                names = ("mean", "std", "a", "b")
+                vals = dict(zip(names, args))
+                vals.update({k: v for k, v in kw.items() if k in names})
+                state = _trunc_moments(float(vals.get("mean", 0.0)), float(vals.get("std", 1.0)),
+                                       float(vals.get("a", -2.0)), float(vals.get("b", 2.0)))
+            elif func.name == "orthogonal_":
+                gain = float(args[0] if args else kw.get("gain", 1.0))
+                rows = target.size[0] if target.size else 1
+                cols = max(n // max(rows, 1), 1)
+                state = Dist(0.0, gain * gain * min(rows, cols) / max(rows * cols, 1))
+            else:
+                return None
+            initialised, uniform = True, None
+            continue
+        name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+        if key not in op.reads:  # a new storage
+            if name in _EMPTY:
+                state, initialised = None, False
+            elif name in _FILLS:
+                state, initialised = Dist(_FILLS[name], 0.0), True
+            elif name in ("full", "full_like", "new_full"):
+                v = _scalar(op.args[1]) if len(op.args) > 1 else None
+                if v is None:
+                    return None
+                state, initialised = Dist(v, 0.0), True
+            else:
+                return None
+            uniform = None
+            continue
+        target = op.args[0] if op.args else None
+        if not isinstance(target, Ref) or target.key != key or math.prod(target.size) != n:
+            return None  # a write through another argument, or to a part of the tensor
+        args = op.args[1:]
+        if name == "normal_":
+            mu = _scalar(args[0]) if len(args) > 0 else _scalar(op.kwargs.get("mean", 0.0))
+            sd = _scalar(args[1]) if len(args) > 1 else _scalar(op.kwargs.get("std", 1.0))
+            if mu is None or sd is None:
+                return None
+            state, uniform = Dist(mu, sd * sd), None
+        elif name == "uniform_":
+            lo = _scalar(args[0]) if len(args) > 0 else _scalar(op.kwargs.get("from", 0.0))
+            hi = _scalar(args[1]) if len(args) > 1 else _scalar(op.kwargs.get("to", 1.0))
+            if lo is None or hi is None:
+                return None
+            state, uniform = Dist((lo + hi) / 2, (hi - lo) ** 2 / 12), (lo, hi)
+        elif name == "erfinv_" and uniform is not None:  # trunc_normal_ by inverse CDF
+            lo, hi = (max(min(v, 1 - 1e-7), -1 + 1e-7) for v in uniform)
+            s = 1 / math.sqrt(2)
+            state, uniform = _trunc_moments(0.0, s, torch.erfinv(torch.tensor(lo)).item(),
+                                            torch.erfinv(torch.tensor(hi)).item()), None
+        elif name == "zero_":
+            state, uniform = Dist(0.0, 0.0), None
+        elif name == "fill_":
+            v = _scalar(args[0]) if args else None
+            if v is None:
+                return None
+            state, uniform = Dist(v, 0.0), None
+        elif name == "copy_":
+            src = args[0] if args else None
+            if isinstance(src, Ref):
+                if math.prod(src.size) != n and math.prod(src.size) != 1:
+                    return None
+                state = _dist_of(rec, src.key, visiting)
+            elif isinstance(src, torch.Tensor):
+                f = src.detach().double()
+                state = Dist(float(f.mean()), float(f.var(unbiased=False)) if f.numel() > 1
+                             else 0.0)
+            else:
+                return None
+            uniform = None
+        elif name in ("mul_", "div_", "add_", "sub_") and state is not None:
+            v = _scalar(args[0]) if args else None
+            if v is None:
+                return None
+            alpha = _scalar(op.kwargs.get("alpha", args[1] if len(args) > 1 else 1.0)) or 1.0
+            if name == "mul_":
+                state = Dist(state.mean * v, state.var * v * v)
+            elif name == "div_":
+                if v == 0:
+                    return None
+                state = Dist(state.mean / v, state.var / (v * v))
+            elif name == "add_":
+                state = Dist(state.mean + alpha * v, state.var)
+            else:
+                state = Dist(state.mean - alpha * v, state.var)
+            uniform = None
+        elif name in ("clamp_", "clip_") and state is not None:
+            lo = _scalar(args[0]) if len(args) > 0 else _scalar(op.kwargs.get("min"))
+            hi = _scalar(args[1]) if len(args) > 1 else _scalar(op.kwargs.get("max"))
+            sd = math.sqrt(state.var)
+            if (lo is not None and lo > state.mean - 6 * sd) or \
+                    (hi is not None and hi < state.mean + 6 * sd):
+                return None  # a clamp that cuts into the distribution
+        else:
+            return None
+        initialised = True
+    return state if initialised else None
