@@ -56,6 +56,14 @@ def dist_of(t: torch.Tensor) -> Optional[Dist]:
     return hit[1] if hit is not None else None
 
 
+def meta_like(t: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """A new meta tensor shaped as ``t`` whose entries have the distribution ``dist`` (a fix's
+    re-initialisation of a large weight)."""
+    out = torch.empty(t.shape, dtype=t.dtype, device="meta")
+    set_dist(out, dist)
+    return out
+
+
 def set_materialiser(fn: Optional[Callable[[torch.Tensor], bool]]) -> None:
     global _materialiser
     _materialiser = fn
