@@ -151,9 +151,12 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
                       ) -> tuple[TargetResult, Optional[Analysis]]:
     result = TargetResult(target=display)
     try:
-        graph = trace_model(model, spec, device="meta" if meta is not None else "cpu")
         if meta is not None:
-            meta.materialise_small(seed_everything)
+            meta.prepare(seed_everything)
+        graph = trace_model(model, spec, meta=meta)
+        if meta is not None:
+            meta.realise_graph(graph)
+            meta.materialise_small()
     except MetaError as exc:
         result.status = "error"
         result.error = f"cannot analyse on the meta device: {exc} (try --device cpu)"

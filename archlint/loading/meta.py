@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
+from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -200,6 +201,63 @@ def _view(real: dict[int, torch.Tensor], ref: Ref) -> torch.Tensor:
     return base.as_strided(ref.size, ref.stride, ref.offset)
 
 
+class _Shadows(TorchDispatchMode):
+    """Real values beside meta ones, for the small values of a meta forward pass."""
+
+    #: Values up to this many entries get a real shadow.
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real: dict[int, tuple[Any, torch.Tensor]] = {}
+
+    def put(self, meta: torch.Tensor, real: torch.Tensor) -> None:
+        # a strong reference (a weak one would keep parameters from being swapped for real
+        # ones); meta tensors cost nothing to keep
+        self.real[id(meta)] = (meta, real)
+
+    def get(self, meta: torch.Tensor) -> Optional[torch.Tensor]:
+        hit = self.real.get(id(meta))
+        return hit[1] if hit is not None and hit[0] is meta else None
+
+    def _swap(self, value: Any) -> Any:
+        def one(x: Any) -> Any:
+            if _is_meta(x):
+                r = self.get(x)
+                if r is None:
+                    raise LookupError
+                return r
+            if isinstance(x, torch.device) and x.type == "meta":
+                return _CPU
+            return x
+        return tree_map(one, value)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        reads_value = func is _aten._local_scalar_dense.default or (
+            func is _aten._to_copy.default and kwargs.get("device", _META) != _META)
+        if reads_value:
+            try:
+                return func(*self._swap(args), **self._swap(kwargs))
+            except LookupError:
+                return func(*args, **kwargs)  # no real value: meta's own error
+        out = func(*args, **kwargs)
+        flat_out = [o for o in tree_flatten(out)[0] if _is_meta(o)]
+        if not flat_out or any(o.numel() > self.LIMIT for o in flat_out):
+            return out
+        try:
+            real_args, real_kwargs = self._swap(args), self._swap(kwargs)
+            if "device" in kwargs and kwargs["device"] == _META:
+                real_kwargs["device"] = _CPU
+            real_out = func(*real_args, **real_kwargs)
+        except Exception:  # a value without a shadow, or an op that fails for real
+            return out
+        for m, r in zip(tree_flatten(out)[0], tree_flatten(real_out)[0]):
+            if _is_meta(m) and isinstance(r, torch.Tensor) and self.get(m) is None:
+                self.put(m, r)
+        return out
+
+
 # ------------------------------------------------------------------ nn.init calls that skip meta
 
 def _recorded_call(recorder: InitRecorder, name: str, original: Callable) -> Callable:
@@ -230,14 +288,15 @@ _SKIPPING = ("_no_grad_trunc_normal_", "orthogonal_", "dirac_", "sparse_")
 @contextlib.contextmanager
 def _init_patched(recorder: InitRecorder) -> Iterator[None]:
     init = nn.init
-    saved = {name: getattr(init, name) for name in _SKIPPING if hasattr(init, name)}
+    saved = [(init, name, getattr(init, name)) for name in _SKIPPING if hasattr(init, name)]
+    patched = [(obj, name, _recorded_call(recorder, name, fn)) for obj, name, fn in saved]
     try:
-        for name, fn in saved.items():
-            setattr(init, name, _recorded_call(recorder, name, fn))
+        for obj, name, fn in patched:
+            setattr(obj, name, fn)
         yield
     finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)
+        for obj, name, fn in saved:
+            setattr(obj, name, fn)
 
 
 # ------------------------------------------------------------------ the build
@@ -253,6 +312,7 @@ class MetaBuild:
     #: Large tensors made real because their initialisation was not a known distribution.
     materialised: list[str] = field(default_factory=list)
     _names: dict[int, str] = field(default_factory=dict)
+    _shadows: Any = None
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor, bool]]:
         seen: set[int] = set()
@@ -265,13 +325,70 @@ class MetaBuild:
                 seen.add(id(b))
                 yield name, b, False
 
-    def materialise_small(self, seed: Callable[[], None]) -> None:
+    def prepare(self, seed: Callable[[], None]) -> None:
+        """Compute every small tensor's real value (its recorded operations replayed in order,
+        the random streams seeded as for a real build). Call before tracing."""
+        small = [t for _, t, _ in self.tensors() if _is_meta(t) and not _large(t)]
+        seed()
+        try:
+            self.recorder.replay({_key(t) for t in small})
+        except Exception as exc:
+            raise MetaError(f"cannot replay the recorded initialisation: {exc}") from None
+
+    @contextlib.contextmanager
+    def shadowing(self, meta_inputs: Any, real_inputs: Any) -> Iterator[None]:
+        """While the model runs on meta inputs: every small value computed from the inputs and
+        the small tensors is also computed for real, so that code reading a value (``.item()``,
+        ``if mask.all():``) gets it."""
+        mode = _Shadows()
+        for _, t, _ in self.tensors():
+            if _is_meta(t) and _key(t) in self.recorder.real:
+                mode.put(t, _view(self.recorder.real, self.recorder.ref(t)))
+        for m, r in zip(tree_flatten(meta_inputs)[0], tree_flatten(real_inputs)[0]):
+            if _is_meta(m) and isinstance(r, torch.Tensor):
+                mode.put(m, r)
+        self._shadows = mode
+        with mode:
+            yield
+
+    def realise_graph(self, graph: Any) -> None:
+        """In the traced graph's recorded calls, each meta value becomes its real shadow (when
+        it has one) and the meta device the CPU: what recomputes a weight or a table from
+        parameters (rotary tables, masks) computes it for real."""
+        mode = self._shadows
+
+        def fix(value: Any, depth: int = 0) -> Any:
+            if depth > 8:
+                return value
+            if isinstance(value, torch.Tensor):
+                if _is_meta(value) and mode is not None:
+                    real = mode.get(value)
+                    return real if real is not None else value
+                return value
+            if isinstance(value, torch.device):
+                return _CPU if value.type == "meta" else value
+            if isinstance(value, list):
+                return [fix(v, depth + 1) for v in value]
+            if isinstance(value, tuple) and not hasattr(value, "_fields"):
+                return tuple(fix(v, depth + 1) for v in value)
+            if isinstance(value, dict):
+                return {k: fix(v, depth + 1) for k, v in value.items()}
+            return value
+
+        for node in graph.nodes:
+            for k, v in list(node.attrs.items()):
+                if isinstance(v, (torch.Tensor, torch.device, list, tuple, dict)):
+                    node.attrs[k] = fix(v)
+        if mode is not None:
+            mode.real.clear()  # meta views of the parameters: they would keep them from swapping
+        self._shadows = None
+
+    def materialise_small(self) -> None:
         """Make every small tensor real (exactly as a real build); give every large one its
         distribution, or make it real when it has none. Call after tracing."""
         tensors = [(n, t, p) for n, t, p in self.tensors() if _is_meta(t)]
         small = [(n, t, p) for n, t, p in tensors if not _large(t)]
         large = [(n, t, p) for n, t, p in tensors if _large(t)]
-        seed()
         try:
             real = self.recorder.replay({_key(t) for _, t, _ in small})
         except Exception as exc:
@@ -325,11 +442,25 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+class _MetaDevice(DeviceContext):
+    """``torch.device("meta")`` as a context, except that an empty ``torch.tensor([])`` -- how
+    libraries ask which device a model is being built on, to skip initialising weights a
+    checkpoint will overwrite (transformers) -- is made on the CPU: the initialisation runs and
+    is recorded."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.tensor and kwargs.get("device") is None and args and \
+                isinstance(args[0], (list, tuple)) and len(args[0]) == 0:
+            return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
 def build_on_meta(build: Callable[[], nn.Module]) -> MetaBuild:
     """Run ``build`` with every tensor it creates on the meta device, recording their
     initialisation. Raises what the build raises."""
     recorder = InitRecorder()
-    with torch.device(_META), _init_patched(recorder), recorder:
+    with _MetaDevice(_META), _init_patched(recorder), recorder:
         model = build()
     if not isinstance(model, nn.Module):
         return model  # the caller reports it
