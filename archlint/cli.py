@@ -164,6 +164,25 @@ def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
     return True
 
 
+def _open_cache(config_path: Optional[str], isolated: bool, flag: Optional[bool],
+                options: dict, baseline_path: Optional[str]) -> Any:
+    """The run's result cache (archlint.cache), or None when it is off. Reads the config's
+    file as written, without validating it: what matters is its content, in the key."""
+    from .cache import Cache, cache_enabled, cache_folder, raw_config, run_key
+    from .config import find_config
+
+    cfg = None if isolated else Path(config_path) if config_path else find_config()
+    if cfg is not None and not cfg.is_file():
+        return None  # the full run reports it
+    if flag is None and not cache_enabled(cfg):
+        return None
+    extra = [Path(baseline_path)] if baseline_path else []
+    configured = raw_config(cfg).get("baseline")
+    if not baseline_path and isinstance(configured, str) and cfg is not None:
+        extra.append(cfg.parent / configured)
+    return Cache(cache_folder(cfg), run_key(options, cfg, extra))
+
+
 def _write(text: str, output: Optional[str]) -> None:
     if not output:
         click.echo(text, nl=False)
@@ -275,6 +294,22 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
         _write(_render(Report(fail_on=fail_on or "warning", notes=[NO_MODELS]), fmt, statistics,
                        verbose), output)
         sys.exit(0)
+    cache = None
+    if not update_baseline and use_cache is not False:
+        cache = _open_cache(config_path, isolated, use_cache, dict(
+            select=_split(select), ignore=_split(ignore), extend_ignore=_split(extend_ignore),
+            exclude=_split(exclude), fail_on=fail_on, input=[input_shape, input_dtype,
+                                                             input_high],
+            unused=unused_suppressions, noqa=not ignore_noqa, measure=measure, fixes=fixes,
+            diff=diff, device=device, meta_threshold=meta_threshold, isolated=isolated,
+            baseline=baseline_path), baseline_path)
+    if cache is not None and not plot_path:
+        from .cache import cached_report
+
+        report = cached_report(cache, list(paths), baseline)
+        if report is not None:  # every target cached: answered without importing torch
+            _write(_render(report, fmt, statistics, verbose), output)
+            sys.exit(report.exit_code())
 
     from .config import ConfigError, parse_count
     from .loading.inputs import InputError
@@ -347,7 +382,10 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
                       measure=measure, fixes=fixes, diff=diff and fixes, timeout=timeout,
                       subprocess=subprocess_mode, on_abandoned=abandoned, device=device,
-                      meta_threshold=threshold)
+                      meta_threshold=threshold, cache=cache,
+                      jobs=jobs or config.jobs or len(os.sched_getaffinity(0))
+                      if hasattr(os, "sched_getaffinity") else jobs or config.jobs or
+                      os.cpu_count() or 1)
     if measure and (device or config.device) == "meta":
         click.echo("archlint: note: --measure needs real weights and the models are built on "
                    "the meta device (--device meta): nothing will be measured", err=True)

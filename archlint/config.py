@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 
 from .results import SEVERITIES
-from .loading.inputs import InputError, InputSpec, parse_input
 
 if TYPE_CHECKING:
+    from .loading.inputs import InputSpec
     from .rules import Rule
 
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
@@ -238,6 +238,7 @@ def _str_list(value: Any, loc: _Located, keys: tuple) -> list[str]:
 
 
 def validate(data: dict, loc: _Located, path: Path) -> Config:
+    from .loading.inputs import InputError, parse_input
     from .rules import find_rule, known_selector
 
     cfg = Config(path=path)
@@ -476,6 +477,8 @@ def coerce_option(value: Any, default: Any, where: str) -> Any:
 
 
 def _validate_targets(raw: Any, loc: _Located) -> list[TargetEntry]:
+    from .loading.inputs import InputError, parse_input
+
     if not isinstance(raw, list):
         raise ConfigError(f"{loc.where(('targets',))}: expected a list of targets")
     out = []

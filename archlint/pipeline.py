@@ -28,7 +28,7 @@ from .loading.build import (Candidate, LoadedModel, LoadError, LoadFailure, plan
 from .loading.meta import MetaBuild, build_on_meta
 from .loading.inputs import InputSpec, infer_input, uninferable_input
 from .loading.targets import Target
-from .results import TargetResult, Unbuilt, unbuilt_note
+from .results import Outcome, TargetResult, Unbuilt, unbuilt_note
 
 #: Seconds each model may take to build and be analysed (and a file to be imported).
 DEFAULT_TIMEOUT = 120.0
@@ -62,15 +62,6 @@ class Job:
     #: has more than ``meta_threshold`` parameters.
     device: str = "auto"
     meta_threshold: int = DEFAULT_META_THRESHOLD
-
-
-@dataclass
-class Outcome:
-    """One model's result, and the source files its analysis looked at (where suppression
-    comments can be judged unused)."""
-
-    result: TargetResult
-    files: list[str] = field(default_factory=list)
 
 
 Item = Union[Outcome, Unbuilt]

@@ -106,6 +106,17 @@ def resolve(spec: str, excludes: list[str], kwargs: Optional[dict] = None,
                    explicit=True)]
 
 
+def config_relative(spec: str, root: Path) -> str:
+    """A config ``target:`` entry as a path relative to the working directory (entries are
+    relative to the config's folder)."""
+    left, name = split_spec(spec)
+    candidate = root / left
+    if not Path(left).is_absolute() and (left.endswith(".py") or candidate.exists()):
+        rel = display_path(candidate)
+        return rel + (f":{name}" if name else "")
+    return spec
+
+
 def might_define_models(path: Path) -> bool:
     """Cheap check before importing: does the file define classes or build objects at top level?
 
