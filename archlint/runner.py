@@ -269,8 +269,11 @@ class _Run:
                     done[i] = items
                     ready.notify_all()
 
-        for _ in range(workers):
-            self.pools.append(self.new_pool())
+        _warm_up()  # what every child would import on its first model, imported once here
+        for _ in range(workers):  # forked before any thread starts
+            pool = self.new_pool(fork=True)
+            pool.start()
+            self.pools.append(pool)
         threads = [threading.Thread(target=work, args=(pool,), daemon=True)
                    for pool in self.pools]
         for th in threads:
@@ -294,10 +297,10 @@ class _Run:
             th.join()
         return True
 
-    def new_pool(self) -> ChildPool:
+    def new_pool(self, fork: bool = False) -> ChildPool:
         return ChildPool(self.config.path, self.settings, measure=self.opts.measure,
                          timeout=self.timeout, diff=self.opts.diff, device=self.device,
-                         meta_threshold=self.meta_threshold)
+                         meta_threshold=self.meta_threshold, fork=fork)
 
     def lint(self, target: Target | Unresolved,
              linter: Callable[[Job], Iterator[Item]]) -> None:
@@ -435,6 +438,20 @@ class _Run:
                 "exclude": opts.exclude if opts.exclude is not None else config.exclude,
                 "root": str(config.root),
                 "entries": [{"target": e.target, "kwargs": e.kwargs} for e in config.targets]}
+
+
+def _warm_up() -> None:
+    """Import, before forking the -j children, what linting a model imports lazily (torch's
+    dynamo, 2-3 s: its dispatch modes load it on first use) so that no child pays for it."""
+    import torch
+    import torch._dynamo  # noqa: F401
+
+    from .loading.meta import build_on_meta
+
+    try:
+        build_on_meta(lambda: torch.nn.Linear(2, 2))
+    except Exception:  # pragma: no cover - only a warm-up
+        pass
 
 
 def _steps_to(watchdog: Watchdog) -> Callable[[str, str, Optional[float]], None]:
