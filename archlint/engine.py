@@ -156,7 +156,7 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         graph = trace_model(model, spec, meta=meta)
         if meta is not None:
             meta.realise_graph(graph)
-            meta.materialise_small()
+            meta.materialise_small(graph)
     except MetaError as exc:
         result.status = "error"
         result.error = f"cannot analyse on the meta device: {exc} (try --device cpu)"

@@ -154,7 +154,7 @@ class InitRecorder(TorchDispatchMode):
         chosen = []
         for i in range(len(self.ops) - 1, -1, -1):
             op = self.ops[i]
-            if op.writes & needed:
+            if op.writes & needed or (_RNG in op.writes and needed):
                 chosen.append(op)
                 needed |= op.reads
         real: dict[int, torch.Tensor] = dict(self.real)
@@ -285,11 +285,26 @@ class _Call:
 _SKIPPING = ("_no_grad_trunc_normal_", "orthogonal_", "dirac_", "sparse_")
 
 
+#: The random stream, as a storage key: seeding it is replayed before the draws after it.
+_RNG = -1
+
+
+def _recorded_seed(recorder: InitRecorder, original: Callable) -> Callable:
+    def manual_seed(seed):
+        recorder.ops.append(_Op(_Call("manual_seed", original), (seed,), {}, frozenset(),
+                                frozenset({_RNG})))
+        return original(seed)
+    return manual_seed
+
+
 @contextlib.contextmanager
 def _init_patched(recorder: InitRecorder) -> Iterator[None]:
     init = nn.init
     saved = [(init, name, getattr(init, name)) for name in _SKIPPING if hasattr(init, name)]
     patched = [(obj, name, _recorded_call(recorder, name, fn)) for obj, name, fn in saved]
+    for module in (torch, torch.random):  # a constructor that seeds its own draws
+        saved.append((module, "manual_seed", module.manual_seed))
+        patched.append((module, "manual_seed", _recorded_seed(recorder, module.manual_seed)))
     try:
         for obj, name, fn in patched:
             setattr(obj, name, fn)
@@ -313,6 +328,7 @@ class MetaBuild:
     materialised: list[str] = field(default_factory=list)
     _names: dict[int, str] = field(default_factory=dict)
     _shadows: Any = None
+    _graph: Any = None
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor, bool]]:
         seen: set[int] = set()
@@ -348,7 +364,9 @@ class MetaBuild:
             if _is_meta(m) and isinstance(r, torch.Tensor):
                 mode.put(m, r)
         self._shadows = mode
-        with mode:
+        # tensors the forward makes without a device (torch.rand(shape) for a drop path) go to
+        # the meta device too, as everything else
+        with _MetaDevice(_META), mode:
             yield
 
     def realise_graph(self, graph: Any) -> None:
@@ -383,9 +401,10 @@ class MetaBuild:
             mode.real.clear()  # meta views of the parameters: they would keep them from swapping
         self._shadows = None
 
-    def materialise_small(self) -> None:
+    def materialise_small(self, graph: Any = None) -> None:
         """Make every small tensor real (exactly as a real build); give every large one its
-        distribution, or make it real when it has none. Call after tracing."""
+        distribution, or make it real when it has none. Call after tracing (``graph``: the
+        traced graph, whose parameter nodes follow a tensor that had to be replaced)."""
         tensors = [(n, t, p) for n, t, p in self.tensors() if _is_meta(t)]
         small = [(n, t, p) for n, t, p in tensors if not _large(t)]
         large = [(n, t, p) for n, t, p in tensors if _large(t)]
@@ -394,7 +413,8 @@ class MetaBuild:
         except Exception as exc:
             raise MetaError(f"cannot replay the recorded initialisation: {exc}") from None
         for _, t, is_param in small:
-            _swap(t, _view(real, self.recorder.ref(t)), is_param)
+            self._swap(t, _view(real, self.recorder.ref(t)), is_param, graph)
+        self._graph = graph
         for name, t, _ in large:
             self._names[id(t)] = name
             set_dist(t, self.dist(t))  # None: made real when its values are read
@@ -408,7 +428,7 @@ class MetaBuild:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(ref.key % (2 ** 31))
             real = self.recorder.replay({ref.key}, keep=False)
-        _swap(t, _view(real, ref), isinstance(t, nn.Parameter))
+        self._swap(t, _view(real, ref), isinstance(t, nn.Parameter), self._graph)
         self.materialised.append(self._names.get(id(t), f"a tensor of shape {list(t.shape)}"))
         return True
 
@@ -416,6 +436,13 @@ class MetaBuild:
         """The distribution of ``t``'s entries from its recorded operations, None when they are
         not a sequence of whole-tensor draws, fills, copies and scalings."""
         return _dist_of(self.recorder, self.recorder.ref(t).key, set())
+
+    def _swap(self, t: torch.Tensor, value: torch.Tensor, is_param: bool, graph: Any) -> None:
+        new = nn.Parameter(value, requires_grad=t.requires_grad) if is_param else value
+        try:
+            torch.utils.swap_tensors(t, new)
+        except RuntimeError:  # weak references to it (recurrent layers): replaced instead
+            _replace(self.model, t, new, graph)
 
     def describe(self) -> list[str]:
         if not self.materialised:
@@ -433,9 +460,22 @@ def _large(t: torch.Tensor) -> bool:
     return t.dim() >= 2 and t.numel() > SMALL
 
 
-def _swap(t: torch.Tensor, value: torch.Tensor, is_param: bool) -> None:
-    new = nn.Parameter(value, requires_grad=t.requires_grad) if is_param else value
-    torch.utils.swap_tensors(t, new)
+def _replace(model: nn.Module, old: torch.Tensor, new: torch.Tensor, graph: Any) -> None:
+    """Put ``new`` wherever the model holds ``old`` (a tensor that cannot be swapped in place:
+    a recurrent layer keeps weak references to its weights)."""
+    for mod in model.modules():
+        touched = False
+        for table in (mod._parameters, mod._buffers):
+            for name, value in list(table.items()):
+                if value is old:
+                    table[name] = new
+                    touched = True
+        if touched and hasattr(mod, "_init_flat_weights"):
+            mod._init_flat_weights()  # nn.RNN/LSTM/GRU: their list of weights
+    if graph is not None:
+        for node in graph.nodes:
+            if node.tensor is old:
+                node.tensor = new
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -450,9 +490,14 @@ class _MetaDevice(DeviceContext):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is torch.tensor and kwargs.get("device") is None and args and \
-                isinstance(args[0], (list, tuple)) and len(args[0]) == 0:
-            return func(*args, **kwargs)
+        if func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is None:
+            if func is torch.tensor and args and isinstance(args[0], (list, tuple)) and \
+                    len(args[0]) == 0:
+                return func(*args, **kwargs)
+            # made on the CPU, then moved: the move is recorded with the values
+            grad = bool(kwargs.pop("requires_grad", False))
+            out = func(*args, **kwargs).to(self.device)
+            return out.requires_grad_(grad) if grad else out
         return super().__torch_function__(func, types, args, kwargs)
 
 
