@@ -78,7 +78,16 @@ def _is_meta(x: Any) -> bool:
     return isinstance(x, torch.Tensor) and x.device.type == "meta"
 
 
-class InitRecorder(TorchDispatchMode):
+class _Mode(TorchDispatchMode):
+    """A dispatch mode torch does not wrap for dynamo: the wrapper imports torch._dynamo (2-3
+    s) on its first call, inside the first model's time limit. archlint never compiles."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+
+class InitRecorder(_Mode):
     """Records every operation touching a meta tensor (see the module's docstring)."""
 
     def __init__(self) -> None:
@@ -201,7 +210,7 @@ def _view(real: dict[int, torch.Tensor], ref: Ref) -> torch.Tensor:
     return base.as_strided(ref.size, ref.stride, ref.offset)
 
 
-class _Shadows(TorchDispatchMode):
+class _Shadows(_Mode):
     """Real values beside meta ones, for the small values of a meta forward pass."""
 
     #: Values up to this many entries get a real shadow.
