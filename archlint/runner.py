@@ -441,10 +441,9 @@ class _Run:
 
 
 def _warm_up() -> None:
-    """Import, before forking the -j children, what linting a model imports lazily (torch's
-    dynamo, 2-3 s: its dispatch modes load it on first use) so that no child pays for it."""
+    """Import, before forking the -j children, what building a model imports lazily (torch's
+    meta kernels, about a second) so that no child pays for it."""
     import torch
-    import torch._dynamo  # noqa: F401
 
     from .loading.meta import build_on_meta
 
