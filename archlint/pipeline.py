@@ -25,7 +25,7 @@ from torch import nn
 from .graph.metainit import forget as forget_meta
 from .loading.build import (Candidate, LoadedModel, LoadError, LoadFailure, plan_target,
                             seed_everything)
-from .loading.meta import MetaBuild, build_on_meta
+from .loading.meta import MetaBuild, TooLarge, build_counting, build_on_meta
 from .loading.inputs import InputSpec, infer_input, uninferable_input
 from .loading.targets import Target
 from .results import Outcome, TargetResult, Unbuilt, unbuilt_note
@@ -124,20 +124,21 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
 
 
 def _build(cand: Candidate, job: Job, metas: dict[int, MetaBuild]) -> nn.Module:
-    """Build one model: for real, or on the meta device (``job.device``; "auto": on meta
-    first, kept there when it has more than ``job.meta_threshold`` parameters)."""
+    """Build one model: for real, or on the meta device (``job.device``; "auto": for real,
+    unless it asks for more than ``job.meta_threshold`` entries -- then, before allocating
+    them, on the meta device)."""
     if cand.built or job.device == "cpu":
         return cand.build()
+    if job.device == "auto":
+        try:  # for real, stopped before it allocates more than the threshold
+            return build_counting(cand.build, job.meta_threshold)
+        except TooLarge:
+            seed_everything()
     try:
         built = build_on_meta(cand.build)
     except LoadError as exc:
-        if job.device == "meta":
-            raise LoadError(f"{exc} (on the meta device: --device cpu builds it for real)"
-                            ) from None
-        return cand.build()  # it may read its own values while building: a real build
-    if job.device == "auto" and built.parameters <= job.meta_threshold:
-        del built
-        return cand.build()
+        raise LoadError(f"{exc} (on the meta device: --device cpu builds it for real)"
+                        ) from None
     why = (f"{built.parameters:,} parameters, more than the {job.meta_threshold:,} of "
            "--meta-threshold (--device cpu builds it for real)") if job.device == "auto" \
         else "--device meta"

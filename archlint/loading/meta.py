@@ -31,11 +31,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
-from torch.utils._device import DeviceContext
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import DeviceContext, _device_constructors
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from ..graph.metainit import Dist, set_dist, set_materialiser
+from .build import LoadError
 
 #: Weight matrices up to this many entries are made real after tracing (16 MB in float32).
 SMALL = 1 << 22
@@ -508,6 +510,65 @@ class _MetaDevice(DeviceContext):
             out = func(*args, **kwargs).to(self.device)
             return out.requires_grad_(grad) if grad else out
         return super().__torch_function__(func, types, args, kwargs)
+
+
+class TooLarge(LoadError):
+    """A real build asked for more parameters than ``--meta-threshold`` (``--device auto``)."""
+
+
+_SIZED = {"empty", "zeros", "ones", "rand", "randn", "full"}
+
+
+def _requested(func: Any, args: tuple, kwargs: dict) -> Optional[int]:
+    """How many entries a factory call will allocate, read from its arguments (None: not
+    known before the call)."""
+    name = getattr(func, "__name__", "")
+    if name.endswith("_like") and args and isinstance(args[0], torch.Tensor):
+        return args[0].numel()
+    if name in _SIZED:
+        size = kwargs.get("size", args[0] if args else ())
+        if isinstance(size, int):
+            size = args if name != "full" else (size,)
+        try:
+            return math.prod(int(s) for s in size)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+class _Counting(TorchFunctionMode):
+    """Counts the entries a real build allocates; past ``limit`` it stops the build before the
+    allocation (:class:`TooLarge`): ``--device auto`` then builds on the meta device."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.total = 0
+        self.constructors = _device_constructors()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func not in self.constructors:
+            return func(*args, **kwargs)
+        n = _requested(func, args, kwargs)
+        if n is not None:
+            self._add(n)
+        out = func(*args, **kwargs)
+        if n is None and isinstance(out, torch.Tensor):
+            self._add(out.numel())
+        return out
+
+    def _add(self, n: int) -> None:
+        self.total += n
+        if self.total > self.limit:
+            raise TooLarge(f"more than {self.limit:,} parameters")
+
+
+def build_counting(build: Callable[[], nn.Module], limit: int) -> nn.Module:
+    """``build()`` for real, stopped with :class:`TooLarge` as soon as the tensors it creates
+    hold more than ``limit`` entries (before allocating them)."""
+    with _Counting(limit):
+        return build()
 
 
 def build_on_meta(build: Callable[[], nn.Module]) -> MetaBuild:
