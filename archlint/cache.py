@@ -132,6 +132,14 @@ def _local_rule_files(config: Path) -> list[Path]:
     return out
 
 
+def config_baseline(config: Optional[Path]) -> Optional[Path]:
+    """The baseline file the config names (``baseline:``), or None."""
+    where = raw_config(config).get("baseline")
+    if config is None or not isinstance(where, str) or not where.strip():
+        return None
+    return config.parent / where
+
+
 def cache_folder(config: Optional[Path]) -> Path:
     raw = raw_config(config)
     where = raw.get("cache-dir")

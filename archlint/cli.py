@@ -168,7 +168,7 @@ def _open_cache(config_path: Optional[str], isolated: bool, flag: Optional[bool]
                 options: dict, baseline_path: Optional[str]) -> Any:
     """The run's result cache (archlint.cache), or None when it is off. Reads the config's
     file as written, without validating it: what matters is its content, in the key."""
-    from .cache import Cache, cache_enabled, cache_folder, raw_config, run_key
+    from .cache import Cache, cache_enabled, cache_folder, config_baseline, run_key
     from .config import find_config
 
     cfg = None if isolated else Path(config_path) if config_path else find_config()
@@ -177,9 +177,9 @@ def _open_cache(config_path: Optional[str], isolated: bool, flag: Optional[bool]
     if flag is None and not cache_enabled(cfg):
         return None
     extra = [Path(baseline_path)] if baseline_path else []
-    configured = raw_config(cfg).get("baseline")
-    if not baseline_path and isinstance(configured, str) and cfg is not None:
-        extra.append(cfg.parent / configured)
+    configured = config_baseline(cfg)
+    if not baseline_path and configured is not None:
+        extra.append(configured)
     return Cache(cache_folder(cfg), run_key(options, cfg, extra))
 
 
@@ -304,9 +304,17 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
             diff=diff, device=device, meta_threshold=meta_threshold, isolated=isolated,
             baseline=baseline_path), baseline_path)
     if cache is not None and not plot_path:
-        from .cache import cached_report
+        from .cache import cached_report, config_baseline
 
-        report = cached_report(cache, list(paths), baseline)
+        used = baseline
+        if used is None and not baseline_path:  # the config's baseline, read without torch
+            configured = config_baseline(cache.key.config)
+            try:
+                used = load_baseline(configured) if configured is not None else None
+            except BaselineError:
+                used = None
+                cache = None  # the full run reports it
+        report = cached_report(cache, list(paths), used) if cache is not None else None
         if report is not None:  # every target cached: answered without importing torch
             _write(_render(report, fmt, statistics, verbose), output)
             sys.exit(report.exit_code())

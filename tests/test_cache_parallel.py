@@ -187,3 +187,15 @@ def test_jobs_option_is_checked():
                           capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 2 and "-j" in proc.stderr
+
+
+def test_a_config_baseline_is_applied_alike_from_the_cache(tmp_path):
+    _project(tmp_path)
+    made = _run(tmp_path, "deep.py", "--update-baseline", "--baseline", "base.json")
+    assert made.returncode == 0, made.stderr
+    write(tmp_path / ".archlint.yaml", CONFIG + "baseline: base.json\n")
+    cold = _run(tmp_path, "deep.py", "other.py", "--format", "json")
+    warm = _run(tmp_path, "deep.py", "other.py", "--format", "json", probe=True)
+    assert not _torch_imported(warm)
+    assert warm.stdout == cold.stdout
+    assert json.loads(warm.stdout)["summary"]["baselined"] > 0
