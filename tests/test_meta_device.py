@@ -221,3 +221,29 @@ def test_config_device_and_threshold_are_read(tmp_path):
                "--no-cache")
     note = next(n for n in report_of(r)["targets"][0]["notes"] if "meta device" in n)
     assert "more than the 1,000" in note
+
+
+def test_an_init_function_imported_by_name_is_recorded_too(tmp_path):
+    """``from torch.nn.init import orthogonal_`` binds the function that skips meta tensors
+    before archlint patches nn.init: it is found in the user's module and recorded as well."""
+    from archlint.loading.meta import build_on_meta
+
+    path = write(tmp_path / "prebound.py", """
+        import torch
+        from torch import nn
+        from torch.nn.init import orthogonal_
+
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = nn.Linear(300, 300)
+                orthogonal_(self.fc.weight, gain=3.0)
+                self.raw = nn.Parameter(torch.empty(4, 4))  # never initialised
+    """)
+    module = _load(path, "archlint_test_prebound")
+    built = build_on_meta(module.Net)
+    d = built.dist(built.model.fc.weight)
+    assert d is not None and math.isclose(d.var, 9.0 / 300, rel_tol=1e-9)
+    assert built.uninitialised() == ["raw"]
+    assert module.orthogonal_ is torch.nn.init.orthogonal_  # put back

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -38,7 +39,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from ..graph.metainit import Dist, set_dist, set_materialiser
 from .build import LoadError
-from .init_dist import Ref, _Call, dist_of_storage
+from .init_dist import _EMPTY, Ref, _Call, dist_of_storage
 
 #: Weight matrices up to this many entries are made real after tracing (16 MB in float32).
 SMALL = 1 << 22
@@ -294,6 +295,22 @@ def _init_patched(recorder: InitRecorder) -> Iterator[None]:
     for module in (torch, torch.random):  # a constructor that seeds its own draws
         saved.append((module, "manual_seed", module.manual_seed))
         patched.append((module, "manual_seed", _recorded_seed(recorder, module.manual_seed)))
+    # ``from torch.nn.init import orthogonal_`` in the user's modules: the same function, bound
+    # under its name there
+    originals = {id(fn): (name, fn) for obj, name, fn in saved if obj is init}
+    for module in list(sys.modules.values()):
+        package = str(getattr(module, "__name__", "")).split(".")[0]
+        if module is None or module is init or package in ("torch", "archlint"):
+            continue
+        try:
+            items = list(vars(module).items())
+        except TypeError:
+            continue
+        for attr, value in items:
+            hit = originals.get(id(value))
+            if hit is not None and value is hit[1]:
+                saved.append((module, attr, value))
+                patched.append((module, attr, _recorded_call(recorder, hit[0], value)))
     try:
         for obj, name, fn in patched:
             setattr(obj, name, fn)
@@ -394,6 +411,14 @@ class MetaBuild:
         """Make every small tensor real (exactly as a real build); give every large one its
         distribution, or make it real when it has none. Call after tracing (``graph``: the
         traced graph, whose parameter nodes follow a tensor that had to be replaced)."""
+        empty = self.uninitialised()
+        if empty:
+            shown = ", ".join(empty[:4]) + (f", ... {len(empty) - 4} more" if len(empty) > 4
+                                            else "")
+            self.notes.append(f"meta device: {len(empty)} tensor{'s' if len(empty) != 1 else ''}"
+                              f" never initialised while building ({shown}): an init that "
+                              "skips meta tensors, or one left to a checkpoint; their statistics "
+                              "are not a real build's (--device cpu builds it for real)")
         tensors = [(n, t, p) for n, t, p in self.tensors() if _is_meta(t)]
         small = [(n, t, p) for n, t, p in tensors if not _large(t)]
         large = [(n, t, p) for n, t, p in tensors if _large(t)]
@@ -432,6 +457,21 @@ class MetaBuild:
             torch.utils.swap_tensors(t, new)
         except RuntimeError:  # weak references to it (recurrent layers): replaced instead
             _replace(self.model, t, new, graph)
+
+    def uninitialised(self) -> list[str]:
+        """Tensors that were made (``torch.empty``) and never written while building: an
+        initialisation that skipped the meta device, or a constructor that leaves them to a
+        checkpoint. Their replayed values are whatever memory held."""
+        out = []
+        for name, t, _ in self.tensors():
+            if not _is_meta(t):
+                continue
+            key = _key(t)
+            ops = [op for op in self.recorder.ops if key in op.writes]
+            if ops and all(getattr(op.func, "overloadpacket", None) is not None and
+                           op.func.overloadpacket.__name__ in _EMPTY for op in ops):
+                out.append(name)
+        return out
 
     def describe(self) -> list[str]:
         if not self.materialised:
