@@ -247,3 +247,25 @@ def test_an_init_function_imported_by_name_is_recorded_too(tmp_path):
     assert d is not None and math.isclose(d.var, 9.0 / 300, rel_tol=1e-9)
     assert built.uninitialised() == ["raw"]
     assert module.orthogonal_ is torch.nn.init.orthogonal_  # put back
+
+
+def test_transformers_llama_gives_the_same_result_on_meta():
+    """Opt-in (transformers installed): LlamaForCausalLM from a small LlamaConfig. transformers
+    skips initialising a model built under torch.device("meta") -- archlint keeps it from
+    noticing, so the init is recorded; its causal mask reads values of the meta forward."""
+    transformers = pytest.importorskip("transformers")
+
+    def build():
+        cfg = transformers.LlamaConfig(vocab_size=1000, hidden_size=256, intermediate_size=512,
+                                       num_hidden_layers=2, num_attention_heads=8,
+                                       num_key_value_heads=2, attn_implementation="sdpa")
+        return transformers.LlamaForCausalLM(cfg)
+
+    ids = {"shape": [2, 16], "dtype": "int64", "high": 1000}
+    real, meta = lint_both_ways(build, ids)
+    assert real.status == meta.status == "ok", (real.error, meta.error)
+    assert _findings(meta) == _findings(real)
+    assert _worst_gap(real, meta) == 0.0
+    real, meta = lint_both_ways(build, ids, small=0)
+    assert _findings(meta) == _findings(real)
+    assert _worst_gap(real, meta) <= 0.01
