@@ -262,8 +262,10 @@ class ChildPool:
     def _live_child(self) -> Optional[_Child]:
         if self.child is not None and self.child.proc.poll() is None:
             return self.child
+        fork, self.fork = self.fork, False  # only the first child is forked (before the run
+        # starts threads); one that replaces a dead child is started as a new process
         try:
-            self.child = _Child(self.setup, fork=self.fork)
+            self.child = _Child(self.setup, fork=fork)
         except OSError as exc:
             print(f"archlint: cannot start a child process: {exc}", file=sys.stderr)
             return None
