@@ -165,6 +165,25 @@ def _nothing_to_lint(paths: tuple[str, ...]) -> bool:
     return True
 
 
+def _open_cache(config_path: Optional[str], isolated: bool, flag: Optional[bool],
+                options: dict, baseline_path: Optional[str]) -> Any:
+    """The run's result cache (archlint.cache), or None when it is off. Reads the config's
+    file as written, without validating it: what matters is its content, in the key."""
+    from .cache import Cache, cache_enabled, cache_folder, config_baseline, run_key
+    from .config import find_config
+
+    cfg = None if isolated else Path(config_path) if config_path else find_config()
+    if cfg is not None and not cfg.is_file():
+        return None  # the full run reports it
+    if flag is None and not cache_enabled(cfg):
+        return None
+    extra = [Path(baseline_path)] if baseline_path else []
+    configured = config_baseline(cfg)
+    if not baseline_path and configured is not None:
+        extra.append(configured)
+    return Cache(cache_folder(cfg), run_key(options, cfg, extra))
+
+
 def _write(text: str, output: Optional[str]) -> None:
     if not output:
         click.echo(text, nl=False)
@@ -232,6 +251,21 @@ def _render(report: Report, fmt: str, statistics: bool, verbose: bool) -> str:
                    "models that call os._exit, crash the interpreter or hang in C code (slower "
                    "to start: the child imports torch). Default: 'subprocess' in the config, "
                    "else off.")
+@click.option("--device", type=click.Choice(("auto", "cpu", "meta")), default=None,
+              help="Where models are built: cpu (for real), meta (no weights allocated: their "
+                   "statistics come from the recorded initialisation; no --measure), auto "
+                   "(meta above --meta-threshold parameters, with a note). Default: 'device' in "
+                   "the config, else auto.")
+@click.option("--meta-threshold", metavar="PARAMS",
+              help="--device auto: build on the meta device above this many parameters (e.g. "
+                   "200M, the default, or 'meta-threshold' in the config).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes to spread the targets over (default: 'jobs' in the "
+                   "config, else one per core; 1: all in this process). Output order is stable.")
+@click.option("--cache/--no-cache", "use_cache", default=None,
+              help="Reuse the results of unchanged targets from the cache folder "
+                   "(.archlint_cache/ next to the config, or in the working directory). "
+                   "Default: 'cache' in the config, else on.")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracer, input and notes per target.")
 def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           select: tuple[str, ...], ignore: tuple[str, ...], extend_ignore: tuple[str, ...],
@@ -240,7 +274,9 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
           unused_suppressions: Optional[bool], ignore_noqa: bool, input_shape: Optional[str],
           input_dtype: Optional[str], input_high: Optional[int], measure: bool,
           fixes: bool, diff: bool, plot_path: Optional[str], timeout: Optional[float],
-          subprocess_mode: Optional[bool], verbose: bool) -> None:
+          subprocess_mode: Optional[bool], device: Optional[str],
+          meta_threshold: Optional[str], jobs: Optional[int], use_cache: Optional[bool],
+          verbose: bool) -> None:
     """Lint the models in PATHS (files, directories, file.py:Name, package.module:callable)."""
     from .baseline import BaselineError, load_baseline
 
@@ -259,8 +295,32 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
         _write(_render(Report(fail_on=fail_on or "warning", notes=[NO_MODELS]), fmt, statistics,
                        verbose), output)
         sys.exit(0)
+    cache = None
+    if not update_baseline and use_cache is not False:
+        cache = _open_cache(config_path, isolated, use_cache, dict(
+            select=_split(select), ignore=_split(ignore), extend_ignore=_split(extend_ignore),
+            exclude=_split(exclude), fail_on=fail_on, input=[input_shape, input_dtype,
+                                                             input_high],
+            unused=unused_suppressions, noqa=not ignore_noqa, measure=measure, fixes=fixes,
+            diff=diff, device=device, meta_threshold=meta_threshold, isolated=isolated,
+            baseline=baseline_path), baseline_path)
+    if cache is not None and not plot_path:
+        from .cache import cached_report, config_baseline
 
-    from .config import ConfigError
+        used = baseline
+        if used is None and not baseline_path:  # the config's baseline, read without torch
+            configured = config_baseline(cache.key.config)
+            try:
+                used = load_baseline(configured) if configured is not None else None
+            except BaselineError:
+                used = None
+                cache = None  # the full run reports it
+        report = cached_report(cache, list(paths), used) if cache is not None else None
+        if report is not None:  # every target cached: answered without importing torch
+            _write(_render(report, fmt, statistics, verbose), output)
+            sys.exit(report.exit_code())
+
+    from .config import ConfigError, parse_count
     from .loading.inputs import InputError
     from .rules import known_selector
     from .runner import RunOptions, UsageError, run
@@ -268,6 +328,8 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
     try:
         config = _load_config(config_path, isolated)
         spec = _cli_input(input_shape, input_dtype, input_high)
+        threshold = None if meta_threshold is None else parse_count(meta_threshold,
+                                                                    "--meta-threshold")
     except (ConfigError, InputError) as exc:
         _fail(str(exc))
         return
@@ -328,7 +390,14 @@ def check(paths: tuple[str, ...], config_path: Optional[str], isolated: bool,
                       respect_suppressions=not ignore_noqa,
                       report_unused_suppressions=unused_suppressions, baseline=baseline,
                       measure=measure, fixes=fixes, diff=diff and fixes, timeout=timeout,
-                      subprocess=subprocess_mode, on_abandoned=abandoned)
+                      subprocess=subprocess_mode, on_abandoned=abandoned, device=device,
+                      meta_threshold=threshold, cache=cache,
+                      jobs=jobs or config.jobs or len(os.sched_getaffinity(0))
+                      if hasattr(os, "sched_getaffinity") else jobs or config.jobs or
+                      os.cpu_count() or 1)
+    if measure and (device or config.device) == "meta":
+        click.echo("archlint: note: --measure needs real weights and the models are built on "
+                   "the meta device (--device meta): nothing will be measured", err=True)
     try:
         with redirect:
             report = run(config, opts)

@@ -14,17 +14,21 @@ from typing import TYPE_CHECKING, Any, Optional
 import yaml
 
 from .results import SEVERITIES
-from .loading.inputs import InputError, InputSpec, parse_input
 
 if TYPE_CHECKING:
+    from .loading.inputs import InputSpec
     from .rules import Rule
 
 CONFIG_NAMES = (".archlint.yaml", ".archlint.yml", "archlint.yaml", "archlint.yml")
 TOP_KEYS = ("targets", "select", "ignore", "exclude", "fail-on", "rules", "input",
             "per-file-ignores", "baseline", "report-unused-suppressions", "local-rules",
-            "timeout", "subprocess")
+            "timeout", "subprocess", "device", "meta-threshold", "jobs", "cache",
+            "cache-dir")
 #: Seconds each model may take to build and be analysed (``timeout``; 0: no limit).
 DEFAULT_TIMEOUT = 120.0
+#: ``device: auto``: models with more parameters than this are analysed on the meta device.
+DEFAULT_META_THRESHOLD = 200_000_000
+DEVICES = ("auto", "cpu", "meta")
 TARGET_KEYS = ("target", "kwargs", "input", "feeds")
 
 
@@ -66,6 +70,15 @@ class Config:
     #: Lint each target in a child process (survives sys.exit, os._exit, crashes, C code that
     #: never returns).
     subprocess: bool = False
+    #: Where models are built: "cpu", "meta" (weights not allocated) or "auto".
+    device: str = "auto"
+    #: ``device: auto`` builds on the meta device above this many parameters.
+    meta_threshold: int = DEFAULT_META_THRESHOLD
+    #: Worker processes (None: one per core).
+    jobs: Optional[int] = None
+    #: Keep results in a cache folder (``cache-dir``, relative to the config's folder).
+    cache: bool = True
+    cache_dir: Optional[Path] = None
 
     @property
     def root(self) -> Path:
@@ -229,6 +242,7 @@ def _str_list(value: Any, loc: _Located, keys: tuple) -> list[str]:
 
 
 def validate(data: dict, loc: _Located, path: Path) -> Config:
+    from .loading.inputs import InputError, parse_input
     from .rules import find_rule, known_selector
 
     cfg = Config(path=path)
@@ -298,9 +312,54 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
         if not isinstance(v, bool):
             raise ConfigError(f"{loc.where(('subprocess',))}: expected true or false, got {v!r}")
         cfg.subprocess = v
+    if "device" in data:
+        v = data["device"]
+        if v not in DEVICES:
+            raise ConfigError(f"{loc.where(('device',))}: expected one of {', '.join(DEVICES)}, "
+                              f"got {v!r}")
+        cfg.device = v
+    if "meta-threshold" in data:
+        cfg.meta_threshold = parse_count(data["meta-threshold"], loc.where(("meta-threshold",)))
+    if "jobs" in data:
+        v = data["jobs"]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{loc.where(('jobs',))}: expected a number of worker processes "
+                              f"(1 or more), got {v!r}")
+        cfg.jobs = v
+    if "cache" in data:
+        v = data["cache"]
+        if not isinstance(v, bool):
+            raise ConfigError(f"{loc.where(('cache',))}: expected true or false, got {v!r}")
+        cfg.cache = v
+    if "cache-dir" in data:
+        v = data["cache-dir"]
+        if not isinstance(v, str) or not v.strip():
+            raise ConfigError(f"{loc.where(('cache-dir',))}: expected the path of a folder, got "
+                              f"{v!r}")
+        cfg.cache_dir = cfg.root / v
     if "targets" in data:
         cfg.targets = _validate_targets(data["targets"], loc)
     return cfg
+
+
+_SUFFIXES = {"k": 10 ** 3, "m": 10 ** 6, "b": 10 ** 9, "g": 10 ** 9}
+
+
+def parse_count(value: Any, where: str) -> int:
+    """A parameter count: 200000000, 2e8, "200M", "1.5B"."""
+    number: Any = value
+    if isinstance(value, str):
+        text = value.strip().lower().replace("_", "").replace(",", "")
+        scale = _SUFFIXES.get(text[-1:], 1) if text else 1
+        try:
+            number = float(text[:-1] if scale != 1 else text) * scale
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or number != number \
+            or number < 0 or number == float("inf"):
+        raise ConfigError(f"{where}: expected a number of parameters (e.g. 200000000 or 200M), "
+                          f"got {value!r}")
+    return int(number)
 
 
 def parse_timeout(value: Any, where: str) -> Optional[float]:
@@ -425,6 +484,8 @@ def coerce_option(value: Any, default: Any, where: str) -> Any:
 
 
 def _validate_targets(raw: Any, loc: _Located) -> list[TargetEntry]:
+    from .loading.inputs import InputError, parse_input
+
     if not isinstance(raw, list):
         raise ConfigError(f"{loc.where(('targets',))}: expected a list of targets")
     out = []

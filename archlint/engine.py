@@ -23,7 +23,9 @@ from .graph.ir import Graph, Kind
 from .ops import op_info
 from .ops.opaque import named_modules, see_through
 from .loading.sites import module_site
+from .loading.build import seed_everything
 from .loading.inputs import InputError, InputSpec
+from .loading.meta import MetaBuild, MetaError
 from .rules import ModelFacts, Rule, RuleContext, SourceContext
 from .loading.targets import display_path
 from .tracing import TraceError, trace_model
@@ -140,19 +142,34 @@ def lint_model(model: nn.Module, display: str, spec: Optional[InputSpec],
 
 
 def lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
-                     settings: Settings) -> tuple[TargetResult, Optional[Analysis]]:
+                     settings: Settings, meta: Optional[MetaBuild] = None
+                     ) -> tuple[TargetResult, Optional[Analysis]]:
     """:func:`lint_model`, also returning the live analysis (None when the model could not be
     traced or analysed) for the steps that run after the rules. Compiled and TorchScript
-    pieces are seen through for the time of it (archlint.ops.opaque.see_through)."""
+    pieces are seen through for the time of it (archlint.ops.opaque.see_through).
+
+    ``meta``: the model was built on the meta device (archlint.loading.meta); it is traced
+    there, then its small tensors are made real and its large weights are read by the
+    distribution of their entries."""
     with see_through(model) as seen:
-        return _lint_and_analyse(seen, display, spec, settings)
+        return _lint_and_analyse(seen, display, spec, settings, meta)
 
 
 def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
-                      settings: Settings) -> tuple[TargetResult, Optional[Analysis]]:
+                      settings: Settings, meta: Optional[MetaBuild] = None
+                      ) -> tuple[TargetResult, Optional[Analysis]]:
     result = TargetResult(target=display)
     try:
-        graph = trace_model(model, spec)
+        if meta is not None:
+            meta.prepare(seed_everything)
+        graph = trace_model(model, spec, meta=meta)
+        if meta is not None:
+            meta.realise_graph(graph)
+            meta.materialise_small(graph)
+    except MetaError as exc:
+        result.status = "error"
+        result.error = f"cannot analyse on the meta device: {exc} (try --device cpu)"
+        return result, None
     except TraceError as exc:
         result.status = "error"
         result.error = str(exc) if exc.mismatch else f"cannot trace: {exc}"
@@ -182,6 +199,9 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.error = f"analysis failed: {type(exc).__name__}: {exc}"[:400]
         return result, None
     result.notes.extend(analysis.notes)
+    if meta is not None:
+        result.notes[:0] = meta.notes
+        result.notes.extend(meta.describe())
     _describe_layers(result.layers, analysis)
     gradient = analysis.gradient
     if gradient is not None:

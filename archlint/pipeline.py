@@ -22,15 +22,21 @@ from torch import nn
 
 from .engine import Analysis, Settings, lint_and_analyse, lint_source, model_facts
 from .guard import StepError, guarded
-from .loading.build import LoadedModel, LoadFailure, plan_target, seed_everything
+from .graph.metainit import forget as forget_meta
+from .loading.build import (Candidate, LoadedModel, LoadError, LoadFailure, plan_target,
+                            seed_everything)
 from .loading.infer import infer_input
 from .loading.inputs import InputSpec, uninferable_input
+from .loading.meta import MetaBuild, TooLarge, build_counting, build_on_meta
 from .loading.targets import Target, display_path
+from .results import Outcome, TargetResult, Unbuilt, unbuilt_note
 from .rules import ModelFacts
-from .results import TargetResult, Unbuilt, unbuilt_note
 
 #: Seconds each model may take to build and be analysed (and a file to be imported).
 DEFAULT_TIMEOUT = 120.0
+#: ``--device auto``: models with more parameters than this are analysed on the meta device
+#: (a real build of 200M float32 parameters allocates 800 MB and takes seconds).
+DEFAULT_META_THRESHOLD = 200_000_000
 
 #: Called when a step starts: (kind "import" | "build" | "lint", what it is about, its limit),
 #: and with ("idle", "", None) when it is over.
@@ -54,20 +60,14 @@ class Job:
     #: not to lint again (already reported, or a child died linting them).
     skip: frozenset = frozenset()
     done: frozenset = frozenset()
+    #: "cpu" (a real build), "meta" (archlint.loading.meta) or "auto": meta when the model
+    #: has more than ``meta_threshold`` parameters.
+    device: str = "auto"
+    meta_threshold: int = DEFAULT_META_THRESHOLD
     #: Run the source rules on the target's file after its models (the runner asks it of the
     #: last target of each file), with what the earlier targets' graphs said of their models.
     source: bool = True
     facts: dict[str, ModelFacts] = field(default_factory=dict)
-
-
-@dataclass
-class Outcome:
-    """One model's result, and the source files its analysis looked at (where suppression
-    comments can be judged unused); ``facts``: what its graph says, for the source rules."""
-
-    result: TargetResult
-    files: list[str] = field(default_factory=list)
-    facts: list[ModelFacts] = field(default_factory=list)
 
 
 Item = Union[Outcome, Unbuilt]
@@ -92,6 +92,7 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     finally:
         step("idle", "", None)
     built: list = []
+    metas: dict[int, MetaBuild] = {}
     spent: dict[str, float] = {}
     for cand in plan.candidates:
         if cand.display in job.skip:
@@ -99,15 +100,19 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
         step("build", cand.display, job.timeout)
         t0 = time.monotonic()
         try:
-            model = guarded(cand.build, f"cannot build {cand.display}", job.timeout,
-                            user_file=cand.user_file)
+            model = guarded(lambda: _build(cand, job, metas), f"cannot build {cand.display}",
+                            job.timeout, user_file=cand.user_file)
         except StepError as exc:
             model = LoadFailure(cand.display, str(exc))
         step("idle", "", None)
         spent[cand.display] = time.monotonic() - t0
         built.append((cand, model))
     kept, unbuilt = plan.keep(built)
+    for item in kept:
+        if isinstance(item, LoadedModel):
+            item.meta = metas.get(id(item.model))
     del built
+    metas.clear()
     if not kept and unbuilt and target.display not in job.done:
         yield error(target.display, unbuilt_note(unbuilt, plan.hint()))  # nothing linted
     facts: dict[str, ModelFacts] = {}
@@ -265,6 +270,31 @@ def _source(job: Job, facts: dict[str, ModelFacts]) -> Iterator[Item]:
         yield Outcome(result, [str(path)])
 
 
+def _build(cand: Candidate, job: Job, metas: dict[int, MetaBuild]) -> nn.Module:
+    """Build one model: for real, or on the meta device (``job.device``; "auto": for real,
+    unless it asks for more than ``job.meta_threshold`` entries -- then, before allocating
+    them, on the meta device)."""
+    if cand.built or job.device == "cpu":
+        return cand.build()
+    if job.device == "auto":
+        try:  # for real, stopped before it allocates more than the threshold
+            return build_counting(cand.build, job.meta_threshold)
+        except TooLarge:
+            seed_everything()
+    try:
+        built = build_on_meta(cand.build)
+    except LoadError as exc:
+        raise LoadError(f"{exc} (on the meta device: --device cpu builds it for real)"
+                        ) from None
+    why = (f"{built.parameters:,} parameters, more than the {job.meta_threshold:,} of "
+           "--meta-threshold (--device cpu builds it for real)") if job.device == "auto" \
+        else "--device meta"
+    built.notes.append(f"analysed on the meta device ({why}): weights not allocated; large "
+                       "weights read by the distribution their initialisation draws from")
+    metas[id(built.model)] = built
+    return built.model
+
+
 def _remaining(timeout: Optional[float], spent: float) -> Optional[float]:
     if not timeout or timeout <= 0:
         return None
@@ -294,14 +324,21 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
 def _lint_loaded(loaded: LoadedModel, spec: Optional[InputSpec], job: Job,
                  facts: Optional[dict[str, ModelFacts]] = None) -> Outcome:
     """Trace, analyse, run the rules (and ``--measure``, ``--diff``): inside a guarded step."""
-    result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings)
+    try:
+        result, analysis = lint_and_analyse(loaded.model, loaded.display, spec, job.settings,
+                                            meta=loaded.meta)
+    finally:
+        forget_meta()
     if loaded.note:
         result.notes.insert(0, loaded.note)
     found = [model_facts(name, analysis) for name in
              sorted({type(loaded.model).__name__, loaded.display.rsplit(":", 1)[-1]})]
     if facts is not None:
         facts.update({f.name: f for f in found})
-    if job.measure and analysis is not None:
+    if job.measure and loaded.meta is not None:
+        result.notes.append("--measure skipped: the model was analysed on the meta device, "
+                            "without weights to run (--device cpu measures it)")
+    elif job.measure and analysis is not None:
         seed_everything()
         _measure(loaded, analysis, result)
     if job.diff and analysis is not None and analysis.fixes:

@@ -237,6 +237,17 @@ class TargetResult:
         return d
 
 
+@dataclass
+class Outcome:
+    """One model's result, and the source files its analysis looked at (where suppression
+    comments can be judged unused); ``facts``: what its graph says, for the source rules
+    (``archlint.rules.ModelFacts``)."""
+
+    result: TargetResult
+    files: list[str] = field(default_factory=list)
+    facts: list[Any] = field(default_factory=list)
+
+
 def result_from_dict(d: dict[str, Any]) -> TargetResult:
     """The :class:`TargetResult` that ``dataclasses.asdict(result)`` describes (the subprocess
     mode sends results as plain JSON, never pickles)."""

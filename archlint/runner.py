@@ -10,26 +10,30 @@ that never returns.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .baseline import Baseline
+from .cache import Cache, Entry, entry_items, hashes, identity_of, items_from, target_files
 from .config import Config
 from .engine import SOURCE_TRACER, Settings
 from .guard import can_interrupt, watch_interrupts
 from .pipeline import Item, Job, error, lint_target
 from .watchdog import Watchdog
 from .worker import ChildPool
-from .results import Finding, TargetResult, Unbuilt, target_file
+from .results import Finding, Outcome, TargetResult, Unbuilt, target_file
 from .loading.inputs import InputSpec
 from .report.model import Report
 from .rule_docs import rule_info
 from .rules import code_prefixes, matches, selected_rules
 from .suppressions import SuppressionIndex
-from .loading.targets import NO_MODELS, Target, TargetError, display_path, resolve, split_spec
+from .loading.targets import (NO_MODELS, Target, TargetError, config_relative, display_path,
+                               resolve, split_spec)
 
 
 @dataclass
@@ -60,6 +64,14 @@ class RunOptions:
     timeout: Optional[float] = None
     #: Lint each target in a child process (None: the config's ``subprocess``).
     subprocess: Optional[bool] = None
+    #: "cpu", "meta" or "auto" (None: the config's ``device``), and the parameter count above
+    #: which "auto" analyses on the meta device (None: the config's ``meta-threshold``).
+    device: Optional[str] = None
+    meta_threshold: Optional[int] = None
+    #: Worker processes for the targets (None: the config's ``jobs``, else one per core).
+    jobs: Optional[int] = None
+    #: The result cache (archlint.cache.Cache), or None.
+    cache: Optional[Cache] = None
     #: In-process, when a model hangs in C code past its time limit the run is finished in
     #: another thread, which calls this with the report; it must end the process (the main
     #: thread stays stuck). None: no such rescue (the run waits).
@@ -128,16 +140,10 @@ def _without_prefix(message: str, left: str) -> str:
 
 def _config_feeds(feeds: str, root: Path) -> str:
     """``feeds: models/d.py:Disc`` is relative to the config's folder, like ``target:``."""
-    return _config_relative(feeds, root) if ":" in feeds else feeds
+    return config_relative(feeds, root) if ":" in feeds else feeds
 
 
-def _config_relative(spec: str, root: Path) -> str:
-    left, name = split_spec(spec)
-    candidate = root / left
-    if not Path(left).is_absolute() and (left.endswith(".py") or candidate.exists()):
-        rel = display_path(candidate)
-        return rel + (f":{name}" if name else "")
-    return spec
+_config_relative = config_relative
 
 
 def _attach_config_entries(targets: list[Target], config: Config) -> None:
@@ -182,7 +188,14 @@ class _Run:
         self.coverage = _Coverage()
         self.timeout = config.timeout if opts.timeout is None else (opts.timeout or None)
         self.in_children = config.subprocess if opts.subprocess is None else opts.subprocess
+        self.device = opts.device or config.device
+        self.meta_threshold = config.meta_threshold if opts.meta_threshold is None \
+            else opts.meta_threshold
         self.pool: Optional[ChildPool] = None
+        #: -j N: the child pools linting targets side by side.
+        self.pools: list[ChildPool] = []
+        self.stopping = False
+        self.jobs = max(1, (opts.jobs if opts.jobs is not None else config.jobs) or 1)
         #: The target being linted and the models of it already reported.
         self.current: Optional[Target] = None
         self.reported: set[str] = set()
@@ -201,14 +214,13 @@ class _Run:
         path = target.path.resolve() if target.path is not None else None
         return Job(target, self.settings, default_input=self.config.input,
                    measure=self.opts.measure, diff=self.opts.diff, timeout=self.timeout,
-                   skip=skip, done=done,
+                   skip=skip, done=done, device=self.device, meta_threshold=self.meta_threshold,
                    source=path is None or self.last_of_file.get(path) == id(target),
                    facts=dict(self.file_facts.get(path, {})) if path is not None else {})
 
     def children(self) -> ChildPool:
         if self.pool is None:
-            self.pool = ChildPool(self.config.path, self.settings, measure=self.opts.measure,
-                                  timeout=self.timeout, diff=self.opts.diff)
+            self.pool = self.new_pool()
         return self.pool
 
     def execute(self) -> Report:
@@ -219,23 +231,99 @@ class _Run:
         steps = _steps_to(watchdog) if watchdog is not None else None
         try:
             with watch_interrupts():
-                while self.next < len(self.targets):
-                    target = self.targets[self.next]
-                    self.next += 1
-                    if self.in_children:
-                        self.lint(target, self.children().lint)
-                    else:
-                        self.lint(target, lambda job: lint_target(job, on_step=steps))
+                if not self.lint_in_parallel():
+                    while self.next < len(self.targets):
+                        target = self.targets[self.next]
+                        self.next += 1
+                        if self.in_children:
+                            self.lint(target, self.children().lint)
+                        else:
+                            self.lint(target, lambda job: lint_target(job, on_step=steps))
         except BaseException:  # Ctrl-C: no child outlives the run
-            if self.pool is not None:
-                self.pool.abort()
+            self.stopping = True
+            for pool in [self.pool, *self.pools]:
+                if pool is not None:
+                    pool.abort()
             raise
         finally:
             if watchdog is not None:
                 watchdog.stop()
-            if self.pool is not None:
-                self.pool.close()
+            for pool in [self.pool, *self.pools]:
+                if pool is not None:
+                    pool.close()
         return self.finish()
+
+    def lint_in_parallel(self) -> bool:
+        """``-j N``: the targets the cache does not hold are linted by up to N child processes
+        at once (each imports torch once and lints one target after another); their results
+        are collected in the targets' order. False (nothing done) when fewer than two targets
+        need linting: one process then does it all."""
+        cache = self.opts.cache
+        hits: dict[int, Any] = {}
+        misses: list[int] = []
+        for i, t in enumerate(self.targets):
+            if not isinstance(t, Target):
+                continue
+            entry = cache.load(identity_of(t)) if cache is not None else None
+            if entry is not None:
+                hits[i] = entry
+            else:
+                misses.append(i)
+        workers = min(self.jobs, len(misses))
+        if workers < 2:
+            return False
+        done: dict[int, list[Item]] = {}
+        ready = threading.Condition()
+        queue = list(misses)
+
+        def work(pool: ChildPool) -> None:
+            while not self.stopping:
+                with ready:
+                    if not queue:
+                        return
+                    i = queue.pop(0)
+                target = self.targets[i]
+                assert isinstance(target, Target)
+                try:
+                    items = list(pool.lint(self.job(target)))
+                except Exception as exc:  # pragma: no cover - archlint's own failure
+                    items = [error(target.display, f"{type(exc).__name__}: {exc}"[:300])]
+                with ready:
+                    done[i] = items
+                    ready.notify_all()
+
+        _warm_up()  # what every child would import on its first model, imported once here
+        for _ in range(workers):  # forked before any thread starts
+            pool = self.new_pool(fork=True)
+            pool.start()
+            self.pools.append(pool)
+        threads = [threading.Thread(target=work, args=(pool,), daemon=True)
+                   for pool in self.pools]
+        for th in threads:
+            th.start()
+        for i, target in enumerate(self.targets):
+            self.next = i + 1
+            if not isinstance(target, Target):
+                self.lint(target, lambda job: iter(()))
+                continue
+            self.current, self.reported = target, set()
+            if i in hits:
+                for item in items_from(hits[i]):
+                    self.collect(item, target)
+                continue
+            with ready:
+                while i not in done:
+                    ready.wait(0.2)  # a short wait: Ctrl-C is seen at once
+                items = done.pop(i)
+            self.collect_all(target, items)
+        for th in threads:
+            th.join()
+        return True
+
+    def new_pool(self, fork: bool = False) -> ChildPool:
+        return ChildPool(self.config.path, self.settings, measure=self.opts.measure,
+                         timeout=self.timeout, diff=self.opts.diff, device=self.device,
+                         meta_threshold=self.meta_threshold, fork=fork)
 
     def lint(self, target: Target | Unresolved,
              linter: Callable[[Job], Iterator[Item]]) -> None:
@@ -243,8 +331,52 @@ class _Run:
             self.collect(error(target.display, target.error), None)
             return
         self.current, self.reported = target, set()
-        for item in linter(self.job(target)):
+        if self.cached(target):
+            return
+        self.collect_all(target, linter(self.job(target)))
+
+    def cached(self, target: Target) -> bool:
+        """Collect the target's results from the cache; False when they are not there."""
+        cache = self.opts.cache
+        entry = cache.load(identity_of(target)) if cache is not None else None
+        if entry is None:
+            return False
+        for item in items_from(entry):
             self.collect(item, target)
+        return True
+
+    def collect_all(self, target: Target, items: Iterable[Item]) -> None:
+        """Collect a target's fresh results, and keep them in the cache when it has one."""
+        cache = self.opts.cache
+        files = target_files(target) if cache is not None else None
+        if files is None:  # not cached: its dependencies cannot be known
+            for item in items:
+                self.collect(item, target)
+            return
+        deps = hashes(files)
+        report = self.report
+        mark = (len(report.targets), len(report.unbuilt), report.suppressed, report.baselined)
+        raw: list[dict] = []
+        ok = True
+        matched = dict(opts_baseline.matched) if (opts_baseline := self.opts.baseline) else {}
+        for item in items:
+            raw.extend(entry_items([item]))
+            if isinstance(item, Outcome):
+                ok = ok and item.result.status == "ok"
+                deps.update(hashes(Path(f) for f in item.files))
+                deps.update(hashes(Path(layer.path) for layer in item.result.layers
+                                   if layer.path))
+            self.collect(item, target)
+        if not ok:
+            return  # a failure may not happen again: linted anew next time
+        shown = [{"result": dataclasses.asdict(r)} for r in report.targets[mark[0]:]] + \
+            [{"unbuilt": dataclasses.asdict(u)} for u in report.unbuilt[mark[1]:]]
+        cache.store(identity_of(target), Entry(
+            items=raw, shown=shown, suppressed=report.suppressed - mark[2],
+            baselined=report.baselined - mark[3], files=deps,
+            matched=[[list(k), n - matched.get(k, 0)] for k, n in
+                     (opts_baseline.matched.items() if opts_baseline else ())
+                     if n != matched.get(k, 0)]))
 
     def _take_over(self, kind: str, what: str, limit: float) -> None:
         """In the watchdog's thread, the main one being stuck in C code: the stuck model is a
@@ -325,7 +457,33 @@ class _Run:
                                     "with --update-baseline")
         if not report.targets and opts.paths:
             report.notes.append(NO_MODELS)
+        if opts.cache is not None:
+            report.notes.extend(opts.cache.notes)
+            opts.cache.store_settings(self.settings_record(bool(unused)))
         return report
+
+    def settings_record(self, unused: bool) -> dict:
+        """What answering from the cache without torch needs of the config and the rules
+        (archlint.cache.cached_report)."""
+        config, opts = self.config, self.opts
+        return {"rules": [dataclasses.asdict(r) for r in self.report.rules],
+                "fail_on": self.report.fail_on, "report_unused": unused,
+                "exclude": opts.exclude if opts.exclude is not None else config.exclude,
+                "root": str(config.root),
+                "entries": [{"target": e.target, "kwargs": e.kwargs} for e in config.targets]}
+
+
+def _warm_up() -> None:
+    """Import, before forking the -j children, what building a model imports lazily (torch's
+    meta kernels, about a second) so that no child pays for it."""
+    import torch
+
+    from .loading.meta import build_on_meta
+
+    try:
+        build_on_meta(lambda: torch.nn.Linear(2, 2))
+    except Exception:  # pragma: no cover - only a warm-up
+        pass
 
 
 def _steps_to(watchdog: Watchdog) -> Callable[[str, str, Optional[float]], None]:

@@ -35,7 +35,7 @@ from typing import IO, Any, Iterator, Optional
 from .engine import Settings
 from .loading.inputs import input_from_data, input_to_data
 from .loading.targets import Target
-from .pipeline import Item, Job, Outcome, error
+from .pipeline import DEFAULT_META_THRESHOLD, Item, Job, Outcome, error
 from .results import Unbuilt, result_from_dict
 from .rules import ModelFacts
 
@@ -82,8 +82,89 @@ def _target_from(d: dict[str, Any]) -> Target:
 # Parent side
 # ------------------------------------------------------------------------------------------
 
+class _Forked:
+    """A child forked from this process (``-j N``): it has torch and archlint imported already,
+    and answers on pipes with the same protocol as ``python -m archlint.worker``. What
+    :class:`_Child` needs of a ``subprocess.Popen``."""
+
+    #: The parent's ends of every forked child's pipes: a child closes its siblings' (else a
+    #: child would never see the end of its input while a younger sibling holds it open).
+    _parent_ends: set[int] = set()
+
+    def __init__(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            code = 0
+            try:
+                for fd in (to_child_w, from_child_r, *_Forked._parent_ends):
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+                os.dup2(to_child_r, 0)
+                os.close(to_child_r)
+                sys.stdin = os.fdopen(0, "r", encoding="utf-8", closefd=False)
+                out = os.fdopen(from_child_w, "w", encoding="utf-8")
+                os.dup2(2, 1)
+                _in_child(out)
+            except BaseException:  # pragma: no cover - the parent sees the child gone
+                code = 2
+            finally:
+                os._exit(code)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.pid = pid
+        _Forked._parent_ends.update((to_child_w, from_child_r))
+        self.stdin = os.fdopen(to_child_w, "wb")
+        self.stdout = os.fdopen(from_child_r, "rb")
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -9
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired("archlint worker", timeout or 0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def forget(self) -> None:
+        """The parent is done with this child's pipes."""
+        for f in (self.stdin, self.stdout):
+            try:
+                _Forked._parent_ends.discard(f.fileno())
+            except (OSError, ValueError):
+                pass
+
+
 class _Child:
-    def __init__(self, setup: dict[str, Any]) -> None:
+    def __init__(self, setup: dict[str, Any], fork: bool = False) -> None:
+        if fork:
+            self.proc: Any = _Forked()
+            self._start(setup)
+            return
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         if "site-packages" not in root and "dist-packages" not in root:  # a source checkout
@@ -91,6 +172,9 @@ class _Child:
                                         if env.get("PYTHONPATH") else "")
         self.proc = subprocess.Popen([sys.executable, "-m", "archlint.worker"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._start(setup)
+
+    def _start(self, setup: dict[str, Any]) -> None:
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
         self.send({"setup": setup})
@@ -149,6 +233,8 @@ class _Child:
             pass
 
     def close(self) -> None:
+        if isinstance(self.proc, _Forked):
+            self.proc.forget()
         try:
             assert self.proc.stdin is not None
             self.proc.stdin.close()
@@ -161,18 +247,28 @@ class ChildPool:
     """Lints jobs in a child process, starting a new one whenever the last one died."""
 
     def __init__(self, config_path: Optional[Path], settings: Settings, measure: bool,
-                 timeout: Optional[float], diff: bool = False) -> None:
+                 timeout: Optional[float], diff: bool = False, device: str = "auto",
+                 meta_threshold: int = DEFAULT_META_THRESHOLD, fork: bool = False) -> None:
+        #: Children forked from this process (torch already imported) rather than started.
+        self.fork = fork and hasattr(os, "fork")
         self.setup = {"config": str(config_path) if config_path is not None else None,
                       "rules": [r.code for r in settings.rules],
                       "rule_options": settings.rule_options, "measure": measure,
-                      "timeout": timeout, "fixes": settings.fixes, "diff": diff}
+                      "timeout": timeout, "fixes": settings.fixes, "diff": diff,
+                      "device": device, "meta_threshold": meta_threshold}
         self.child: Optional[_Child] = None
+
+    def start(self) -> None:
+        """Start the child now (forked children: before the parent starts threads)."""
+        self._live_child()
 
     def _live_child(self) -> Optional[_Child]:
         if self.child is not None and self.child.proc.poll() is None:
             return self.child
+        fork, self.fork = self.fork, False  # only the first child is forked (before the run
+        # starts threads); one that replaces a dead child is started as a new process
         try:
-            self.child = _Child(self.setup)
+            self.child = _Child(self.setup, fork=fork)
         except OSError as exc:
             print(f"archlint: cannot start a child process: {exc}", file=sys.stderr)
             return None
@@ -290,6 +386,25 @@ def main() -> None:
         sys.exit(2)
 
 
+def _in_child(out: IO[str]) -> None:
+    """A forked child's life: the worker's loop, one torch thread (the children share the
+    cores), the parent's signal handlers and interval timer dropped."""
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    torch.set_num_threads(1)
+
+    def emit(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message, default=_jsonable) + "\n")
+        out.flush()
+
+    try:
+        _serve(emit)
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+
+
 def _serve(emit: Any) -> None:
     from .config import Config, load_config
     from .guard import watch_interrupts
@@ -315,6 +430,8 @@ def _serve(emit: Any) -> None:
                       measure=setup["measure"], diff=setup.get("diff", False),
                       timeout=setup["timeout"],
                       skip=frozenset(data["skip"]), done=frozenset(data["done"]),
+                      device=setup.get("device", "auto"),
+                      meta_threshold=setup.get("meta_threshold", DEFAULT_META_THRESHOLD),
                       source=data.get("source", True),
                       facts={f["name"]: ModelFacts(**f) for f in data.get("facts", [])})
 

@@ -478,3 +478,35 @@ def lint_fixture(name: str, model: str, **kwargs):
     it; returns the TargetResult."""
     inputs = fixture_inputs(fixture_file(name))
     return lint_model(getattr(fixture_module(name), model), inputs.get(model), **kwargs)
+
+
+def lint_both_ways(build, example_input: Any = None, small: Optional[int] = None):
+    """Lint the model ``build()`` makes twice: built for real, and built on the meta device
+    (archlint.loading.meta; ``small``: its threshold of matrices made real, default as shipped).
+    Returns the two TargetResults (real, meta)."""
+    from archlint.api import to_input_spec
+    from archlint.engine import Settings, lint_and_analyse
+    from archlint.graph.metainit import forget
+    from archlint.loading import meta as meta_mod
+    from archlint.loading.build import seed_everything
+    from archlint.rules import ALL_RULES
+
+    settings = Settings(rules=list(ALL_RULES))
+    seed_everything()
+    model = build()
+    spec = to_input_spec(example_input, model) if example_input is not None else None
+    real, _ = lint_and_analyse(model, "model", spec, settings)
+    del model
+    saved = meta_mod.SMALL
+    if small is not None:
+        meta_mod.SMALL = small
+    try:
+        seed_everything()
+        built = meta_mod.build_on_meta(build)
+        spec = to_input_spec(example_input, built.model) if example_input is not None else None
+        seed_everything()
+        on_meta, _ = lint_and_analyse(built.model, "model", spec, settings, meta=built)
+    finally:
+        meta_mod.SMALL = saved
+        forget()
+    return real, on_meta

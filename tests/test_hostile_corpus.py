@@ -71,6 +71,8 @@ def execute(run: Run, generated: dict[str, Path], fresh: bool = False) -> Result
     if key in _cache and not fresh:
         return _cache[key]
     args = _placeholders(run.args, generated)
+    if not args or args[0] not in ("rules", "explain"):
+        args = [*args, "--no-cache"]  # every case runs the models' code: no cached answers
     t0 = time.perf_counter()
     if run.subprocess:
         env = dict(os.environ)

@@ -379,9 +379,16 @@ def test_linting_writes_nothing_next_to_the_models(project):
           "        self.fc = nn.Linear(8, 4)\n        self.head = head()\n\n"
           "    def forward(self, x):\n        return self.head(self.fc(x))\n")
     before = sorted(p.relative_to(project) for p in project.rglob("*"))
-    r = invoke("models")
+    r = invoke("models", "--no-cache")
     assert r.exit_code == 0, r.stdout + r.stderr
     assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+    # with the result cache (on by default): its one folder in the working directory, with a
+    # .gitignore of its own, and nothing next to the models
+    r = invoke("models")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    after = sorted(p.relative_to(project) for p in project.rglob("*"))
+    assert [p for p in after if p.parts[0] != ".archlint_cache"] == before
+    assert (project / ".archlint_cache" / ".gitignore").is_file()
 
 
 # ------------------------------------------------------------------------------------------

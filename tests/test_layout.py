@@ -26,7 +26,7 @@ LAYERS = [
     {"estimate"},
     {"rules"},
     {"rule_docs", "engine", "measure", "measure_step", "fixes"},
-    {"config"},
+    {"config", "cache"},
     {"runner", "api", "testing", "pipeline", "worker", "watchdog"},
     {"cli", "__main__"},
 ]

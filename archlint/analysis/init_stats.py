@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
+from ..graph.metainit import MetaValueError, meta_dist
 from ..ops import op_info
 from ..ops.linear import weight_fans
 from ..ops.norms import measured_affine, norm_affine
@@ -298,6 +298,36 @@ def _chains(graph: Graph) -> dict[Node, Node]:
     return {n: find(n) for n in parent}
 
 
+def _layer(node: Node, graph: Graph, chain_of: dict, sizes: dict, fan_in: Optional[int],
+           fan_out: Optional[int], mean_sq: float, w: torch.Tensor, joins: set[Node],
+           order: dict[Node, int], all_zero: bool, constant: bool, symmetric: bool) -> LayerInit:
+    nonfinite = not math.isfinite(mean_sq)
+    reader = _read_as_weight(node)
+    shape = reader.input_shapes[1] if reader is not None and \
+        len(reader.input_shapes) > 1 else None
+    if reader is not None and shape:  # a bank of weights: judged as the reader's weight
+        fan_in, fan_out = _bank_fans(reader, shape, w)
+    else:
+        reader = None
+    sigma_w2 = fan_in * mean_sq if fan_in else None
+    sigma_w2_out = fan_out * mean_sq if fan_out else None
+    op, consumer = _consumer(reader if reader is not None else node)
+    return LayerInit(
+        node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
+        sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
+        all_zero=all_zero, constant=constant,
+        symmetric=symmetric, next_activation=op,
+        target_sigma_w2=_target_sigma_w2(op, consumer),
+        identity_at_init_ok=_feeds_join_or_output(node, graph),
+        chain=chain_of.get(node, node),
+        chain_length=sizes.get(chain_of.get(node, node), 1),
+        trainable=_trainable(node, w),
+        in_residual_branch=_in_residual_branch(node, graph, joins, order),
+        constant_gate=_constant_gate(node, None if nonfinite else sigma_w2),
+        weight_of=reader,
+    )
+
+
 @dataclass
 class InitFacts:
     layers: list[LayerInit]
@@ -318,12 +348,22 @@ def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFac
         if w is None or w.dim() < 2 or id(w) in seen_weights:
             continue
         seen_weights.add(id(w))  # a shared layer is judged once
+        try:
+            d = meta_dist(w)
+        except MetaValueError:  # made real just now
+            w = node.weight()
+            d = None
+        if d is not None:  # a large weight on the meta device: its entries' distribution
+            fan_in, fan_out = weight_fans(node, w)
+            layers.append(_layer(node, graph, chain_of, sizes, fan_in, fan_out, d.mean_sq, w,
+                                 joins, order, all_zero=d.mean_sq == 0.0,
+                                 constant=d.var == 0.0 and d.mean != 0.0, symmetric=False))
+            continue
         wd = w.detach()
         if not wd.is_floating_point():
             wd = wd.float()
         mean_sq = float(torch.linalg.vector_norm(wd.float() if wd.dtype != torch.float32 else wd)
                         ) ** 2 / max(1, wd.numel())
-        nonfinite = not math.isfinite(mean_sq)
         all_zero = mean_sq == 0.0
         flat = wd.reshape(-1)
         constant = (not all_zero and flat.numel() > 1 and bool(flat[0] == flat[-1])
@@ -331,31 +371,9 @@ def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFac
         rows = wd.reshape(wd.shape[0], -1)
         symmetric = (not all_zero and not constant and rows.shape[0] > 1 and rows.shape[1] > 1
                      and torch.equal(rows[0], rows[1]) and bool((rows == rows[0:1]).all()))
-        reader = _read_as_weight(node)
-        shape = reader.input_shapes[1] if reader is not None and \
-            len(reader.input_shapes) > 1 else None
-        if reader is not None and shape:  # a bank of weights: judged as the reader's weight
-            fan_in, fan_out = _bank_fans(reader, shape, wd)
-        else:
-            reader = None
-            fan_in, fan_out = weight_fans(node, wd)
-        sigma_w2 = fan_in * mean_sq if fan_in else None
-        sigma_w2_out = fan_out * mean_sq if fan_out else None
-        op, consumer = _consumer(reader if reader is not None else node)
-        layers.append(LayerInit(
-            node=node, fan_in=fan_in, sigma_w2=None if nonfinite else sigma_w2,
-            sigma_w2_out=None if nonfinite else sigma_w2_out, nonfinite=nonfinite,
-            all_zero=all_zero, constant=constant,
-            symmetric=symmetric, next_activation=op,
-            target_sigma_w2=_target_sigma_w2(op, consumer),
-            identity_at_init_ok=_feeds_join_or_output(node, graph),
-            chain=chain_of.get(node, node),
-            chain_length=sizes.get(chain_of.get(node, node), 1),
-            trainable=_trainable(node, w),
-            in_residual_branch=_in_residual_branch(node, graph, joins, order),
-            constant_gate=_constant_gate(node, None if nonfinite else sigma_w2),
-            weight_of=reader,
-        ))
+        fan_in, fan_out = weight_fans(node, wd)
+        layers.append(_layer(node, graph, chain_of, sizes, fan_in, fan_out, mean_sq, w, joins,
+                             order, all_zero=all_zero, constant=constant, symmetric=symmetric))
     norms: list[NormInit] = []
     for node in graph.by_kind(Kind.NORM):
         gamma, _ = norm_affine(node)  # F.batch_norm's running stats are not its scale

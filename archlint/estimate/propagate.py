@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
+from ..graph.metainit import is_meta, real
 from ..meanfield.signal import Sig, mean, mean_sq, numel
 from ..ops import op_info
 from ..ops.base import Backward, Gains, unknown
@@ -172,6 +173,12 @@ class Propagation:
             try:
                 self.forward(node)
             except Exception:  # a formula failing on an odd node must not kill the estimate
+                if _made_real(node):  # it read a meta weight's values: retry with them real
+                    try:
+                        self.forward(node)
+                        continue
+                    except Exception:
+                        pass
                 self.note_unknown(node)
                 self.sig[node] = self.s_in(node) if node.inputs else Sig(0.0, 0.0, 0.0,
                                                                           self.numel(node))
@@ -283,6 +290,21 @@ class Propagation:
                     if a > 0.0:
                         self.unknown_g2[p] = self.unknown_g2.get(p, 0.0) + a * share
             carry_selection(self, node, go, added)
+
+
+def _made_real(node: Node) -> bool:
+    """Make the meta tensors ``node`` reads real (model built on the meta device); True when
+    there was one."""
+    tensors = list(node.module.parameters(recurse=False)) if node.module is not None else []
+    tensors += [i.tensor for i in node.inputs if i.kind == Kind.PARAM and i.tensor is not None]
+    wp = node.attrs.get("weight_param")
+    if isinstance(wp, Node) and wp.tensor is not None:
+        tensors.append(wp.tensor)
+    made = False
+    for t in tensors:
+        if is_meta(t):
+            made = real(t) or made
+    return made
 
 
 def estimate_graph(graph: Graph) -> Estimate:

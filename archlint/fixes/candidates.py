@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
+from ..graph.metainit import Dist, is_meta, meta_like
+
 from ..analysis import GraphFacts
 from ..analysis.init_stats import LayerInit
 from ..analysis.structure import INF, longest_plain_stretch, plain_stretch, walk_run
@@ -302,7 +304,15 @@ def add_skips(layers: list[Node], ctx: Context, rank: int = 20) -> list[Candidat
 
 def _zeros_of(node: Node) -> Callable[[], torch.Tensor]:
     w = node.weight()
-    return lambda: torch.zeros(w.shape, dtype=w.dtype)
+    return lambda: _zeros_like(w)
+
+
+def _zeros_like(t: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """A constant tensor shaped as ``t`` (on the meta device, with its distribution, for a
+    large weight of a model built there)."""
+    if is_meta(t):
+        return meta_like(t, Dist(value, 0.0))
+    return torch.full(t.shape, value, dtype=t.dtype)
 
 
 def reinitialize(layers: list[Node], ctx: Context, schemes=("fit",),
@@ -360,9 +370,9 @@ def zero_init_branches(ctx: Context, rank: int = 40) -> list[Candidate]:
     for n in ends:
         if n.kind == Kind.NORM:
             gamma = getattr(n.module, "weight", None)
-            actions.append(Action("norm_scale", n, tensor=torch.zeros_like(gamma.detach())))
+            actions.append(Action("norm_scale", n, tensor=_zeros_like(gamma.detach())))
         else:
-            actions.append(Action("weight", n, tensor=torch.zeros_like(n.weight().detach())))
+            actions.append(Action("weight", n, tensor=_zeros_like(n.weight().detach())))
     return [Candidate(
         kind="zero-init-residual",
         description=f"zero-initialise the last layer of the {len(ends)} residual branch"
@@ -451,7 +461,7 @@ def _al104(finding: Finding, ctx: Context) -> list[Candidate]:
         return [Candidate(
             kind="norm-scale", description=f"set the scale of the {_what(norms)} to 1",
             modules=_names(norms), parameters={"value": 1.0},
-            actions=[Action("norm_scale", n, tensor=torch.ones_like(n.module.weight.detach()))
+            actions=[Action("norm_scale", n, tensor=_zeros_like(n.module.weight.detach(), 1.0))
                      for n in norms])]
     if problem == "stack-scale":
         names = set(finding.data.get("layers") or ())
@@ -502,7 +512,7 @@ def _al110(finding: Finding, ctx: Context) -> list[Candidate]:
             kind="reinitialize", description=f"initialise the {what} of the {_what(biased)} at 0",
             modules=_names(biased), parameters={"init": "zeros", "parameter": "bias",
                                                 "layers": _names(biased)},
-            actions=[Action("bias", n, tensor=torch.zeros_like(n.module.bias.detach()))
+            actions=[Action("bias", n, tensor=_zeros_like(n.module.bias.detach()))
                      for n in biased],
             source=_sources(biased, "init", ctx.graph, scheme="zeros", parameter="bias")))
     for k, (op, label) in enumerate((("leaky_relu", "LeakyReLU"), ("gelu", "GELU"))):

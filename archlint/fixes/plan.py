@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+
+from ..graph.metainit import Dist, is_meta, meta_like
 from torch import nn
 
 from ..graph.ir import Graph, Kind, Node
@@ -120,6 +122,12 @@ def initializer(node: Node, scheme: str, target_sigma_w2: float = 2.0
     seed = _seed(f"{node.module_path}:{scheme}")
 
     def draw() -> torch.Tensor:
+        if is_meta(w):  # a large weight of a model on the meta device: its distribution only
+            rows = shape[0]
+            cols = max(math.prod(shape) // max(rows, 1), 1)
+            var = target_sigma_w2 * min(rows, cols) / max(rows * cols, 1) \
+                if scheme == "orthogonal" else (2.0 if scheme == "he" else 1.0) / fi
+            return meta_like(w, Dist(0.0, var))
         gen = torch.Generator().manual_seed(seed)
         out = torch.empty(shape, dtype=torch.float32)
         if scheme == "orthogonal":

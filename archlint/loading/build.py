@@ -45,6 +45,8 @@ class LoadedModel:
     input: Optional[InputSpec]
     #: How archlint built it, when it chose arguments itself ("built as UNet(cfg=Config())").
     note: str = ""
+    #: Built on the meta device (archlint.loading.meta.MetaBuild), or None.
+    meta: Any = None
 
 
 @dataclass

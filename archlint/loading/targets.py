@@ -125,6 +125,17 @@ def might_need_source_rules(path: Path) -> bool:
     return any(cue in text for cue in SOURCE_CUES)
 
 
+def config_relative(spec: str, root: Path) -> str:
+    """A config ``target:`` entry as a path relative to the working directory (entries are
+    relative to the config's folder)."""
+    left, name = split_spec(spec)
+    candidate = root / left
+    if not Path(left).is_absolute() and (left.endswith(".py") or candidate.exists()):
+        rel = display_path(candidate)
+        return rel + (f":{name}" if name else "")
+    return spec
+
+
 def might_define_models(path: Path) -> bool:
     """Cheap check before importing: does the file define classes or build objects at top level?
 

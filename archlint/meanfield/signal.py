@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..graph.metainit import Dist, meta_dist
+
 EPS = 1e-30
 
 #: Gauss-Hermite rule for averaging over a unit's shared offset (24 nodes).
@@ -50,6 +52,9 @@ class Sig:
 def mean_sq(t: Optional[torch.Tensor]) -> float:
     if t is None:
         return 0.0
+    d = meta_dist(t)
+    if d is not None:
+        return d.mean_sq
     t = t.detach()
     if t.numel() == 0:
         return 0.0
@@ -57,6 +62,9 @@ def mean_sq(t: Optional[torch.Tensor]) -> float:
 
 
 def mean(t: Optional[torch.Tensor]) -> float:
+    d = meta_dist(t) if t is not None else None
+    if d is not None:
+        return d.mean
     return float(t.detach().float().mean()) if t is not None and t.numel() else 0.0
 
 
@@ -100,6 +108,9 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     # ids are reused once a tensor dies: a hit counts only if it is still the same tensor
     if hit is not None and hit[0]() is w and hit[1]() is b:
         return hit[2]
+    d = meta_dist(w)
+    if d is not None:
+        return _expected_linear_stats(w, b, d, in_dim, transposed)
     wd = w.detach().float()
     if in_dim == 0:
         wd = wd.t()
@@ -118,6 +129,22 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     _weight_cache[key] = (weakref.ref(w), (weakref.ref(b) if b is not None else _none_ref),
                           stats)
     return stats
+
+
+def _expected_linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], d: Dist, in_dim: int,
+                           transposed: bool) -> LinearStats:
+    """:func:`linear_stats` of a meta weight: the expectations over its entries' distribution
+    (i.i.d.; a matrix of millions of entries matches them to a fraction of a percent)."""
+    out = int(w.shape[in_dim ^ 1]) if w.dim() == 2 else int(w.shape[0])
+    fan_in = max(int(w.numel()) // max(out, 1), 1)
+    entry = d.mean_sq
+    a = fan_in * entry
+    rowsum_mean = fan_in * d.mean
+    bm = fan_in * d.var + rowsum_mean * rowsum_mean
+    b2, bmean = mean_sq(b), mean(b)
+    return LinearStats(a=a, bm=bm, col2=a if transposed else out * entry, b2=b2, bmean=bmean,
+                       brow=bmean * rowsum_mean if b is not None and b.numel() == out else 0.0,
+                       rowsum_mean=rowsum_mean, fan_in=fan_in, out=out)
 
 
 def linear_forward(x: Sig, st: LinearStats, n: int) -> Sig:

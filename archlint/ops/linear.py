@@ -19,6 +19,7 @@ from torch import nn
 
 from ..graph.derived import is_param_only, source_params
 from ..graph.ir import Kind, Node
+from ..graph.metainit import meta_dist
 from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forward, linear_stats,
                                 mean_sq, numel)
 from .base import Backward, Gains, Propagation, kw, unknown
@@ -285,6 +286,10 @@ def estimate_linear(prop: Propagation, node: Node) -> None:
 def _kernel_colsum_sq(w: torch.Tensor) -> float:
     """Mean over input channels of sum_o (sum_k W[o, c, k])^2: the backward response of a
     convolution to a gradient that is constant over positions."""
+    d = meta_dist(w)
+    if d is not None:  # a meta weight: the expectation over its entries' distribution
+        k = numel(w.shape[2:])
+        return int(w.shape[0]) * (k * d.var + k * k * d.mean * d.mean)
     wd = w.detach()
     if numel(wd.shape[2:]) == 1:  # 1x1 kernels: the plain column norm
         return float(torch.linalg.vector_norm(wd.float())) ** 2 / max(wd.shape[1], 1)
@@ -296,6 +301,12 @@ def _phase_colsum_sq(w: torch.Tensor, stride: list[int]) -> float:
     """Mean over input channels and stride phases of sum_o (sum of W[o, c, taps of the
     phase])^2: the energy a strided convolution hands its input from a gradient that is
     constant over its output positions (taps t reach the input positions of phase t mod s)."""
+    d = meta_dist(w)
+    if d is not None:  # a meta weight: the expectation over its entries' distribution
+        taps = [numel([len(range(r, int(k), s)) for r, k, s in zip(phase, w.shape[2:], stride)])
+                for phase in itertools.product(*[range(s) for s in stride])]
+        return sum(int(w.shape[0]) * (t * d.var + t * t * d.mean * d.mean) for t in taps) / \
+            max(len(taps), 1)
     wd = w.detach().float()
     nd = wd.dim() - 2
     total = 0.0
@@ -463,10 +474,18 @@ def estimate_embedding(prop: Propagation, node: Node) -> None:
     if w is None:
         unknown(prop, node)
         return
-    wd = w.detach().float()
-    q = mean_sq(wd)
-    col_mean = wd.mean(0)
-    s = float(col_mean.pow(2).mean())
+    d = meta_dist(w)
+    if d is not None:  # a meta table: expectations over its entries' distribution
+        wd = w.detach()
+        q = d.mean_sq
+        s = d.mean * d.mean + d.var / max(int(wd.shape[0]), 1)
+        col_mean_mean = d.mean
+    else:
+        wd = w.detach().float()
+        q = mean_sq(wd)
+        col_mean = wd.mean(0)
+        s = float(col_mean.pow(2).mean())
+        col_mean_mean = float(col_mean.mean())
     n = prop.numel(node)
     dim = wd.shape[1]
     if node.op == "embedding_bag":
@@ -476,13 +495,13 @@ def estimate_embedding(prop: Propagation, node: Node) -> None:
         factor = 1.0 / bag if mode == "mean" else (1.0 if mode == "sum" else 1.0)
         qo = s + (q - s) / bag if mode == "mean" else (bag * q + bag * (bag - 1) * s)
         lookups = numel(ids) if ids else n // dim
-        prop.out(node, Sig(qo, float(col_mean.mean()) * (1 if mode == "mean" else bag), s, n),
+        prop.out(node, Sig(qo, col_mean_mean * (1 if mode == "mean" else bag), s, n),
                  EmbeddingBackward(lookups, wd.shape[0], factor ** 2))
         return
     pad = getattr(m, "padding_idx", None) if m is not None else None
     lookups = max(n // max(dim, 1), 1)
     rows = wd.shape[0] - (1 if pad is not None else 0)
-    prop.out(node, Sig(q, float(col_mean.mean()), s, n),
+    prop.out(node, Sig(q, col_mean_mean, s, n),
              EmbeddingBackward(lookups, max(rows, 1), 1.0))
 
 

@@ -249,6 +249,18 @@ def _repeat(name: str, x: TensorShape, args: Any, kwargs: dict) -> TensorShape:
 
 
 @_tensor_rule
+def _repeat_interleave(name: str, x: TensorShape, args: Any, kwargs: dict) -> TensorShape:
+    reps = args[1] if len(args) > 1 else kwargs.get("repeats")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    if isinstance(reps, bool) or not isinstance(reps, int):
+        raise NoRule("repeats given as a tensor")
+    if dim is None:
+        return x.with_shape((math.prod(x.shape) * reps,))
+    d = norm_dim(dim, x.dim())
+    return x.with_shape(x.shape[:d] + (x.shape[d] * reps,) + x.shape[d + 1:])
+
+
+@_tensor_rule
 def _split(name: str, x: TensorShape, args: Any, kwargs: dict) -> tuple:
     n = x.dim()
     if name == "unbind":
@@ -338,6 +350,7 @@ register(
     *_moves(("squeeze",), _squeeze),
     *_moves(("expand", "broadcast_to"), _expand),
     *_moves(("repeat", "tile"), _repeat),
+    *_moves(("repeat_interleave",), _repeat_interleave),
     *_moves(("split", "chunk", "unbind", "tensor_split"), _split),
     *_moves(("getitem",), _getitem),
     *_moves(("to", "type"), _to),

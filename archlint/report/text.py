@@ -19,7 +19,8 @@ def shown_by_default(note: str) -> bool:
         return False
     return ("skipped" in note or "failed" in note or note.startswith("no gradient analysis")
             or note.startswith("no tensor output") or note.startswith("estimate vs measured")
-            or note.startswith("dead units of"))
+            or note.startswith(("dead units of", "built as", "analysed on the meta device",
+                                "meta device:")))
 
 
 def _decades(x: Optional[float]) -> str:

@@ -7,7 +7,7 @@ The example input is settled before tracing (:mod:`archlint.loading.inputs`).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch.fx
 from torch import nn
@@ -21,11 +21,13 @@ from .fx_tracer import fx_trace, symbolic_graph
 __all__ = ["TraceError", "trace_model"]
 
 
-def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
+def trace_model(model: nn.Module, spec: Optional[InputSpec], meta: Any = None) -> Graph:
     """Trace ``model`` with the example input ``spec`` (None: there is none; the fx graph then
     has no shapes, and a model fx cannot trace cannot be traced at all).
 
-    The spec is stored in ``graph.input_spec``.
+    The spec is stored in ``graph.input_spec``. ``meta``: the model is on the meta device
+    (a :class:`~archlint.loading.meta.MetaBuild`); so is the execution trace's input, its small
+    values computed for real beside (``MetaBuild.shadowing``).
     """
     fx_error: Optional[str] = None
     fxg: Optional[torch.fx.Graph] = None
@@ -48,7 +50,12 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec]) -> Graph:
                          "could be inferred for the execution tracer; give one with "
                          "--input-shape or 'input:' in the config")
     try:
-        graph = exec_trace(model, spec.bind(model))
+        if meta is None:
+            graph = exec_trace(model, spec.bind(model))
+        else:
+            inputs = spec.bind(model, device="meta")
+            with meta.shadowing(inputs, spec.bind(model)):
+                graph = exec_trace(model, inputs)
     except TraceError as exc:
         raise TraceError(f"torch.fx: {fx_error}; execution trace: {exc}") from exc
     graph.fallback_reasons.append(f"fx: {fx_error}")
