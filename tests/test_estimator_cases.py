@@ -458,20 +458,73 @@ def test_drop_path_mask_drawn_with_bernoulli():
 def test_class_token_vit_with_multihead_attention():
     """nn.MultiheadAttention reads one node as queries, keys and values: only the queries'
     share of its input gradient stays on the class token's position, the keys' and values'
-    reaches the patches (the patch projection was predicted 0). Open gap: the class token and
-    position table themselves are ~0.8 decades low (the class token's own small scale makes its
-    layer norms' backward gain larger than the average position's)."""
+    reaches the patches (the patch projection was predicted 0). The class token (zeros plus a
+    0.02 position row) keeps its own small scale through the blocks, and its layer norms pass
+    it far more gradient than the average position's would (class token and position table
+    were 0.81 decades low; now 0.03)."""
     torch.manual_seed(0)
-    model = CLSViT()
-    data = archlint.lint(model, example_input={"shape": [8, 3, 32, 32]}).targets[0].to_dict()
-    pred = {layer["module"]: layer["grad_rms"] for layer in data["layers"]}
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(101))
-    flow = data["gradient_flow"]["vanishing"]
-    acc = compare(pred, measure_grad_rms(model, (x,), seed=7).rms, flow["earliest"],
-                  flow["last"])
-    assert not acc.zero_mismatch, acc.zero_mismatch
-    assert abs(acc.spread_error) <= 0.3, (acc.predicted_decades, acc.measured_decades)
-    assert not {f["code"] for f in data["findings"]} & {"AL105", "AL106"}
+    _check(CLSViT(), (8, 3, 32, 32), worst=0.25, spread=0.25, verdict=None)
+
+
+class TokenAttention(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class TokenBlock(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.attn = TokenAttention(d, heads)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DeiTLike(nn.Module):
+    """DeiT-style: a tiny class token (std 1e-6) in front of the patch tokens, a learned
+    position table (std 0.02), linear layers at trunc_normal(0.02), SDPA attention."""
+
+    def __init__(self, d=64, depth=4, heads=4, patch=4, img=16, pool="token"):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 1e-6)
+        self.pos_embed = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[TokenBlock(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Linear(d, 10)
+        self.pool = pool
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0] if self.pool == "token" else x[:, 1:].mean(1))
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_tiny_class_token_keeps_its_own_scale(pool):
+    """The class token's layer norms divide by its own tiny spread: the gradient that lies on
+    it grows ~100x through the first block (head read the class token: worst layer 1.11 ->
+    0.05 decades, spread -0.31 -> +0.03; mean-pooled head: 0.15 -> 0.11)."""
+    torch.manual_seed(0)
+    _check(DeiTLike(pool=pool), (8, 3, 16, 16), worst=0.25, spread=0.2, verdict=None)
 
 
 class CondConv2d(nn.Module):

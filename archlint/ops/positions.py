@@ -12,10 +12,12 @@ of it concentrated on a set of positions along one axis (a :class:`Selection`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from ..graph.ir import Kind, Node
+from ..meanfield.signal import Sig
 from .base import Propagation
 
 
@@ -84,7 +86,7 @@ def carry_selection(prop: Propagation, node: Node, go: float, added: dict[Node, 
     """After ``node``'s backward: pass its concentrated part on to the inputs that keep the
     positions where they were."""
     sel = prop.selection.get(node)
-    if sel is None or go <= 0.0 or node.kind == Kind.CONCAT:
+    if sel is None or go <= 0.0 or node.kind == Kind.CONCAT or node in prop.moved:
         return
     share = min(prop.g2_selected.get(node, 0.0) / go, 1.0)
     if share <= 0.0:
@@ -133,3 +135,177 @@ def _concat_dim(node: Node) -> Optional[int]:
         return None
     return dim % len(node.shape)
 
+
+
+# ------------------------------------------------------------------ positions of their own
+#
+# Forward, the positions concatenated in front of a sequence (a class token, a distillation
+# token: a learned vector, often tiny) keep their own statistics through the per-position ops
+# that follow -- up to the first attention, whose output at those positions mixes all values.
+# A layer norm divides each position by its own spread, so its backward gain is far larger on a
+# tiny class token than on the average position: that gain, not the average's, applies to the
+# gradient that lies there.
+
+
+@dataclass(frozen=True)
+class Token:
+    """Positions of a sequence whose statistics differ from the others' (per element)."""
+
+    sel: Selection
+    sig: Sig
+
+
+def _data_inputs(node: Node) -> list[Node]:
+    return [i for i in node.inputs if i.kind != Kind.CONSTANT]
+
+
+def start_token(prop: Propagation, node: Node, sigs: list[Sig]) -> None:
+    """A concatenation along the sequence axis of a (batch, sequence, ...) tensor: the inputs
+    other than the longest hold positions of their own when their scale differs."""
+    dim = _concat_dim(node)
+    if dim != 1 or not node.shape or len(node.shape) < 3 or len(sigs) != len(node.inputs):
+        return
+    sizes = [i.shape[dim] if i.shape is not None and len(i.shape) > dim else None
+             for i in node.inputs]
+    if any(s is None for s in sizes) or len(sizes) < 2:
+        return
+    rest = max(range(len(sizes)), key=lambda k: sizes[k])
+    length = sum(sizes)
+    positions, start, own = set(), 0, []
+    for k, size in enumerate(sizes):
+        if k != rest:
+            positions.update(range(start, start + size))
+            own.append((size, sigs[k]))
+        start += size
+    if not positions or 2 * len(positions) >= length:
+        return
+    k = len(positions)
+    tok = Sig(sum(n * s.q for n, s in own) / k, sum(n * s.m for n, s in own) / k,
+              sum(n * s.s for n, s in own) / k, prop.numel(node))
+    if any(s.w_ is not None for _, s in own):
+        tok.with_w(sum(n * s.w for n, s in own) / k)
+    r = sigs[rest].q
+    if tok.q > 0 and r > 0 and 0.8 < tok.q / r < 1.25:
+        return  # alike: nothing to keep apart
+    prop.token[node] = Token(Selection(dim, frozenset(positions), length), tok)
+
+
+class _TokenView:
+    """The propagation state as an op's rule sees it at the token positions alone: its inputs'
+    statistics there; the output it sets is kept, nothing else it writes reaches the estimate."""
+
+    def __init__(self, prop: Propagation, sigs: dict[int, Sig]) -> None:
+        self._prop = prop
+        self._sigs = sigs
+        self.result: Any = None
+        self.backward_of: dict = {}
+        self.rescale: dict = {}
+        self.query_share: dict = {}
+        self.stein: dict = {}
+        self.declared: dict = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._prop, name)
+
+    def s_in(self, node: Node, i: int = 0) -> Sig:
+        s = self._sigs.get(i)
+        if s is None:
+            return self._prop.s_in(node, i)
+        return Sig(s.q, s.m, s.s, s.numel).with_w(s.w_)
+
+    def out(self, node: Node, sig: Any, backward: Any = None) -> None:
+        self.result = sig
+
+    def note_unknown(self, node: Node) -> None:
+        pass
+
+    def try_running(self, node: Node) -> bool:
+        return False
+
+    def add_weight_grad(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _keeps_own_positions(node: Node, parent: Node, axis: int) -> bool:
+    """Forward: does the node's output at the token positions depend only on the parent's
+    values there (and on inputs alike at every position)?"""
+    if node.kind == Kind.ATTENTION:
+        return False  # each query's output mixes every position's values
+    return bool(_keeps_positions(node, parent, axis))
+
+
+def carry_token(prop: Propagation, node: Node, rule: Callable[[Any, Node], None]) -> None:
+    """After ``node``'s forward rule: its statistics at the token positions of its inputs, by
+    the same rule run on those positions' statistics."""
+    if node.kind == Kind.CONCAT:
+        return
+    found = {k: prop.token[p] for k, p in enumerate(node.inputs) if p in prop.token}
+    if not found:
+        return
+    sels = {t.sel for t in found.values()}
+    if len(sels) != 1:
+        return
+    sel = next(iter(sels))
+    if not all(_keeps_own_positions(node, node.inputs[k], sel.axis) for k in found):
+        return
+    sigs = {k: Sig(t.sig.q, t.sig.m, t.sig.s, prop.s_in(node, k).numel).with_w(t.sig.w_)
+            for k, t in found.items()}
+    view = _TokenView(prop, sigs)
+    try:
+        rule(view, node)
+    except Exception:
+        return
+    if isinstance(view.result, Sig):
+        prop.token[node] = Token(sel, view.result)
+
+
+def token_read(prop: Propagation, node: Node, sel: Selection) -> Optional[Sig]:
+    """``x[:, 0]`` reading the token positions of ``x``: their own statistics."""
+    src = node.inputs[0] if node.inputs else None
+    tok = prop.token.get(src) if src is not None else None
+    if tok is None or tok.sel.axis != sel.axis or tok.sel.length != sel.length or \
+            not sel.positions <= tok.sel.positions:
+        return None
+    return tok.sig
+
+
+@dataclass(frozen=True)
+class TokenGain:
+    """A per-position op's backward gain at the token positions and at the others."""
+
+    sel: Selection
+    there: float
+    elsewhere: float
+
+
+def apply_token_gain(prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+                     tg: TokenGain) -> bool:
+    """Pass the gradient through a per-position op whose gain differs at the token positions:
+    what is concentrated there and their share of the rest take the gain there, the rest the
+    gain elsewhere; the excess at the token positions stays concentrated on them. False when
+    the gradient is concentrated elsewhere (the caller then applies its average gain)."""
+    parent = node.inputs[0] if node.inputs else None
+    if parent is None or parent not in set(node.grad_parents()):
+        return True
+    sel = prop.selection.get(node)
+    concentrated = 0.0
+    if sel is not None:
+        if sel.axis != tg.sel.axis or sel.length != tg.sel.length or \
+                not sel.positions <= tg.sel.positions:
+            return False
+        concentrated = min(prop.g2_selected.get(node, 0.0), go)
+    spread = go - concentrated
+    frac = len(tg.sel.positions) / max(tg.sel.length, 1)
+    total = spread * ((1 - frac) * tg.elsewhere + frac * tg.there) + concentrated * tg.there
+    excess = concentrated * tg.there + spread * frac * max(tg.there - tg.elsewhere, 0.0)
+    prop.g2[parent] = prop.g2.get(parent, 0.0) + total
+    prop.gs[parent] = prop.gs.get(parent, 0.0) + gso * tg.elsewhere
+    prop.gsc[parent] = prop.gsc.get(parent, 0.0) + gsco * tg.elsewhere
+    if total > 0:
+        prop.decades[node] = 0.5 * math.log10(total / go)
+    prop.moved.add(node)
+    _merge(prop, parent, tg.sel, min(excess, total))
+    return True

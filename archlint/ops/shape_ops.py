@@ -17,7 +17,7 @@ from torch import nn
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
 from .base import Backward, Gains, Propagation, kw, passthrough
-from .positions import Selection, selection_of_index, start_selection
+from .positions import Selection, selection_of_index, start_selection, token_read
 from .joins import binary_shape
 from .shape import (NoRule, TensorShape, norm_dim, reshape_to, same_module_shape, same_shape,
                     shape_arg)
@@ -61,6 +61,9 @@ def estimate_reshape(prop: Propagation, node: Node) -> None:
     sel = selection_of_index(node) if node.op == "getitem" else None
     if sel is not None:
         prop.backward_of[node] = SelectPositions(prop.backward_of[node].entries, sel=sel)
+        own = token_read(prop, node, sel)
+        if own is not None:  # the class token read alone: its own statistics
+            prop.sig[node] = Sig(own.q, own.m, own.s, prop.numel(node)).with_w(own.w_)
 
 
 @dataclass
