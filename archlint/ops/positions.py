@@ -51,6 +51,12 @@ def selection_of_index(node: Node) -> Optional[Selection]:
 
 
 def _merge(prop: Propagation, node: Node, sel: Selection, amount: float) -> None:
+    if 2 * len(sel.positions) > sel.length:
+        # most positions (x[:, 1:]): the same as a level gradient everywhere and a deficit --
+        # a negative concentration -- on the few others, so that it merges with what lies there
+        rest = frozenset(range(sel.length)) - sel.positions
+        amount = -amount * len(rest) / len(sel.positions)
+        sel = Selection(sel.axis, rest, sel.length)
     old = prop.selection.get(node)
     if old is not None and (old.axis, old.length) != (sel.axis, sel.length):
         prop.selection.pop(node, None)  # incompatible: treat as spread
@@ -89,13 +95,69 @@ def carry_selection(prop: Propagation, node: Node, go: float, added: dict[Node, 
     if sel is None or go <= 0.0 or node.kind == Kind.CONCAT or node in prop.moved:
         return
     share = min(prop.g2_selected.get(node, 0.0) / go, 1.0)
-    if share <= 0.0:
+    if share == 0.0:
         return
     for parent, amount in added.items():
-        if amount > 0.0 and _keeps_positions(node, parent, sel.axis):
+        if amount <= 0.0:
+            continue
+        if _keeps_positions(node, parent, sel.axis):
             if node.kind == Kind.ATTENTION:  # keys and values spread it over all positions
                 amount *= prop.query_share.get(node, 1.0)
             _merge(prop, parent, sel, amount * share)
+            continue
+        axis = _moved_axis(node, parent, sel.axis)
+        if axis is not None:
+            _merge(prop, parent, Selection(axis, sel.positions, sel.length), amount * share)
+
+
+def _moved_axis(node: Node, parent: Node, axis: int) -> Optional[int]:
+    """Where a transpose or permute took the selection's axis from (its parent's axis)."""
+    if node.kind != Kind.RESHAPE or not node.inputs or parent is not node.inputs[0] or \
+            not node.shape or parent.shape is None or len(parent.shape) != len(node.shape):
+        return None
+    nd = len(node.shape)
+    args = [a for a in (node.attrs.get("args") or ())[1:]]
+    if node.op in ("transpose", "swapaxes", "swapdims") and len(args) >= 2 and \
+            all(isinstance(a, int) for a in args[:2]):
+        a, b = args[0] % nd, args[1] % nd
+        src = b if axis == a else a if axis == b else axis
+    elif node.op == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        if len(dims) != nd or not all(isinstance(d, int) for d in dims):
+            return None
+        src = dims[axis] % nd
+    else:
+        return None
+    return src if parent.shape[src] == node.shape[axis] else None
+
+
+def pad_selection(prop: Propagation, node: Node, go: float) -> Optional[tuple[float, float]]:
+    """``F.pad`` along the axis of a selection: the concentrated gradient on padded positions
+    reaches nothing. Returns (per-element g2 of the input, its concentrated part), or None when
+    the selection does not meet the padding."""
+    sel = prop.selection.get(node)
+    parent = node.inputs[0] if node.inputs else None
+    pads = (node.attrs.get("args") or (None, None))[1] if len(
+        node.attrs.get("args") or ()) > 1 else (node.attrs.get("kwargs") or {}).get("pad")
+    if sel is None or parent is None or not node.shape or parent.shape is None or \
+            not isinstance(pads, (list, tuple)) or not all(isinstance(p, int) for p in pads):
+        return None
+    k = len(node.shape) - 1 - sel.axis
+    before = pads[2 * k] if len(pads) > 2 * k else 0
+    inside = parent.shape[sel.axis] if len(parent.shape) > sel.axis else None
+    if inside is None or sel.length != node.shape[sel.axis] or (
+            before == 0 and len(pads) <= 2 * k + 1) or \
+            (before == 0 and pads[2 * k + 1] == 0):
+        return None
+    kept = frozenset(p - before for p in sel.positions if 0 <= p - before < inside)
+    concentrated = min(prop.g2_selected.get(node, 0.0), go)
+    ratio = prop.numel(node) / max(prop.numel(parent), 1)
+    on_kept = concentrated * len(kept) / max(len(sel.positions), 1)
+    g2 = (go - concentrated + on_kept) * ratio
+    if kept and len(kept) < inside:
+        _merge(prop, parent, Selection(sel.axis, kept, inside), on_kept * ratio)
+    prop.moved.add(node)
+    return g2, on_kept * ratio
 
 
 def start_selection(prop: Propagation, src: Node, sel: Selection, amount: float) -> None:
@@ -122,7 +184,7 @@ def split_concat(prop: Propagation, node: Node, go: float, gains: list[float]
     for size in sizes:
         inside = len([p for p in sel.positions if start <= p < start + size])
         per = spread + (concentrated * sel.length / len(sel.positions) * inside / size)
-        out.append(per)
+        out.append(max(per, 0.0))
         start += size
     return out
 
@@ -299,7 +361,8 @@ def apply_token_gain(prop: Propagation, node: Node, go: float, gso: float, gsco:
         concentrated = min(prop.g2_selected.get(node, 0.0), go)
     spread = go - concentrated
     frac = len(tg.sel.positions) / max(tg.sel.length, 1)
-    total = spread * ((1 - frac) * tg.elsewhere + frac * tg.there) + concentrated * tg.there
+    total = max(spread * ((1 - frac) * tg.elsewhere + frac * tg.there)
+                + concentrated * tg.there, 0.0)
     excess = concentrated * tg.there + spread * frac * max(tg.there - tg.elsewhere, 0.0)
     prop.g2[parent] = prop.g2.get(parent, 0.0) + total
     prop.gs[parent] = prop.gs.get(parent, 0.0) + gso * tg.elsewhere
