@@ -217,10 +217,6 @@ class Token:
     sig: Sig
 
 
-def _data_inputs(node: Node) -> list[Node]:
-    return [i for i in node.inputs if i.kind != Kind.CONSTANT]
-
-
 def start_token(prop: Propagation, node: Node, sigs: list[Sig]) -> None:
     """A concatenation along the sequence axis of a (batch, sequence, ...) tensor: the inputs
     other than the longest hold positions of their own when their scale differs."""
