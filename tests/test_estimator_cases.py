@@ -458,20 +458,152 @@ def test_drop_path_mask_drawn_with_bernoulli():
 def test_class_token_vit_with_multihead_attention():
     """nn.MultiheadAttention reads one node as queries, keys and values: only the queries'
     share of its input gradient stays on the class token's position, the keys' and values'
-    reaches the patches (the patch projection was predicted 0). Open gap: the class token and
-    position table themselves are ~0.8 decades low (the class token's own small scale makes its
-    layer norms' backward gain larger than the average position's)."""
+    reaches the patches (the patch projection was predicted 0). The class token (zeros plus a
+    0.02 position row) keeps its own small scale through the blocks, and its layer norms pass
+    it far more gradient than the average position's would (class token and position table
+    were 0.81 decades low; now 0.03)."""
     torch.manual_seed(0)
-    model = CLSViT()
-    data = archlint.lint(model, example_input={"shape": [8, 3, 32, 32]}).targets[0].to_dict()
-    pred = {layer["module"]: layer["grad_rms"] for layer in data["layers"]}
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(101))
-    flow = data["gradient_flow"]["vanishing"]
-    acc = compare(pred, measure_grad_rms(model, (x,), seed=7).rms, flow["earliest"],
-                  flow["last"])
-    assert not acc.zero_mismatch, acc.zero_mismatch
-    assert abs(acc.spread_error) <= 0.3, (acc.predicted_decades, acc.measured_decades)
-    assert not {f["code"] for f in data["findings"]} & {"AL105", "AL106"}
+    _check(CLSViT(), (8, 3, 32, 32), worst=0.25, spread=0.25, verdict=None)
+
+
+class TokenAttention(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class TokenBlock(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.attn = TokenAttention(d, heads)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DeiTLike(nn.Module):
+    """DeiT-style: a tiny class token (std 1e-6) in front of the patch tokens, a learned
+    position table (std 0.02), linear layers at trunc_normal(0.02), SDPA attention."""
+
+    def __init__(self, d=64, depth=4, heads=4, patch=4, img=16, pool="token"):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 1e-6)
+        self.pos_embed = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, d) * 0.02)
+        self.blocks = nn.Sequential(*[TokenBlock(d, heads) for _ in range(depth)])
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Linear(d, 10)
+        self.pool = pool
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.norm(self.blocks(x))
+        return self.head(x[:, 0] if self.pool == "token" else x[:, 1:].mean(1))
+
+
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_tiny_class_token_keeps_its_own_scale(pool):
+    """The class token's layer norms divide by its own tiny spread: the gradient that lies on
+    it grows ~100x through the first block (head read the class token: worst layer 1.11 ->
+    0.05 decades, spread -0.31 -> +0.03; head averaging ``x[:, 1:]``, which leaves the class
+    token without gradient of its own: 0.15 -> 0.06)."""
+    torch.manual_seed(0)
+    _check(DeiTLike(pool=pool), (8, 3, 16, 16), worst=0.25, spread=0.2, verdict=None)
+
+
+class CoaTAttention(nn.Module):
+    """Factorised attention plus a convolutional relative position term on the image tokens,
+    padded back with a zero row at the class token (as in CoaT)."""
+    def __init__(self, d, heads):
+        super().__init__()
+        self.heads, self.scale = heads, (d // heads) ** -0.5
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.crpe = nn.Conv2d(d, d, 3, padding=1, groups=d)
+
+    def forward(self, x, hw):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, C // self.heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        factor = q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
+        v_img = v[:, :, 1:].transpose(-1, -2).reshape(B, C, hw, hw)
+        conv = self.crpe(v_img).reshape(B, self.heads, C // self.heads, hw * hw).transpose(-1, -2)
+        crpe = F.pad(q[:, :, 1:] * conv, (0, 0, 1, 0, 0, 0))
+        x = (self.scale * factor + crpe).transpose(1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+class CoaTBlock(nn.Module):
+    def __init__(self, d, heads):
+        super().__init__()
+        self.cpe = nn.Conv2d(d, d, 3, padding=1, groups=d)
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.attn = CoaTAttention(d, heads)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x, hw):
+        cls, img = x[:, :1], x[:, 1:]  # conditional position encoding on the image tokens
+        feat = img.transpose(1, 2).reshape(x.shape[0], -1, hw, hw)
+        x = torch.cat([cls, (self.cpe(feat) + feat).flatten(2).transpose(1, 2)], dim=1)
+        x = x + self.attn(self.norm1(x), hw)
+        return x + self.mlp(self.norm2(x))
+
+
+class CoaTLite(nn.Module):
+    """Two stages, each with its own class token (trunc_normal 0.02) inserted in front of the
+    patches and removed after; the head reads the last stage's class token."""
+    def __init__(self, dims=(32, 64), heads=4, img=32):
+        super().__init__()
+        self.embed = nn.ModuleList([nn.Conv2d(3, dims[0], 4, stride=4),
+                                    nn.Conv2d(dims[0], dims[1], 2, stride=2)])
+        self.cls = nn.ParameterList([nn.Parameter(torch.randn(1, 1, d) * 0.02) for d in dims])
+        self.blocks = nn.ModuleList([nn.ModuleList([CoaTBlock(d, heads) for _ in range(2)])
+                                     for d in dims])
+        self.norm = nn.LayerNorm(dims[1], eps=1e-6)
+        self.head = nn.Linear(dims[1], 10)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        for embed, cls, blocks in zip(self.embed, self.cls, self.blocks):
+            x = embed(x)
+            hw = x.shape[-1]
+            x = torch.cat([cls.expand(x.shape[0], -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
+            for blk in blocks:
+                x = blk(x, hw)
+            last = x
+            x = x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, hw, hw)
+        return self.head(self.norm(last)[:, 0])
+
+
+def test_class_token_per_stage_with_conv_position_encoding():
+    """Each stage inserts a class token and removes it (``x[:, 1:]``); the conv position
+    encoding slices ``x[:, :1]`` / ``x[:, 1:]`` and concatenates them back. The rest of a
+    sequence holds no concentration of its own (the two slices merged into "all positions"
+    and the class token's gradient spread over the patches: worst layer 2.97 decades, spread
+    +2.17); a transpose moves the concentration's axis, zero padding at the class token's row
+    passes it nowhere (now worst 0.38, spread -0.04)."""
+    torch.manual_seed(0)
+    _check(CoaTLite(), (8, 3, 32, 32), worst=0.5, spread=0.3, verdict=None)
 
 
 class CondConv2d(nn.Module):

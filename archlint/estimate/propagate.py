@@ -25,7 +25,7 @@ from ..meanfield.signal import Sig, mean, mean_sq, numel
 from ..ops import op_info
 from ..ops.base import Backward, Gains, unknown
 from ..ops.opaque import estimate_by_running
-from ..ops.positions import carry_selection
+from ..ops.positions import carry_selection, carry_token
 
 
 @dataclass
@@ -74,6 +74,10 @@ class Propagation:
         #: gradient it passed to that node (only that share keeps the positions).
         self.query_share: dict[Node, float] = {}
         self.g2_selected: dict[Node, float] = {}
+        self.moved: set[Node] = set()
+        #: Positions whose statistics differ from the others' (a tiny class token in front of
+        #: the patches), kept through per-position ops (archlint.ops.positions).
+        self.token: dict[Node, Any] = {}
         self.unknown: dict[str, int] = {}
         #: Ops without a formula that were estimated by running them alone.
         self.ran: dict[str, int] = {}
@@ -254,6 +258,8 @@ class Propagation:
             unknown(self, node)
             return
         row.estimate(self, node)
+        if self.token:
+            carry_token(self, node, row.estimate)
 
     def try_running(self, node: Node) -> bool:
         """Estimate an op without a formula by running it alone (archlint.ops.opaque)."""

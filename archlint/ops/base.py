@@ -37,6 +37,10 @@ class Propagation(Protocol):
     #: Gradients concentrated on some positions (archlint.ops.positions): where, how much.
     selection: dict[Node, Any]
     g2_selected: dict[Node, float]
+    #: Nodes whose backward rule placed the concentrated part itself.
+    moved: set[Node]
+    #: Positions with statistics of their own (a class token), per node (ops.positions).
+    token: dict[Node, Any]
     #: Attention reading one node as queries, keys and values: the queries' share of what it
     #: passed to that node.
     query_share: dict[Node, float]

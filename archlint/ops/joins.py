@@ -13,7 +13,7 @@ from typing import Any
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig
 from .base import Gains, Propagation, kw, scalars, unknown
-from .positions import split_concat
+from .positions import split_concat, start_token
 from .shape import NoRule, ShapeMismatch, TensorShape, broadcast, norm_dim, promote
 from .table import Op, family, register
 
@@ -136,6 +136,7 @@ def estimate_concat(prop: Propagation, node: Node) -> None:
     prop.out(node, Sig(q, m, s_, prop.numel(node)).with_w(
         w_ if any(sg.w_ is not None for sg in sigs) else None),
         ConcatBackward([(i, 1.0) for i in range(len(sigs))]))
+    start_token(prop, node, sigs)
 
 
 class ConcatBackward(Gains):

@@ -12,7 +12,7 @@ import math
 import weakref
 from functools import lru_cache
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from torch import nn
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
 from .base import Backward, Gains, Propagation, kw
+from .positions import TokenGain, apply_token_gain
 from .shape import ShapeMismatch, TensorShape, expect_float, same_module_shape, same_shape
 from .table import Op, module_op, register
 
@@ -364,8 +365,28 @@ def estimate_layer_norm(prop: Propagation, node: Node) -> None:
                                             if op == "group_norm" else numel(shape[1:2]), 1)
         keep = max(1.0 - 1.0 / max(per_group, 1.0), 0.0)
         shared = [(0, gain * keep, 0.0)]
+    token = _token_gain(prop, node, lambda v: g2 / (v + eps) * _pair_or_projection(
+        group, v, eps)) if op == "layer_norm" else None
     prop.out(node, Sig(g2 * kept + b2, bmean, g2 * kept * frac + b2, n).with_w(
-        g2 * kept * wfrac + b2), AffineBackward([(0, gain)], shared=shared, kept=kept))
+        g2 * kept * wfrac + b2), AffineBackward([(0, gain)], shared=shared, kept=kept,
+                                                token=token))
+
+
+def _token_gain(prop: Propagation, node: Node, gain_of: Callable[[float], float],
+                centred: bool = True) -> Optional[TokenGain]:
+    """A norm over each position's features, reading positions with statistics of their own
+    (a class token, archlint.ops.positions): its gain there and at the other positions, each
+    from its own variance (``gain_of(variance)``; RMS norm: the mean square)."""
+    tok = prop.token.get(node.inputs[0]) if node.inputs else None
+    if tok is None:
+        return None
+    x = prop.s_in(node)
+    k, length = len(tok.sel.positions), tok.sel.length
+    q_rest = max((length * x.q - k * tok.sig.q) / max(length - k, 1), 0.0)
+    m_rest = (length * x.m - k * tok.sig.m) / max(length - k, 1) if centred else 0.0
+    m_tok = tok.sig.m if centred else 0.0
+    return TokenGain(tok.sel, gain_of(max(tok.sig.q - m_tok ** 2, 0.0)),
+                     gain_of(max(q_rest - m_rest ** 2, 0.0)))
 
 
 @dataclass
@@ -375,12 +396,15 @@ class AffineBackward(Gains):
     value, for the scale) over the rows that share them."""
 
     kept: float = 1.0
+    #: The gains at positions with statistics of their own and at the others.
+    token: Optional[TokenGain] = None
 
     def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
               items: dict[int, float]) -> None:
-        super().apply(prop, node, go, gso, gsco, items)
         if go <= 0.0:
             return
+        if self.token is None or not apply_token_gain(prop, node, go, gso, gsco, self.token):
+            super().apply(prop, node, go, gso, gsco, items)
         for t, factor in zip(norm_affine(node), (self.kept, 1.0)):
             if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.requires_grad:
                 rows = prop.numel(node) / max(t.numel(), 1)
@@ -400,9 +424,11 @@ def estimate_rms_norm(prop: Propagation, node: Node) -> None:
                  Gains([(0, 1.0 / max(x.q * group, EPS))]))
         return
     kept = x.q / (x.q + eps) if x.q > 0 else 0.0
+    project = max(1 - 1.0 / max(group, 1), 0.0)
+    token = _token_gain(prop, node, lambda v: g2 / (v + eps) * project, centred=False)
     prop.out(node, Sig(g2 * kept, x.m / math.sqrt(x.q + eps) * gmean, g2 * kept * frac,
                        n).with_w(g2 * kept * x.w / x.q if x.q > 0 else None),
-             Gains([(0, g2 / (x.q + eps) * max(1 - 1.0 / max(group, 1), 0.0))]))
+             AffineBackward([(0, g2 / (x.q + eps) * project)], token=token))
 
 
 def _norm_module_shape(mod: nn.Module, args: Any, kwargs: dict) -> TensorShape:

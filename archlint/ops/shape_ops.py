@@ -17,7 +17,8 @@ from torch import nn
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
 from .base import Backward, Gains, Propagation, kw, passthrough
-from .positions import Selection, selection_of_index, start_selection
+from .positions import (Selection, pad_selection, selection_of_index, start_selection,
+                        token_read)
 from .joins import binary_shape
 from .shape import (NoRule, TensorShape, norm_dim, reshape_to, same_module_shape, same_shape,
                     shape_arg)
@@ -61,6 +62,9 @@ def estimate_reshape(prop: Propagation, node: Node) -> None:
     sel = selection_of_index(node) if node.op == "getitem" else None
     if sel is not None:
         prop.backward_of[node] = SelectPositions(prop.backward_of[node].entries, sel=sel)
+        own = token_read(prop, node, sel)
+        if own is not None:  # the class token read alone: its own statistics
+            prop.sig[node] = Sig(own.q, own.m, own.s, prop.numel(node)).with_w(own.w_)
 
 
 @dataclass
@@ -97,7 +101,24 @@ def estimate_where(prop: Propagation, node: Node) -> None:
 def estimate_pad(prop: Propagation, node: Node) -> None:
     """Each input element lands in exactly one output element: its gradient passes as is."""
     x = prop.s_in(node)
-    prop.out(node, Sig(x.q, x.m, x.s, prop.numel(node)).with_w(x.w_), Gains([(0, 1.0)]))
+    prop.out(node, Sig(x.q, x.m, x.s, prop.numel(node)).with_w(x.w_), PadBackward([(0, 1.0)]))
+
+
+class PadBackward(Gains):
+    """Padding added where the gradient is concentrated (a class token's row padded with zeros)
+    passes that part to nothing."""
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        split = pad_selection(prop, node, go) if go > 0 else None
+        if split is None:
+            super().apply(prop, node, go, gso, gsco, items)
+            return
+        parent = node.inputs[0]
+        if parent in set(node.grad_parents()):
+            prop.g2[parent] = prop.g2.get(parent, 0.0) + split[0]
+            prop.gs[parent] = prop.gs.get(parent, 0.0) + gso
+            prop.gsc[parent] = prop.gsc.get(parent, 0.0) + gsco
 
 
 def estimate_dropout(prop: Propagation, node: Node) -> None:
