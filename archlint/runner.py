@@ -273,8 +273,20 @@ class _Run:
         if workers < 2:
             return False
         done: dict[int, list[Item]] = {}
+        collected: set[int] = set()
         ready = threading.Condition()
         queue = list(misses)
+        # the source rules run with the last target of each file and read what the graphs of
+        # the file's other targets said: that target waits until they are collected (they come
+        # before it in the queue, and never wait themselves)
+        siblings: dict[int, list[int]] = {}
+        for i in misses:
+            t = self.targets[i]
+            if isinstance(t, Target) and t.path is not None and \
+                    self.last_of_file.get(t.path.resolve()) == id(t):
+                siblings[i] = [j for j, u in enumerate(self.targets[:i])
+                               if isinstance(u, Target) and u.path is not None
+                               and u.path.resolve() == t.path.resolve()]
 
         def work(pool: ChildPool) -> None:
             while not self.stopping:
@@ -282,6 +294,9 @@ class _Run:
                     if not queue:
                         return
                     i = queue.pop(0)
+                    while not self.stopping and any(j not in collected
+                                                    for j in siblings.get(i, ())):
+                        ready.wait(0.2)
                 target = self.targets[i]
                 assert isinstance(target, Target)
                 try:
@@ -310,12 +325,15 @@ class _Run:
             if i in hits:
                 for item in items_from(hits[i]):
                     self.collect(item, target)
-                continue
+            else:
+                with ready:
+                    while i not in done:
+                        ready.wait(0.2)  # a short wait: Ctrl-C is seen at once
+                    items = done.pop(i)
+                self.collect_all(target, items)
             with ready:
-                while i not in done:
-                    ready.wait(0.2)  # a short wait: Ctrl-C is seen at once
-                items = done.pop(i)
-            self.collect_all(target, items)
+                collected.add(i)
+                ready.notify_all()
         for th in threads:
             th.join()
         return True

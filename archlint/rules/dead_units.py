@@ -78,6 +78,11 @@ def _weight_layer(node: Node, x: Sig) -> Optional[DeadLayer]:
     coh = max(x.s - x.m * x.m, 0.0)  # per-unit offsets of the input around its mean
     mu = rowsum * x.m + b.detach().double()
     sd = torch.sqrt(a * fl)
+    if not bool((sd > 0).any()) and _after_zero_scale(node):
+        # the input is constant because a normalisation upstream starts with a zero scale (a
+        # squeeze-excitation after a zero-initialised last batch norm): an identity-at-init
+        # branch whose units wake with that scale, not dead units
+        return None
     off = torch.sqrt(a * coh)
     # a unit is dead when mu + offset < -Z sd; the offset is a draw of spread ``off``
     threshold = -Z_DEAD * sd - mu
@@ -86,6 +91,25 @@ def _weight_layer(node: Node, x: Sig) -> Optional[DeadLayer]:
     return DeadLayer(node=node, activation=node, units=int(mu.numel()),
                      dead_fraction=float(dead.mean()), mean=float(mu.mean()),
                      spread=float(sd.mean()), cause="bias")
+
+
+def _after_zero_scale(node: Node, steps: int = 8) -> bool:
+    """Does ``node`` read (through pooling, reductions, reshapes, dropout) a normalisation
+    whose scale is all zero?"""
+    from ..ops.norms import norm_affine
+
+    cur = node.inputs[0] if node.inputs else None
+    for _ in range(steps):
+        if cur is None:
+            return False
+        if cur.kind == Kind.NORM:
+            gamma, _ = norm_affine(cur)
+            return isinstance(gamma, torch.Tensor) and gamma.numel() > 0 and \
+                not bool(gamma.detach().any())
+        if cur.kind not in (Kind.POOL, Kind.REDUCE, Kind.RESHAPE, Kind.DROPOUT):
+            return False
+        cur = cur.inputs[0] if cur.inputs else None
+    return False
 
 
 def _norm_layer(node: Node) -> Optional[DeadLayer]:
