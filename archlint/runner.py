@@ -279,14 +279,11 @@ class _Run:
         # the source rules run with the last target of each file and read what the graphs of
         # the file's other targets said: that target waits until they are collected (they come
         # before it in the queue, and never wait themselves)
-        siblings: dict[int, list[int]] = {}
-        for i in misses:
-            t = self.targets[i]
-            if isinstance(t, Target) and t.path is not None and \
-                    self.last_of_file.get(t.path.resolve()) == id(t):
-                siblings[i] = [j for j, u in enumerate(self.targets[:i])
-                               if isinstance(u, Target) and u.path is not None
-                               and u.path.resolve() == t.path.resolve()]
+        by_file: dict[Path, list[int]] = {}
+        for j, u in enumerate(self.targets):
+            if isinstance(u, Target) and u.path is not None:
+                by_file.setdefault(u.path.resolve(), []).append(j)
+        siblings = {group[-1]: group[:-1] for group in by_file.values() if len(group) > 1}
 
         def work(pool: ChildPool) -> None:
             while not self.stopping:
