@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import yaml
 
@@ -269,11 +269,7 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
     if "exclude" in data:
         cfg.exclude = _str_list(data["exclude"], loc, ("exclude",))
     if "fail-on" in data:
-        v = data["fail-on"]
-        if v not in SEVERITIES:
-            raise ConfigError(f"{loc.where(('fail-on',))}: expected one of "
-                              f"{', '.join(SEVERITIES)}, got {v!r}")
-        cfg.fail_on = v
+        cfg.fail_on = _choice(data, "fail-on", SEVERITIES, loc)
     if "input" in data:
         try:
             cfg.input = parse_input(data["input"], loc.where(("input",)))
@@ -300,24 +296,13 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
                               f"file, got {v!r}")
         cfg.baseline = cfg.root / v
     if "report-unused-suppressions" in data:
-        v = data["report-unused-suppressions"]
-        if not isinstance(v, bool):
-            raise ConfigError(f"{loc.where(('report-unused-suppressions',))}: expected true or "
-                              f"false, got {v!r}")
-        cfg.report_unused_suppressions = v
+        cfg.report_unused_suppressions = _flag(data, "report-unused-suppressions", loc)
     if "timeout" in data:
         cfg.timeout = parse_timeout(data["timeout"], loc.where(("timeout",)))
     if "subprocess" in data:
-        v = data["subprocess"]
-        if not isinstance(v, bool):
-            raise ConfigError(f"{loc.where(('subprocess',))}: expected true or false, got {v!r}")
-        cfg.subprocess = v
+        cfg.subprocess = _flag(data, "subprocess", loc)
     if "device" in data:
-        v = data["device"]
-        if v not in DEVICES:
-            raise ConfigError(f"{loc.where(('device',))}: expected one of {', '.join(DEVICES)}, "
-                              f"got {v!r}")
-        cfg.device = v
+        cfg.device = _choice(data, "device", DEVICES, loc)
     if "meta-threshold" in data:
         cfg.meta_threshold = parse_count(data["meta-threshold"], loc.where(("meta-threshold",)))
     if "jobs" in data:
@@ -327,10 +312,7 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
                               f"(1 or more), got {v!r}")
         cfg.jobs = v
     if "cache" in data:
-        v = data["cache"]
-        if not isinstance(v, bool):
-            raise ConfigError(f"{loc.where(('cache',))}: expected true or false, got {v!r}")
-        cfg.cache = v
+        cfg.cache = _flag(data, "cache", loc)
     if "cache-dir" in data:
         v = data["cache-dir"]
         if not isinstance(v, str) or not v.strip():
@@ -340,6 +322,22 @@ def validate(data: dict, loc: _Located, path: Path) -> Config:
     if "targets" in data:
         cfg.targets = _validate_targets(data["targets"], loc)
     return cfg
+
+
+def _flag(data: dict, key: str, loc: _Located) -> bool:
+    """A true/false key of the config."""
+    v = data[key]
+    if not isinstance(v, bool):
+        raise ConfigError(f"{loc.where((key,))}: expected true or false, got {v!r}")
+    return v
+
+
+def _choice(data: dict, key: str, choices: Sequence[str], loc: _Located) -> str:
+    """A key of the config that takes one of ``choices``."""
+    v = data[key]
+    if v not in choices:
+        raise ConfigError(f"{loc.where((key,))}: expected one of {', '.join(choices)}, got {v!r}")
+    return v
 
 
 _SUFFIXES = {"k": 10 ** 3, "m": 10 ** 6, "b": 10 ** 9, "g": 10 ** 9}
