@@ -5,8 +5,9 @@ vocabulary 32000: 69 billion parameters, 276 GB in float32) is linted by ``archl
 fresh process; it builds the model on the meta device (``--device auto`` switches to it above
 200M parameters) and derives the large weights' statistics from their recorded
 initialisation. The model is transformers' ``LlamaForCausalLM`` built from a ``LlamaConfig``
-when transformers is installed, else the compact implementation of the same architecture below
-(RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP, untied head).
+when transformers is installed, else the compact implementation of the same architecture that
+the meta-device tests build at small sizes, tests/fixtures/meta/llama.py (RMSNorm, rotary
+embeddings, grouped-query attention, SwiGLU MLP, untied head).
 
 Printed: wall time, peak RSS (bars: under 60 s and 2 GiB), the findings and every weight
 layer's predicted gradient (each must have one).
@@ -30,120 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SHAPE = dict(hidden=8192, layers=80, heads=64, kv_heads=8, mlp=28672, vocab=32000)
 
-MODEL = '''
-import math
-from dataclasses import dataclass
+#: The compact implementation: the LLaMA-shaped decoder the meta-device tests build at small
+#: sizes, here at the 70B shape.
+OWN = ROOT / "tests" / "fixtures" / "meta" / "llama.py"
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+BUILD = '''
 
 SHAPE = {shape!r}
 USE_TRANSFORMERS = {use_transformers!r}
-
-
-@dataclass
-class LlamaConfig:
-    hidden: int = 8192
-    layers: int = 80
-    heads: int = 64
-    kv_heads: int = 8
-    mlp: int = 28672
-    vocab: int = 32000
-    rope_theta: float = 10000.0
-    eps: float = 1e-5
-    init_std: float = 0.02
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim, eps):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-
-
-def rotate_half(x):
-    a, b = x.chunk(2, dim=-1)
-    return torch.cat((-b, a), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.heads, self.kv_heads = cfg.heads, cfg.kv_heads
-        self.head_dim = cfg.hidden // cfg.heads
-        self.q_proj = nn.Linear(cfg.hidden, cfg.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(cfg.hidden, cfg.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(cfg.hidden, cfg.kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(cfg.heads * self.head_dim, cfg.hidden, bias=False)
-
-    def forward(self, x, cos, sin):
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden, cfg.mlp, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden, cfg.mlp, bias=False)
-        self.down_proj = nn.Linear(cfg.mlp, cfg.hidden, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden, cfg.eps)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden, cfg.eps)
-        self.mlp = MLP(cfg)
-
-    def forward(self, x, cos, sin):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class OwnLlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.layers))
-        self.norm = RMSNorm(cfg.hidden, cfg.eps)
-        self.lm_head = nn.Linear(cfg.hidden, cfg.vocab, bias=False)
-        head_dim = cfg.hidden // cfg.heads
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.cfg.init_std)
-
-    def forward(self, input_ids):
-        t = input_ids.shape[1]
-        pos = torch.arange(t, device=input_ids.device).float()
-        freqs = torch.outer(pos, self.inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
-        x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.lm_head(self.norm(x))
 
 
 def build():
@@ -156,14 +51,13 @@ def build():
                        num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"],
                        max_position_embeddings=4096, attn_implementation="sdpa")
         return LlamaForCausalLM(cfg)
-    return OwnLlamaForCausalLM(LlamaConfig(hidden=s["hidden"], layers=s["layers"],
-                                           heads=s["heads"], kv_heads=s["kv_heads"],
-                                           mlp=s["mlp"], vocab=s["vocab"]))
+    return Llama(LlamaConfig(hidden=s["hidden"], layers=s["layers"], heads=s["heads"],
+                             kv_heads=s["kv_heads"], mlp=s["mlp"], vocab=s["vocab"]))
 '''
 
 
 def model_source(shape: dict, use_transformers: bool) -> str:
-    return MODEL.format(shape=shape, use_transformers=use_transformers)
+    return OWN.read_text() + BUILD.format(shape=shape, use_transformers=use_transformers)
 
 
 def has_transformers(python: str) -> bool:
