@@ -4,7 +4,9 @@ output layers back to the earliest layers, and which layers cost them.
 Layers are ordered by their first use in the forward pass. The earliest and the last weight
 layers (10% of them at each end, at least one; embeddings excluded, since their sparse
 lookups make their gradient small by construction; output heads, since their scale is a
-design choice; and, for the exploding verdict only, layers followed by normalisation, whose
+design choice; layers whose gradient is set by a design the first steps undo (behind a small
+learned layer-scale gain, attention queries and keys: see :mod:`.by_design`); and, for the
+exploding verdict only, layers followed by normalisation and layers inside sigmoid gates, whose
 too-large gradient corrects itself in the first steps) are compared by the geometric mean of their
 predicted gradient RMS. Layers whose gradient mostly crossed an op the estimate has no formula
 for are left out (their figure says nothing). Layers predicted to get exactly zero gradient (identity-at-init residual
@@ -21,6 +23,7 @@ from typing import Optional
 
 from ..analysis import GraphFacts
 from ..graph.ir import Graph, Kind, Node
+from . import by_design
 
 
 @dataclass
@@ -55,7 +58,10 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
         for mod, (_, node) in first.items():
             if rms.get(mod, 0.0) <= 0.0 and structure.reaches_output(node):
                 rms[mod] = _UNDERFLOW
-    invariant = _scale_invariant(graph) if skip_scale_invariant else set()
+    designed = by_design.behind_small_gain(graph) | by_design.attention_scores_only(graph)
+    invariant = set(designed)
+    if skip_scale_invariant:
+        invariant |= _scale_invariant(graph) | by_design.inside_gates(graph)
     usable = [(k, mod, node) for mod, (k, node) in first.items()
               if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant
               and mod not in estimate.uncertain]
@@ -66,6 +72,10 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
     body = [u for u in usable if structure.layers_to_output.get(u[2], 0) > 0]
     if len(body) >= 2:
         usable = body
+    elif designed & set(first):
+        # the model's depth sits in branches that are the identity at initialisation: the
+        # one or two layers left outside them say nothing about depth
+        return None
     if len(usable) < 2:
         return None
     n = max(1, math.ceil(0.1 * len(usable)))

@@ -22,6 +22,12 @@ class ExplodingGradient(Rule):
     within the first steps (batch-normalised ResNets have early-layer gradients 3 decades
     larger than late ones at init, and train well).
 
+    Also left out: layers inside a sigmoid gate that multiplies the tensor it was computed from
+    (squeeze-and-excitation, ECA, CBAM). Their gradient is large (a pooled input, summed back
+    over every position), but a large step only saturates the gate, which bounds their effect
+    and shrinks their gradient. And, as for AL105, layers behind a near-zero learned layer-scale
+    gain and attention queries and keys.
+
     ## Why is this bad?
     A gradient that grows by orders of magnitude on its way back makes the early layers take
     huge steps while the last ones barely move: training diverges or needs a learning rate so

@@ -41,6 +41,13 @@ class VanishingGradient(Rule):
     Layers that get exactly zero gradient at step 0 by design (zero-initialised residual
     branches, a zero-initialised head and what they cut off) are not counted.
 
+    Nor are layers whose gradient is small at step 0 by a design the first steps undo: layers
+    inside residual branches scaled by a learned gain initialised near zero (layer scale,
+    ReZero: at most 0.1), and attention query and key projections, whose gradient comes only
+    through the attention scores (near-uniform at a small init, so it scales with the other
+    projection's weights rather than with depth). When those branches hold the whole depth of
+    the model (CaiT), there is no verdict.
+
     ## Example
     ```python
     layers = []
