@@ -5,6 +5,7 @@ gradient-estimate rules side by side:
 
 - :mod:`.activations` -- elementwise activations, softmax, GLU (moment laws, saturation);
 - :mod:`.linear` -- linear, bilinear, convolutions, embeddings, matmul;
+- :mod:`.contract` -- einsum between activations;
 - :mod:`.norms` -- batch/layer/group/instance/RMS norm;
 - :mod:`.pooling` -- pooling and reductions;
 - :mod:`.joins` -- sums, products, concatenation;
@@ -19,8 +20,8 @@ Importing this package fills the table.
 
 from __future__ import annotations
 
-from . import (activations, attention, elementwise, joins, linear, norms, opaque,  # noqa: F401
-               pooling, recurrent, shape_ops)
+from . import (activations, attention, contract, elementwise, joins, linear, norms,  # noqa: F401
+               opaque, pooling, recurrent, shape_ops)
 from .classify import carries_gradient, classify_call, classify_module, is_leaf_module
 from .table import OPS, Op, canonical_name, function_op, module_op, op_info
 

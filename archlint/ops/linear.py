@@ -25,6 +25,7 @@ from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forwa
 from .base import Backward, Gains, Propagation, kw, unknown
 from .shape import (NoRule, ShapeMismatch, TensorShape, broadcast, conv_shape, describe,
                     expect_float, promote, same_module_shape)
+from .contract import product
 from .table import Op, family, register
 
 _MATMUL_FUNCTIONS = ("matmul", "mm", "addmm", "bmm", "baddbmm")
@@ -519,14 +520,13 @@ def estimate_matmul(prop: Propagation, node: Node) -> None:
     n_in = sa[-1]
     M = sa[-2] if len(sa) >= 2 else 1
     P = sb[-1] if len(sb) >= 2 else 1
-    q = n_in * (a.q * b.q) + n_in * (n_in - 1) * a.m * a.m * b.m * b.m
     n = prop.numel(node)
     out_batch = n / max(M * P, 1)
     a_batch = a.numel / max(M * n_in, 1)
     b_batch = b.numel / max(n_in * P, 1)
-    prop.out(node, Sig(q, n_in * a.m * b.m, n_in * a.s * b.s, n),
-             Gains([(0, P * b.q * out_batch / max(a_batch, 1e-12)),
-                    (1, M * a.q * out_batch / max(b_batch, 1e-12))]))
+    sig, gains = product(a, b, n_in, M, P, n, fa=out_batch / max(a_batch, 1e-12),
+                         fb=out_batch / max(b_batch, 1e-12))
+    prop.out(node, sig, gains)
 
 
 def estimate_baddbmm(prop: Propagation, node: Node) -> None:
@@ -674,7 +674,7 @@ register(
        estimate=estimate_embedding),
     *family(Kind.MATMUL, ("matmul", "mm", "bmm"), shape=_matmul_shape,
             estimate=estimate_matmul),
-    *family(Kind.MATMUL, ("einsum", "addbmm", "tensordot", "inner"),
+    *family(Kind.MATMUL, ("addbmm", "tensordot", "inner"),
             estimate=estimate_matmul),
     *family(Kind.MATMUL, ("baddbmm",), estimate=estimate_baddbmm),
     *family(Kind.MATMUL, ("grouped_mm",), estimate=estimate_grouped_mm),
