@@ -10,6 +10,7 @@ gradient-estimate rules side by side:
 - :mod:`.pooling` -- pooling and reductions;
 - :mod:`.joins` -- sums, products, concatenation;
 - :mod:`.shape_ops` -- views, indexing, splits, casts, padding, upsampling, dropout;
+- :mod:`.windows` -- unfold (im2col) and fold;
 - :mod:`.attention` -- multi-head and scaled-dot-product attention;
 - :mod:`.recurrent` -- RNN / LSTM / GRU (simulated);
 - :mod:`.elementwise` -- other arithmetic, comparisons, random tensors, factories;
@@ -21,7 +22,7 @@ Importing this package fills the table.
 from __future__ import annotations
 
 from . import (activations, attention, contract, elementwise, joins, linear, norms,  # noqa: F401
-               opaque, pooling, recurrent, shape_ops)
+               opaque, pooling, recurrent, shape_ops, windows)
 from .classify import carries_gradient, classify_call, classify_module, is_leaf_module
 from .table import OPS, Op, canonical_name, function_op, module_op, op_info
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..graph.ir import Kind, Node
@@ -85,6 +86,31 @@ def estimate_power(prop: Propagation, node: Node) -> None:
     prop.out(node, Sig(base, math.sqrt(base), base, n), Gains([(0, 0.25 / base)]))  # sqrt
 
 
+def estimate_exp(prop: Propagation, node: Node) -> None:
+    """``exp`` of a Gaussian ``N(m, v)``: log-normal moments ``E[e^x] = e^(m + v/2)``,
+    ``E[e^2x] = e^(2m + 2v)``, and two entries sharing covariance ``c`` give
+    ``E[e^x e^x'] = e^(2m + v + c)``. The derivative is the value itself: the gradient's gain
+    is ``E[e^2x]``. A parameter (Mamba's ``A = -exp(A_log)``) is read exactly."""
+    x = prop.s_in(node)
+    n = prop.numel(node)
+    src = node.inputs[0] if node.inputs else None
+    t = src.tensor if src is not None and src.kind == Kind.PARAM else None
+    if isinstance(t, torch.Tensor) and t.device.type != "meta" and t.numel():
+        e = t.detach().double().clamp(max=300.0).exp()
+        q, m = float((e * e).mean()), float(e.mean())
+        prop.out(node, Sig(q, m, m * m, n), Gains([(0, q)]))
+        return
+    m, v = x.m, max(x.q - x.m * x.m, 0.0)
+
+    def ex(a: float) -> float:
+        return math.exp(min(a, 300.0))
+
+    q = ex(2 * m + 2 * v)
+    cov_s, cov_w = max(x.s - m * m, 0.0), max(x.w - m * m, 0.0)
+    prop.out(node, Sig(q, ex(m + v / 2), ex(2 * m + v + cov_s), n).with_w(
+        ex(2 * m + v + cov_w) if x.w_ is not None else None), Gains([(0, q)]))
+
+
 def estimate_factory(prop: Propagation, node: Node) -> None:
     """Tensors filled with a constant (``zeros_like``, ``new_ones``, ``full``...): what they
     hold, not their template's statistics (an accumulator made by ``zeros_like(x)`` holds 0)."""
@@ -136,10 +162,11 @@ register(
     Op(name="pow", functions=("pow",), shape=binary_shape, estimate=estimate_power),
     *family(Kind.OTHER, ("sin", "cos"), shape=same_shape, estimate=estimate_periodic),
     # elementwise maps without a formula: passed through and reported
-    *family(Kind.OTHER, ("exp", "log", "erf", "reciprocal", "log1p", "expm1", "clamp_max",
+    Op(name="exp", functions=("exp",), shape=same_shape, estimate=estimate_exp),
+    *family(Kind.OTHER, ("log", "erf", "reciprocal", "log1p", "expm1", "clamp_max",
                          "nan_to_num", "requires_grad", "fill", "zero", "softmax2d",
                          "sort_values"), shape=same_shape),
-    *family(Kind.OTHER, ("maximum", "minimum", "atan2", "fmod", "lerp", "addcmul", "addcdiv",
+    *family(Kind.OTHER, ("maximum", "minimum", "atan2", "fmod", "lerp", "addcdiv",
                          "hypot", "and", "or", "xor"), shape=binary_shape),
     *family(Kind.OTHER, ("normal", "uniform"), shape=same_shape, estimate=estimate_random),
     *family(Kind.OTHER, ("bernoulli",), grad=False, estimate=estimate_bernoulli),

@@ -126,6 +126,27 @@ def estimate_mul(prop: Propagation, node: Node) -> None:
         Gains([(0, b.q * c * c * n / max(a.numel, 1)), (1, a.q * c * c * n / max(b.numel, 1))]))
 
 
+def estimate_addcmul(prop: Propagation, node: Node) -> None:
+    """``torch.addcmul(x, a, b, value=v)`` = ``x + v * a * b`` (ResMLP's affine: beta + alpha
+    * x), the sum and product rules in one call."""
+    if len(node.inputs) != 3 or (node.grad_inputs is not None and len(node.grad_inputs) < 1):
+        unknown(prop, node)
+        return
+    x, a, b = (prop.s_in(node, i) for i in range(3))
+    v = kw(node, "value", 3, 1.0)
+    v = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else 1.0
+    v2 = v * v
+    mp = v * a.m * b.m
+    q = x.q + v2 * a.q * b.q + 2 * x.m * mp
+    s_ = x.s + v2 * a.s * b.s + 2 * x.m * mp
+    has_w = any(sg.w_ is not None for sg in (x, a, b))
+    w_ = x.w + v2 * a.w * b.w + 2 * x.m * mp
+    n = prop.numel(node)
+    prop.out(node, Sig(max(q, 0.0), x.m + mp, max(s_, 0.0), n).with_w(w_ if has_w else None),
+             Gains([(0, n / max(x.numel, 1)), (1, v2 * b.q * n / max(a.numel, 1)),
+                    (2, v2 * a.q * n / max(b.numel, 1))]))
+
+
 def estimate_concat(prop: Propagation, node: Node) -> None:
     sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
     tot = sum(s.numel for s in sigs) or 1
@@ -197,6 +218,8 @@ register(
             _first_tensor(name, args), estimate=estimate_scatter),
     Op(name="add", kind=Kind.ADD, functions=("add", "sub", "subtract", "rsub"),
        shape=binary_shape, estimate=estimate_add),
+    Op(name="addcmul", kind=Kind.OTHER, functions=("addcmul",), shape=binary_shape,
+       estimate=estimate_addcmul),
     Op(name="mul", kind=Kind.MUL, functions=("mul", "multiply"), shape=binary_shape,
        estimate=estimate_mul),
     Op(name="div", kind=Kind.MUL, functions=("div", "truediv", "divide"), shape=binary_shape,

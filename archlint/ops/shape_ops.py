@@ -46,14 +46,55 @@ class TupleItem(Backward):
         prop.gsc[src] = prop.gsc.get(src, 0.0) + gsco * ratio
 
 
+def _packed(node: Node) -> list:
+    """The items of a named tuple built in forward, in field order (Nodes or constants)."""
+    args = list(node.attrs.get("args") or ())
+    kwargs = node.attrs.get("kwargs") or {}
+    fields = getattr(node.attrs.get("call"), "_fields", ())
+    return args + [kwargs.get(f) for f in fields[len(args):]]
+
+
+@dataclass
+class PackBackward(Backward):
+    """Each item's gradient goes to the tensor it was built from."""
+
+    slots: list  # item index -> input index, or None
+    per_item = True
+
+    def apply(self, prop: Propagation, node: Node, go: float, gso: float, gsco: float,
+              items: dict[int, float]) -> None:
+        total = sum(items.values())
+        for k, g in items.items():
+            idx = self.slots[k] if 0 <= k < len(self.slots) else None
+            if idx is None or g <= 0.0:
+                continue
+            src, share = node.inputs[idx], g / total
+            prop.g2[src] = prop.g2.get(src, 0.0) + g
+            prop.gs[src] = prop.gs.get(src, 0.0) + min(prop.gs.get(node, 0.0) * share, g)
+            prop.gsc[src] = prop.gsc.get(src, 0.0) + prop.gsc.get(node, 0.0) * share
+
+
+def estimate_pack(prop: Propagation, node: Node) -> None:
+    """``Outputs(logits, aux)``: a tuple of its arguments, each item what it was built from."""
+    slots, sigs = [], []
+    for item in _packed(node):
+        idx = next((i for i, n in enumerate(node.inputs) if n is item), None)
+        slots.append(idx)
+        sigs.append(prop.s_in(node, idx) if idx is not None else Sig(0.0, 0.0, 0.0, 1))
+    prop.out(node, sigs, PackBackward(slots))
+
+
 def estimate_reshape(prop: Propagation, node: Node) -> None:
     src = node.inputs[0] if node.inputs else None
     v = prop.value(src) if src is not None else None
-    if node.op == "getitem" and isinstance(v, list):
+    if node.op in ("getitem", "getattr") and isinstance(v, list):
         idx = node.attrs.get("index")
         if idx is None:
             args = node.attrs.get("args") or ()
             idx = args[1] if len(args) > 1 and isinstance(args[1], int) else 0
+            fields = getattr(src.attrs.get("call"), "_fields", ())
+            if len(args) > 1 and isinstance(args[1], str) and args[1] in fields:
+                idx = fields.index(args[1])  # a named tuple's field
         item = v[idx] if isinstance(idx, int) and -len(v) <= idx < len(v) else v[0]
         prop.out(node, Sig(item.q, item.m, item.s, prop.numel(node)).with_w(item.w_),
                  TupleItem(idx if isinstance(idx, int) else 0))
@@ -373,6 +414,7 @@ register(
     *_moves(("repeat", "tile"), _repeat),
     *_moves(("repeat_interleave",), _repeat_interleave),
     *_moves(("split", "chunk", "unbind", "tensor_split"), _split),
+    Op(name="namedtuple", kind=Kind.RESHAPE, functions=("namedtuple",), estimate=estimate_pack),
     *_moves(("getitem",), _getitem),
     *_moves(("to", "type"), _to),
     *_moves(("type_as",), _type_as),
@@ -380,7 +422,7 @@ register(
     *_moves(("contiguous", "clone", "tril", "triu", "masked_fill", "flip", "roll"), same_shape),
     *family(Kind.RESHAPE, ("where",), shape=binary_shape, estimate=estimate_where),
     *_moves(("narrow", "select", "index_select", "gather", "take_along_dim", "masked_select",
-             "cpu", "cuda", "unfold", "fold", "as_strided", "diagonal", "contiguous_format")),
+             "cpu", "cuda", "as_strided", "diagonal", "contiguous_format")),
     Op(name="flatten", kind=Kind.RESHAPE, modules=(nn.Flatten,), functions=("flatten",),
        shape=_flatten, module_shape=_flatten_module, estimate=estimate_reshape),
     Op(name="unflatten", kind=Kind.RESHAPE, modules=(nn.Unflatten,), functions=("unflatten",),

@@ -120,6 +120,8 @@ def canonical_name(target: Any) -> str:
         name = target
     elif target is operator.getitem:
         return "getitem"
+    elif isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
+        return "namedtuple"  # building a model's output tuple (GoogLeNetOutputs...)
     else:
         name = getattr(target, "__name__", None) or str(target)
     name = name.strip("_")

@@ -136,10 +136,25 @@ def _probe_output_node(fxg: torch.fx.Graph, env: dict, values: Optional[dict],
     out_fx = next((n for n in fxg.nodes if n.op == "output"), None)
     if out_fx is None:
         return None
-    picked = select_output(out_fx.args[0], lambda v: isinstance(v, torch.fx.Node))
+    def leaf(v: Any) -> bool:
+        return isinstance(v, torch.fx.Node) and not _builds_named_tuple(v)
+
+    value = out_fx.args[0]
+    for _ in range(8):  # a named tuple built in forward: the probe differentiates its field
+        if isinstance(value, torch.fx.Node) and _builds_named_tuple(value):
+            value = value.target(*value.args, **value.kwargs)
+        picked = select_output(value, leaf)
+        if picked is not None or not isinstance(value, torch.fx.Node):
+            break
     if picked is not None and picked in env:
         return env[picked]
     return output
+
+
+def _builds_named_tuple(n: torch.fx.Node) -> bool:
+    t = n.target
+    return n.op == "call_function" and isinstance(t, type) and issubclass(t, tuple) and \
+        hasattr(t, "_fields")
 
 
 __all__ = ["fx_trace", "symbolic_graph"]

@@ -1,0 +1,121 @@
+"""Ops that used to be estimated by running them alone now have their own rule: ``addcmul``
+(ResMLP's affine), ``exp`` (a state-space model's ``A = -exp(A_log)``), ``nn.Unfold`` and
+``F.fold`` (hand-written convolutions, patches laid back into an image) and ``Tensor.unfold``.
+Each model must be estimated with no op left over, and close to measurement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import archlint
+from test_estimator_cases import _check
+
+
+class Affine(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(d))
+        self.beta = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x):
+        return torch.addcmul(self.beta, self.alpha, x)
+
+
+class AffineMLP(nn.Module):
+    def __init__(self, d=64, depth=6):
+        super().__init__()
+        self.embed = nn.Linear(48, d)
+        self.norms = nn.ModuleList(Affine(d) for _ in range(depth))
+        self.mlps = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(),
+                                                nn.Linear(2 * d, d)) for _ in range(depth))
+        self.head = nn.Linear(d, 10)
+
+    def forward(self, x):
+        x = self.embed(x)
+        for norm, mlp in zip(self.norms, self.mlps):
+            x = x + 0.5 * mlp(norm(x))
+        return self.head(x)
+
+
+class DecaySSM(nn.Module):
+    def __init__(self, d=32, depth=4):
+        super().__init__()
+        self.inp = nn.ModuleList(nn.Linear(d, d) for _ in range(depth))
+        self.A_log = nn.ParameterList(
+            nn.Parameter(torch.log(torch.arange(1, d + 1).float())) for _ in range(depth))
+        self.out = nn.Linear(d, 5)
+
+    def forward(self, x):
+        for lin, a_log in zip(self.inp, self.A_log):
+            decay = torch.exp(-torch.exp(a_log) * 0.05)
+            x = x + torch.tanh(lin(x)) * decay
+        return self.out(x)
+
+
+class Im2colConv(nn.Module):
+    """A convolution written by hand: ``nn.Unfold`` (zero padding), a linear map over each
+    window, the result laid back out as an image."""
+
+    def __init__(self, c=32, k=3):
+        super().__init__()
+        self.unfold = nn.Unfold(k, padding=1)
+        self.lin = nn.Linear(c * k * k, c)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        cols = self.unfold(x).transpose(1, 2)  # B, HW, C*k*k
+        return self.lin(cols).transpose(1, 2).reshape(B, C, H, W)
+
+
+class Im2colNet(nn.Module):
+    """Hand-written convolutions with ReLU and batch norm, then a decoder that lays 4x4
+    patches back into an image with ``F.fold`` (MAE-style)."""
+
+    def __init__(self, c=32, depth=4, patch=4):
+        super().__init__()
+        self.patch = patch
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.blocks = nn.ModuleList(Im2colConv(c) for _ in range(depth))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(c) for _ in range(depth))
+        self.to_patches = nn.Linear(c, 3 * patch * patch)
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        x = self.stem(x)
+        for block, norm in zip(self.blocks, self.norms):
+            x = torch.relu(norm(block(x)))
+        p = self.patch
+        tokens = F.avg_pool2d(x, p).flatten(2).transpose(1, 2)  # B, L, c
+        cols = self.to_patches(tokens).transpose(1, 2)  # B, 3*p*p, L
+        return F.fold(cols, (H, W), p, stride=p)
+
+
+class PatchSeries(nn.Module):
+    """A time-series patch embedding with ``Tensor.unfold`` (PatchTST-style), then an MLP."""
+
+    def __init__(self, d=16, patch=4, width=64, depth=3):
+        super().__init__()
+        self.patch = patch
+        self.embed = nn.Linear(d * patch, width)
+        self.body = nn.Sequential(*[m for _ in range(depth)
+                                    for m in (nn.Linear(width, width), nn.ReLU())])
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):  # B, T, d
+        p = x.unfold(1, self.patch, self.patch).flatten(2)  # B, T/patch, d*patch
+        return self.head(self.body(self.embed(p)))
+
+
+@pytest.mark.parametrize("model,shape", [(AffineMLP, (4, 16, 48)), (DecaySSM, (4, 16, 32)),
+                                         (Im2colNet, (4, 3, 16, 16)), (PatchSeries, (4, 32, 16))],
+                         ids=["addcmul", "exp", "unfold-fold", "tensor-unfold"])
+def test_ops_with_their_own_rule(model, shape):
+    torch.manual_seed(0)
+    m = model()
+    (t,) = archlint.lint(m, example_input=shape).targets
+    assert t.status == "ok", t.error
+    assert not any("without a formula" in n for n in t.notes), t.notes
+    _check(m, shape, worst=0.2, spread=0.2, verdict=None)
