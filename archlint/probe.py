@@ -7,7 +7,9 @@ probe's ``y`` is, recursively:
 * a mapping, or any object with ``keys()`` and item access (``ModelOutput``): its ``logits``
   entry, else its ``last_hidden_state`` entry (when that entry is itself a leaf), else the first
   value, in key order, that contains a leaf;
-* a tuple or list: the first item that contains a leaf.
+* a tuple or list: the first item that contains a leaf;
+* a dataclass instance (a research model's ``Output(logits=..., aux=...)``): as the mapping of
+  its fields.
 
 The estimate (on the fx graph's output structure and on the execution trace's real output) and
 ``--measure`` (on the real output) all call :func:`select_output`, so they can never pick
@@ -16,6 +18,7 @@ different tensors. Plain Python, no torch: the caller says what a leaf is.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
@@ -28,6 +31,8 @@ def select_output(value: Any, is_leaf: Callable[[Any], bool]) -> Optional[Any]:
     when ``value`` holds no leaf."""
     if is_leaf(value):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping) or (hasattr(value, "keys") and hasattr(value, "__getitem__")):
         keys = list(value.keys())
         for key in PREFERRED_KEYS:
@@ -36,6 +41,18 @@ def select_output(value: Any, is_leaf: Callable[[Any], bool]) -> Optional[Any]:
         return _first((value[k] for k in keys), is_leaf)
     if isinstance(value, (tuple, list)):
         return _first(value, is_leaf)
+    return None
+
+
+def record_fields(cls: Any) -> Optional[tuple[str, ...]]:
+    """The fields of a named tuple or dataclass class (an output record built in forward), or
+    None for anything else."""
+    if not isinstance(cls, type):
+        return None
+    if issubclass(cls, tuple) and hasattr(cls, "_fields"):
+        return tuple(cls._fields)
+    if dataclasses.is_dataclass(cls):
+        return tuple(f.name for f in dataclasses.fields(cls))
     return None
 
 

@@ -1,12 +1,14 @@
 """Models whose forward builds a named tuple (torchvision's GoogLeNetOutputs, research code's
-``Output(logits, aux)``): the probe differentiates its first tensor field, and the estimate
-follows the same field. Before, the tuple's constructor was an op without a formula whose
+``Output(logits, aux)``) or a dataclass: the probe differentiates its first tensor field (a
+dataclass's ``logits`` first, as for a mapping), and the estimate follows the same field. Before, the tuple's constructor was an op without a formula whose
 inputs got no gradient: a three-layer MLP got AL106 at 299 decades."""
 
 from __future__ import annotations
 
 import textwrap
 from collections import namedtuple
+from dataclasses import dataclass
+from typing import Optional
 
 import pytest
 import torch
@@ -16,6 +18,12 @@ import archlint
 from test_estimator_cases import _check
 
 Output = namedtuple("Output", ["logits", "aux"])
+
+
+@dataclass
+class ClassifierOutput:
+    aux: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
 
 
 class TwoHeads(nn.Module):
@@ -34,6 +42,12 @@ class TwoHeads(nn.Module):
         return Output(self.head(h), aux)
 
 
+class DataclassOut(TwoHeads):
+    def forward(self, x):
+        h = self.body(x)
+        return ClassifierOutput(aux=self.aux_head(h), logits=self.head(h))
+
+
 class ReadsAField(nn.Module):
     """An inner module returns a named tuple; the outer one reads a field by name."""
 
@@ -46,11 +60,12 @@ class ReadsAField(nn.Module):
         return self.out(torch.tanh(self.inner(x).logits))
 
 
-@pytest.mark.parametrize("model", [TwoHeads(), TwoHeads(keyword=True), TwoHeads(aux=False),
-                                   ReadsAField()],
-                         ids=["positional", "keyword", "none-field", "field-read"])
-def test_named_tuple_outputs(model):
+@pytest.mark.parametrize("make", [TwoHeads, lambda: TwoHeads(keyword=True),
+                                  lambda: TwoHeads(aux=False), ReadsAField, DataclassOut],
+                         ids=["positional", "keyword", "none-field", "field-read", "dataclass"])
+def test_named_tuple_outputs(make):
     torch.manual_seed(0)
+    model = make()
     (t,) = archlint.lint(model, example_input=(8, 16)).targets
     assert t.status == "ok", t.error
     assert not any("without a formula" in n for n in t.notes), t.notes

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import Sig
+from ..probe import record_fields
 from .base import Backward, Gains, Propagation, kw, passthrough
 from .positions import (Selection, pad_selection, selection_of_index, start_selection,
                         token_read)
@@ -47,10 +48,11 @@ class TupleItem(Backward):
 
 
 def _packed(node: Node) -> list:
-    """The items of a named tuple built in forward, in field order (Nodes or constants)."""
+    """The items of a named tuple or dataclass built in forward, in field order (Nodes or
+    constants)."""
     args = list(node.attrs.get("args") or ())
     kwargs = node.attrs.get("kwargs") or {}
-    fields = getattr(node.attrs.get("call"), "_fields", ())
+    fields = record_fields(node.attrs.get("call")) or ()
     return args + [kwargs.get(f) for f in fields[len(args):]]
 
 
@@ -75,7 +77,7 @@ class PackBackward(Backward):
 
 
 def estimate_pack(prop: Propagation, node: Node) -> None:
-    """``Outputs(logits, aux)``: a tuple of its arguments, each item what it was built from."""
+    """``Outputs(logits, aux)``: a record of its arguments, each item what it was built from."""
     slots, sigs = [], []
     for item in _packed(node):
         idx = next((i for i, n in enumerate(node.inputs) if n is item), None)
@@ -92,9 +94,9 @@ def estimate_reshape(prop: Propagation, node: Node) -> None:
         if idx is None:
             args = node.attrs.get("args") or ()
             idx = args[1] if len(args) > 1 and isinstance(args[1], int) else 0
-            fields = getattr(src.attrs.get("call"), "_fields", ())
+            fields = record_fields(src.attrs.get("call")) or ()
             if len(args) > 1 and isinstance(args[1], str) and args[1] in fields:
-                idx = fields.index(args[1])  # a named tuple's field
+                idx = fields.index(args[1])  # a record's field
         item = v[idx] if isinstance(idx, int) and -len(v) <= idx < len(v) else v[0]
         prop.out(node, Sig(item.q, item.m, item.s, prop.numel(node)).with_w(item.w_),
                  TupleItem(idx if isinstance(idx, int) else 0))
@@ -414,7 +416,7 @@ register(
     *_moves(("repeat", "tile"), _repeat),
     *_moves(("repeat_interleave",), _repeat_interleave),
     *_moves(("split", "chunk", "unbind", "tensor_split"), _split),
-    Op(name="namedtuple", kind=Kind.RESHAPE, functions=("namedtuple",), estimate=estimate_pack),
+    Op(name="record", kind=Kind.RESHAPE, functions=("record",), estimate=estimate_pack),
     *_moves(("getitem",), _getitem),
     *_moves(("to", "type"), _to),
     *_moves(("type_as",), _type_as),

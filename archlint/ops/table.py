@@ -116,12 +116,14 @@ def canonical_name(target: Any) -> str:
     business: they are functions of their op's row."""
     import operator
 
+    from ..probe import record_fields
+
     if isinstance(target, str):
         name = target
     elif target is operator.getitem:
         return "getitem"
-    elif isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields"):
-        return "namedtuple"  # building a model's output tuple (GoogLeNetOutputs...)
+    elif record_fields(target) is not None:
+        return "record"  # a named tuple or dataclass of outputs (GoogLeNetOutputs...)
     else:
         name = getattr(target, "__name__", None) or str(target)
     name = name.strip("_")

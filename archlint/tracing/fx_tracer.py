@@ -11,7 +11,7 @@ from torch import nn
 from ..ops import canonical_name, is_leaf_module
 from ..graph.ir import Graph, Kind, Node
 from ..loading.sites import user_site
-from ..probe import select_output
+from ..probe import record_fields, select_output
 from .builder import (attach_owner_sites, call_node, fetch_attr, finalize, is_tensor_value,
                       module_node, param_owner, shape_of, TraceError)
 from .functions import functions_as_calls, fx_handler
@@ -137,24 +137,32 @@ def _probe_output_node(fxg: torch.fx.Graph, env: dict, values: Optional[dict],
     if out_fx is None:
         return None
     def leaf(v: Any) -> bool:
-        return isinstance(v, torch.fx.Node) and not _builds_named_tuple(v)
+        return isinstance(v, torch.fx.Node) and _record(v) is None
 
-    value = out_fx.args[0]
-    for _ in range(8):  # a named tuple built in forward: the probe differentiates its field
-        if isinstance(value, torch.fx.Node) and _builds_named_tuple(value):
-            value = value.target(*value.args, **value.kwargs)
+    value, picked = out_fx.args[0], None
+    for _ in range(8):  # a record built in forward: the probe differentiates one of its fields
+        record = _record(value) if isinstance(value, torch.fx.Node) else None
+        if record is not None:
+            value = record
         picked = select_output(value, leaf)
-        if picked is not None or not isinstance(value, torch.fx.Node):
+        if picked is not None or record is None:
             break
     if picked is not None and picked in env:
         return env[picked]
     return output
 
 
-def _builds_named_tuple(n: torch.fx.Node) -> bool:
-    t = n.target
-    return n.op == "call_function" and isinstance(t, type) and issubclass(t, tuple) and \
-        hasattr(t, "_fields")
+def _record(n: torch.fx.Node) -> Any:
+    """The named tuple or field mapping a call building an output record makes, with the
+    call's arguments (fx nodes) as its fields; None for any other node."""
+    fields = record_fields(n.target) if n.op == "call_function" else None
+    if fields is None:
+        return None
+    items = dict(zip(fields, n.args))
+    items.update({k: v for k, v in n.kwargs.items() if k in fields})
+    if issubclass(n.target, tuple):
+        return tuple(items.get(f) for f in fields)
+    return {f: items[f] for f in fields if f in items}
 
 
 __all__ = ["fx_trace", "symbolic_graph"]
