@@ -238,7 +238,8 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         except Exception as exc:  # the other rules still run; the target is an error
             failed.append(f"{rule.code} ({rule.name}) failed: {one_line_error(exc)}"[:300])
             result.notes.append(failed[-1])
-    result.findings = merge_same_site(result.findings)
+    result.findings = _drop_frozen(merge_same_site(result.findings), graph, analysis.facts,
+                                   result.notes)
     if settings.fixes and result.findings:
         from .fixes import propose_fixes
 
@@ -253,6 +254,24 @@ def _lint_and_analyse(model: nn.Module, display: str, spec: Optional[InputSpec],
         result.error = problems[0] + (f" (and {len(problems) - 1} more: see the notes)"
                                       if len(problems) > 1 else "")
     return result, analysis
+
+
+def _drop_frozen(findings: list[Finding], graph: Graph, facts: GraphFacts,
+                 notes: list[str]) -> list[Finding]:
+    """Findings about layers no gradient is ever sent through (nothing trainable before them: a
+    frozen backbone under a linear probe) are not reported; a note says so."""
+    frozen = facts.structure.frozen
+    if not frozen:
+        return findings
+    kept = []
+    for f in findings:
+        nodes = [n for n in graph.nodes if f.module is not None and n.module_path == f.module]
+        if nodes and all(n in frozen for n in nodes):
+            notes.append(f"{f.code} not reported at {f.module}: no trainable parameter before "
+                         "it (frozen), so training sends no gradient through it")
+            continue
+        kept.append(f)
+    return kept
 
 
 #: The result of a file's source rules is marked with this ``tracer``.

@@ -52,6 +52,9 @@ class Structure:
     #: Recurrent calls followed (through the data graph) by another call of the same module:
     #: earlier time steps of an unrolled cell, which add no depth.
     time_steps: set[Node] = field(default_factory=set)
+    #: Nodes with no trainable parameter before them: a frozen backbone read under no_grad,
+    #: a linear probe's features. Training never sends a gradient through them.
+    frozen: set[Node] = field(default_factory=set)
 
     def reaches_output(self, node: Node) -> bool:
         return self.layers_to_output.get(node, INF) < INF
@@ -126,6 +129,7 @@ def analyse_structure(graph: Graph) -> Structure:
         before = max((longest.get(i, 0) for i in n.inputs), default=0)
         longest[n] = before + (1 if counts(n) else 0)
     s.longest_before = longest
+    s.frozen = _frozen(graph)
     if graph.output is not None:
         s.longest_path = longest.get(graph.output, 0)
         s.longest_path_end = graph.output
@@ -235,3 +239,21 @@ def plain_stretch(s: Structure, start: Node) -> list[Node]:
     joins = set(s.skip_joins)
     return [n for n in walk_run(start, s.next_unskipped, stop_kind="", stop_at=joins)
             if s.counts_as_layer(n)]
+
+
+def trains(node: Node) -> bool:
+    """Does ``node`` own a parameter that training updates (requires_grad)?"""
+    if node.kind == Kind.PARAM:
+        t = node.tensor
+        return t is not None and bool(getattr(t, "requires_grad", False))
+    m = node.module
+    return m is not None and any(p.requires_grad for p in m.parameters(recurse=False))
+
+
+def _frozen(graph: Graph) -> set[Node]:
+    """Nodes that no trainable parameter reaches through gradient-carrying edges."""
+    live: set[Node] = set()
+    for n in graph.nodes:  # topological order
+        if trains(n) or any(p in live for p in n.grad_parents()):
+            live.add(n)
+    return {n for n in graph.nodes if n not in live}

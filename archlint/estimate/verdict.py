@@ -64,7 +64,7 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
         invariant |= _scale_invariant(graph) | by_design.inside_gates(graph)
     usable = [(k, mod, node) for mod, (k, node) in first.items()
               if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant
-              and mod not in estimate.uncertain]
+              and mod not in estimate.uncertain and not _frozen_weights(node)]
     zero = sorted(mod for _, mod, _ in usable if rms[mod] <= 0.0)
     usable = sorted((k, mod, node) for k, mod, node in usable if rms[mod] > 0.0)
     # Output heads are compared with nothing: their scale is a design choice (a small or
@@ -90,6 +90,16 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
 
 
 _UNDERFLOW = 1e-300
+
+
+def _frozen_weights(node: Node) -> bool:
+    """A weight layer whose weights training does not update (requires_grad off): its gradient
+    is never used."""
+    w = node.attrs.get("weight_param")
+    if isinstance(w, Node) and w.tensor is not None:
+        return not w.tensor.requires_grad
+    params = list(node.module.parameters(recurse=False)) if node.module is not None else []
+    return bool(params) and not any(p.requires_grad for p in params)
 
 
 def _has_identity_init(graph: Graph, facts: GraphFacts) -> bool:
