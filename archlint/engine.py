@@ -21,7 +21,7 @@ from .guard import one_line_error
 from .results import Finding, LayerInfo, TargetResult, Verdict
 from .graph.ir import Graph, Kind
 from .ops import op_info
-from .ops.opaque import named_modules, see_through
+from .ops.opaque import named_modules, see_through, weight_owners
 from .loading.sites import module_site
 from .loading.build import seed_everything
 from .loading.inputs import InputError, InputSpec
@@ -50,14 +50,13 @@ class Settings:
 
 
 def weight_layers_of(model: nn.Module) -> list[LayerInfo]:
-    """Every module that directly owns a parameter of 2+ dims, by its named_modules() name."""
+    """Every module that owns a weight matrix (:func:`weight_owners`), by its name."""
     out = []
-    for name, mod in named_modules(model):
-        if any(p.dim() >= 2 for p in mod.parameters(recurse=False)):
-            site = module_site(mod)
-            out.append(LayerInfo(module=name, type=type(mod).__name__,
-                                 path=display_path(Path(site.path)) if site else None,
-                                 line=site.line if site else None))
+    for name, mod, _ in weight_owners(model):
+        site = module_site(mod)
+        out.append(LayerInfo(module=name, type=type(mod).__name__,
+                             path=display_path(Path(site.path)) if site else None,
+                             line=site.line if site else None))
     return out
 
 

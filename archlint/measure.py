@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from . import probe
+from .ops.opaque import weight_owners
 
 __all__ = ["MeasureResult", "measure_dead_fractions", "measure_grad_rms", "select_output"]
 
@@ -94,10 +95,6 @@ def _probe_loss(y: Tensor, seed: int) -> Tensor:
     generator = torch.Generator(device="cpu").manual_seed(PROBE_STREAM + seed)
     r = torch.randn(y.shape, generator=generator, dtype=y.dtype, device="cpu").to(y.device)
     return (y * r).sum() / math.sqrt(max(y.numel(), 1))
-
-
-def _owned_matrices(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters(recurse=False) if p.dim() >= 2]
 
 
 def _rms(grads: list[Tensor]) -> float:
@@ -160,8 +157,7 @@ def measure_grad_rms(model: nn.Module, inputs: Inputs, seed: int = 0) -> Measure
             mapping (keyword arguments). Integer tensors (token ids) are passed through as is.
         seed: seeds both the forward pass's RNG (dropout) and the probe vector ``r``.
     """
-    owners = [(name, mod, _owned_matrices(mod)) for name, mod in model.named_modules()]
-    owners = [(name, mod, params) for name, mod, params in owners if params]
+    owners = list(weight_owners(model))
     trainable = list({id(p): p for _, _, ps in owners for p in ps if p.requires_grad}.values())
 
     state = _ModelState(model)

@@ -331,6 +331,23 @@ def named_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
                 yield ".".join(filter(None, [name, sub])), inner
 
 
+def weight_owners(model: nn.Module) -> Iterator[tuple[str, nn.Module, list[nn.Parameter]]]:
+    """Every module that owns a weight matrix (a parameter of 2+ dims), by its name, with those
+    matrices. A parametrized layer (``parametrizations.weight_norm``, ``spectral_norm``) owns
+    the originals its weight is computed from, under its own name (not its
+    ``parametrizations.weight`` list)."""
+    for name, mod in named_modules(model):
+        if ".parametrizations." in f".{name}.":
+            continue
+        params = [p for p in mod.parameters(recurse=False) if p.dim() >= 2]
+        plists = getattr(mod, "parametrizations", None)
+        if isinstance(plists, nn.ModuleDict):
+            params += [p for plist in plists.values() for p in plist.parameters()
+                       if p.dim() >= 2]
+        if params:
+            yield name, mod, params
+
+
 @contextlib.contextmanager
 def see_through(model: nn.Module, wrap_scripts: bool = True) -> Iterator[nn.Module]:
     """For the time of a trace: ``torch.compile``'d modules replaced by the modules they wrap
