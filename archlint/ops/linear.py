@@ -310,10 +310,12 @@ def _phase_colsum_sq(w: torch.Tensor, stride: list[int]) -> float:
                 for phase in itertools.product(*[range(s) for s in stride])]
         return sum(int(w.shape[0]) * (t * d.var + t * t * d.mean * d.mean) for t in taps) / \
             max(len(taps), 1)
+    phases = list(itertools.product(*[range(s) for s in stride]))
+    if numel(w.shape[2:]) == 1:  # one tap: only the phase at offset 0 holds it, whole
+        return sum_sq(w) / max(w.shape[1], 1) / max(len(phases), 1)
     wd = w.detach().float()
     nd = wd.dim() - 2
     total = 0.0
-    phases = list(itertools.product(*[range(s) for s in stride]))
     for phase in phases:
         index = tuple(slice(r, None, s) for r, s in zip(phase, stride))
         part = wd[(slice(None), slice(None)) + index]
