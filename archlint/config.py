@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import yaml
-
 from .results import SEVERITIES
 
 if TYPE_CHECKING:
+    import yaml
+
     from .loading.inputs import InputSpec
     from .rules import Rule
 
@@ -136,6 +136,8 @@ class _Located:
 
 
 def _yaml_value(node: yaml.Node, keys: tuple, lines: dict[tuple, int]) -> Any:
+    import yaml
+
     lines.setdefault(keys, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -153,6 +155,8 @@ def _yaml_value(node: yaml.Node, keys: tuple, lines: dict[tuple, int]) -> Any:
 
 
 def _scalar(node: yaml.Node) -> Any:
+    import yaml
+
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
@@ -161,6 +165,8 @@ def _scalar(node: yaml.Node) -> Any:
 
 
 def read_yaml(path: Path) -> tuple[dict, _Located]:
+    import yaml  # only when there is a YAML config to read
+
     try:
         text = path.read_text()
     except OSError as exc:

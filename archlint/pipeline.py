@@ -25,7 +25,6 @@ from .guard import StepError, guarded
 from .graph.metainit import forget as forget_meta
 from .loading.build import (Candidate, LoadedModel, LoadError, LoadFailure, plan_target,
                             seed_everything)
-from .loading.infer import infer_input
 from .loading.inputs import InputSpec, uninferable_input
 from .loading.meta import MetaBuild, TooLarge, build_counting, build_on_meta
 from .loading.targets import Target, display_path
@@ -151,6 +150,13 @@ def lint_target(job: Job, on_step: Optional[StepListener] = None) -> Iterator[It
     yield from _source(job, facts)
 
 
+def _inferred(model: nn.Module) -> Optional[InputSpec]:
+    """The example input inferred from the model (imported only when none was given)."""
+    from .loading.infer import infer_input
+
+    return infer_input(model)
+
+
 def pair_display(g: str, d: str) -> str:
     """``gan.py:netD(netG)``: how the report names the composition D(G(z))."""
     left, _, gname = g.rpartition(":")
@@ -162,8 +168,6 @@ def _pairs(job: Job, plan: Any, kept: list, step: StepListener) -> list:
     """The generator/discriminator pairs to lint composed: found by name among the file's
     models, or the config's ``feeds:`` (the discriminator of the target's generator, built
     here); an entry that cannot be followed is an error Outcome naming the config key."""
-    from .loading.pairs import find_pairs
-
     models = [m for m in kept if isinstance(m, LoadedModel)]
     target = job.target
     feeds = getattr(target, "feeds", None)
@@ -172,6 +176,8 @@ def _pairs(job: Job, plan: Any, kept: list, step: StepListener) -> list:
     if feeds is None:
         if target.name is not None:
             return []
+        from .loading.pairs import find_pairs
+
         found = find_pairs([(m.display.rsplit(":", 1)[-1], m.model) for m in models])
         return [(models[g], models[d]) for g, d in found]
     where = getattr(target, "feeds_where", None) or "feeds"
@@ -206,7 +212,7 @@ def lint_pair_guarded(g: LoadedModel, d: LoadedModel, g_alone: Optional[TargetRe
 
     def work() -> Outcome:
         seed_everything()
-        spec = g.input or job.default_input or infer_input(g.model)
+        spec = g.input or job.default_input or _inferred(g.model)
         if spec is None:
             return Outcome(TargetResult(target=display, notes=[
                 f"D(G(z)) not analysed: no example input for {g.display}"]))
@@ -308,7 +314,7 @@ def lint_model_guarded(loaded: LoadedModel, job: Job, limit: Optional[float],
     ``facts``: filled with what the source rules may read of the analysed model."""
     def work() -> Outcome:
         seed_everything()
-        spec = loaded.input or job.default_input or infer_input(loaded.model)
+        spec = loaded.input or job.default_input or _inferred(loaded.model)
         if spec is None:
             problem = uninferable_input(loaded.model)
             if problem is not None:

@@ -16,16 +16,13 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-from .baseline import Baseline
-from .cache import Cache, Entry, entry_items, hashes, identity_of, items_from, target_files
 from .config import Config
 from .engine import SOURCE_TRACER, Settings
 from .guard import can_interrupt, watch_interrupts
 from .pipeline import Item, Job, error, lint_target
 from .watchdog import Watchdog
-from .worker import ChildPool
 from .results import Finding, Outcome, TargetResult, Unbuilt, target_file
 from .loading.inputs import InputSpec
 from .report.model import Report
@@ -34,6 +31,11 @@ from .rules import code_prefixes, matches, selected_rules
 from .suppressions import SuppressionIndex
 from .loading.targets import (NO_MODELS, Target, TargetError, config_relative, display_path,
                                resolve, split_spec)
+
+if TYPE_CHECKING:  # imported where used: a plain run needs neither the cache nor -j's children
+    from .baseline import Baseline
+    from .cache import Cache
+    from .worker import ChildPool
 
 
 @dataclass
@@ -264,7 +266,7 @@ class _Run:
         for i, t in enumerate(self.targets):
             if not isinstance(t, Target):
                 continue
-            entry = cache.load(identity_of(t)) if cache is not None else None
+            entry = _load(cache, t)
             if entry is not None:
                 hits[i] = entry
             else:
@@ -320,6 +322,8 @@ class _Run:
                 continue
             self.current, self.reported = target, set()
             if i in hits:
+                from .cache import items_from
+
                 for item in items_from(hits[i]):
                     self.collect(item, target)
             else:
@@ -336,6 +340,8 @@ class _Run:
         return True
 
     def new_pool(self, fork: bool = False) -> ChildPool:
+        from .worker import ChildPool
+
         return ChildPool(self.config.path, self.settings, measure=self.opts.measure,
                          timeout=self.timeout, diff=self.opts.diff, device=self.device,
                          meta_threshold=self.meta_threshold, fork=fork)
@@ -352,10 +358,11 @@ class _Run:
 
     def cached(self, target: Target) -> bool:
         """Collect the target's results from the cache; False when they are not there."""
-        cache = self.opts.cache
-        entry = cache.load(identity_of(target)) if cache is not None else None
+        entry = _load(self.opts.cache, target)
         if entry is None:
             return False
+        from .cache import items_from
+
         for item in items_from(entry):
             self.collect(item, target)
         return True
@@ -363,7 +370,13 @@ class _Run:
     def collect_all(self, target: Target, items: Iterable[Item]) -> None:
         """Collect a target's fresh results, and keep them in the cache when it has one."""
         cache = self.opts.cache
-        files = target_files(target) if cache is not None else None
+        if cache is None:
+            for item in items:
+                self.collect(item, target)
+            return
+        from .cache import Entry, entry_items, hashes, identity_of, target_files
+
+        files = target_files(target)
         if files is None:  # not cached: its dependencies cannot be known
             for item in items:
                 self.collect(item, target)
@@ -486,6 +499,15 @@ class _Run:
                 "exclude": opts.exclude if opts.exclude is not None else config.exclude,
                 "root": str(config.root),
                 "entries": [{"target": e.target, "kwargs": e.kwargs} for e in config.targets]}
+
+
+def _load(cache: Optional[Cache], target: Target) -> Any:
+    """The cache's entry for ``target``, or None (no cache, or not in it)."""
+    if cache is None:
+        return None
+    from .cache import identity_of
+
+    return cache.load(identity_of(target))
 
 
 def _warm_up() -> None:

@@ -209,6 +209,9 @@ def main(repeats: int) -> int:
     act = 8 * 3 * 224 * 224 * 4 / 2 ** 20
     print(f"for scale: the input alone is {act:.0f} MB; ResNet-50's activations at this batch are "
           "several GB")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("note: PYTHONDONTWRITEBYTECODE is set: archlint's modules are compiled from source "
+              "in every run (torch's were byte-compiled when it was installed)")
     print()
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)

@@ -33,6 +33,7 @@ import torch
 
 from ..graph.ir import Graph, Kind, Node
 from ..graph.metainit import MetaValueError, meta_dist
+from ..graph.weightstats import on_one_thread, sum_sq
 from ..ops import op_info
 from ..ops.linear import weight_fans
 from ..ops.norms import measured_affine, norm_affine
@@ -334,6 +335,7 @@ class InitFacts:
     norms: list[NormInit]
 
 
+@on_one_thread
 def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFacts:
     chain_of = _chains(graph)
     joins = set(structure.skip_joins) if structure is not None else set()
@@ -362,8 +364,7 @@ def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFac
         wd = w.detach()
         if not wd.is_floating_point():
             wd = wd.float()
-        mean_sq = float(torch.linalg.vector_norm(wd.float() if wd.dtype != torch.float32 else wd)
-                        ) ** 2 / max(1, wd.numel())
+        mean_sq = sum_sq(w) / max(1, wd.numel())
         all_zero = mean_sq == 0.0
         flat = wd.reshape(-1)
         constant = (not all_zero and flat.numel() > 1 and bool(flat[0] == flat[-1])

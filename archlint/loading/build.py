@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import random
 import re
 import sys
@@ -124,8 +125,14 @@ def _stdlib_dirs() -> tuple[str, ...]:
     return tuple({sysconfig.get_path(k) for k in ("stdlib", "platstdlib")} - {None})
 
 
+_LIBRARY_PARTS = frozenset(("site-packages", "dist-packages"))
+
+
 def _library_file(file: str) -> bool:
-    if any(part in ("site-packages", "dist-packages") for part in Path(file).parts):
+    """A file of an installed package or of the standard library (asked of every module in
+    sys.modules, once or twice per target: plain string work, no Path objects)."""
+    parts = file.replace(os.altsep, os.sep).split(os.sep) if os.altsep else file.split(os.sep)
+    if not _LIBRARY_PARTS.isdisjoint(parts):
         return True
     return file.startswith(_stdlib_dirs())
 

@@ -9,10 +9,11 @@ the call stack outside torch and archlint (the line in ``forward``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import sys
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Iterator, Optional
 
 import torch
@@ -35,14 +36,19 @@ def _installed(filename: str) -> bool:
     return "site-packages" in filename or "dist-packages" in filename
 
 
+@functools.lru_cache(maxsize=512)
+def _positions(code: CodeType) -> tuple:
+    """The source positions of a code object's instructions (one __init__ builds many layers)."""
+    return tuple(code.co_positions())
+
+
 def frame_site(frame: FrameType) -> Site:
     """The site of the instruction a frame is executing, with its column when Python knows it."""
     code = frame.f_code
     line = frame.f_lineno or code.co_firstlineno
     column = 1
     try:
-        positions = list(code.co_positions())
-        pos = positions[frame.f_lasti // 2]
+        pos = _positions(code)[frame.f_lasti // 2]
         if pos[0] is not None:
             line = pos[0]
         if pos[2] is not None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..graph.metainit import Dist, meta_dist
+from ..graph.weightstats import on_one_thread, sum_sq
 
 EPS = 1e-30
 
@@ -99,6 +100,7 @@ def _none_ref() -> None:
     return None
 
 
+@on_one_thread
 def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
                  transposed: bool = False, groups: int = 1) -> LinearStats:
     """Stats for y = W x (+ b). ``in_dim``: the axis of W that is summed (1 for nn.Linear
@@ -115,7 +117,9 @@ def linear_stats(w: torch.Tensor, b: Optional[torch.Tensor], in_dim: int = 1,
     if in_dim == 0:
         wd = wd.t()
     rows = wd.reshape(wd.shape[0], -1)  # [out, fan_in]
-    total = float(torch.linalg.vector_norm(rows)) ** 2  # one pass, no temporary
+    # one pass, no temporary; shared with the init checks when rows are w's own entries in order
+    total = sum_sq(w) if in_dim == 1 and w.is_contiguous() else \
+        float(torch.linalg.vector_norm(rows)) ** 2
     a = total / max(rows.shape[0], 1)
     rs = torch.mv(rows, torch.ones(rows.shape[1], dtype=rows.dtype))  # row sums, via BLAS
     bm = float(rs.pow(2).mean())

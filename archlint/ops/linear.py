@@ -20,6 +20,7 @@ from torch import nn
 from ..graph.derived import is_param_only, source_params
 from ..graph.ir import Kind, Node
 from ..graph.metainit import meta_dist
+from ..graph.weightstats import on_one_thread, sum_sq
 from ..meanfield.signal import (LinearStats, Sig, coherent_pairing, linear_forward, linear_stats,
                                 mean_sq, numel)
 from .base import Backward, Gains, Propagation, kw, unknown
@@ -284,6 +285,7 @@ def estimate_linear(prop: Propagation, node: Node) -> None:
                             entry_sq=st.a / max(st.fan_in, 1)))
 
 
+@on_one_thread
 def _kernel_colsum_sq(w: torch.Tensor) -> float:
     """Mean over input channels of sum_o (sum_k W[o, c, k])^2: the backward response of a
     convolution to a gradient that is constant over positions."""
@@ -293,11 +295,12 @@ def _kernel_colsum_sq(w: torch.Tensor) -> float:
         return int(w.shape[0]) * (k * d.var + k * k * d.mean * d.mean)
     wd = w.detach()
     if numel(wd.shape[2:]) == 1:  # 1x1 kernels: the plain column norm
-        return float(torch.linalg.vector_norm(wd.float())) ** 2 / max(wd.shape[1], 1)
+        return sum_sq(w) / max(wd.shape[1], 1)
     ksum = wd.float().sum(dim=tuple(range(2, wd.dim())))  # [out, in/g]
     return float(torch.linalg.vector_norm(ksum)) ** 2 / max(ksum.shape[1], 1)
 
 
+@on_one_thread
 def _phase_colsum_sq(w: torch.Tensor, stride: list[int]) -> float:
     """Mean over input channels and stride phases of sum_o (sum of W[o, c, taps of the
     phase])^2: the energy a strided convolution hands its input from a gradient that is
@@ -308,10 +311,12 @@ def _phase_colsum_sq(w: torch.Tensor, stride: list[int]) -> float:
                 for phase in itertools.product(*[range(s) for s in stride])]
         return sum(int(w.shape[0]) * (t * d.var + t * t * d.mean * d.mean) for t in taps) / \
             max(len(taps), 1)
+    phases = list(itertools.product(*[range(s) for s in stride]))
+    if numel(w.shape[2:]) == 1:  # one tap: only the phase at offset 0 holds it, whole
+        return sum_sq(w) / max(w.shape[1], 1) / max(len(phases), 1)
     wd = w.detach().float()
     nd = wd.dim() - 2
     total = 0.0
-    phases = list(itertools.product(*[range(s) for s in stride]))
     for phase in phases:
         index = tuple(slice(r, None, s) for r, s in zip(phase, stride))
         part = wd[(slice(None), slice(None)) + index]

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..graph.ir import Kind, Node
+from ..graph.weightstats import on_one_thread
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
 from .base import Backward, Gains, Propagation, kw
 from .positions import TokenGain, apply_token_gain
@@ -164,6 +165,7 @@ def _affine_moments(node: Node) -> tuple[float, float, float, float, float]:
     return (mean(gamma) if gamma is not None else 1.0), g2, mean_sq(beta), mean(beta), eps
 
 
+@on_one_thread
 def _channel_spread(node: Node) -> tuple[Optional[Node], Optional[torch.Tensor]]:
     """Each channel's share of the input variance, when the input comes straight from a weight
     layer (through a bias add or a view): its rows' squared norms over their mean. A depthwise

@@ -15,7 +15,6 @@ from torch import nn
 from ..graph.ir import Graph
 from ..loading.inputs import InputSpec
 from .builder import TraceError
-from .exec_tracer import exec_trace
 from .fx_tracer import fx_trace, symbolic_graph
 
 __all__ = ["TraceError", "trace_model"]
@@ -49,6 +48,8 @@ def trace_model(model: nn.Module, spec: Optional[InputSpec], meta: Any = None) -
         raise TraceError(f"torch.fx could not trace the model ({fx_error}) and no example input "
                          "could be inferred for the execution tracer; give one with "
                          "--input-shape or 'input:' in the config")
+    from .exec_tracer import exec_trace  # the fallback: imported when fx could not trace
+
     try:
         if meta is None:
             graph = exec_trace(model, spec.bind(model))
