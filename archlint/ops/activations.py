@@ -289,6 +289,26 @@ def estimate_softmax(prop: Propagation, node: Node) -> None:
              Gains([(0, q * (1 - 1.0 / max(T, 1)))]))
 
 
+def estimate_log_softmax(prop: Propagation, node: Node) -> None:
+    """``x - logsumexp(x)``: for a row spread ``v`` around its mean, the log-sum-exp is about
+    ``log T + mean + v/2``, so the output keeps the spread and shifts to ``-log T - v/2``. The
+    gradient ``g_j - p_j sum_k g_k`` keeps ``1 - 2/T + sum_k p_k^2`` of an incoherent gradient
+    (about all of it: not the ``p^2`` of a softmax)."""
+    from .base import kw
+
+    x = prop.s_in(node)
+    dim = node.attrs.get("dim", kw(node, "dim", 1, -1))
+    shape = node.shape or ()
+    T = shape[dim] if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) \
+        else (shape[-1] if shape else 1)
+    T = max(T, 1)
+    v = max(x.q - x.s, 0.0)
+    sa = min(math.exp(min(v, 50.0)) / T, 1.0)  # sum_j p_j^2
+    m = -math.log(T) - 0.5 * v
+    prop.out(node, Sig(v + m * m, m, m * m, prop.numel(node)),
+             Gains([(0, max(1.0 - 2.0 / T + sa, 0.0))]))
+
+
 def _causal_mask(prop: Propagation, node: Node, T: int) -> bool:
     """Is the softmax's input ``logits + mask`` (or ``logits.masked_fill(mask, -inf)``) with a
     square (query x key) mask that carries no signal -- the causal mask of hand-written
@@ -443,7 +463,7 @@ register(
        estimate=estimate_softmax),
     Op(name="log_softmax", kind=Kind.ACTIVATION, modules=(nn.LogSoftmax,),
        functions=("log_softmax",), module_attrs=activation_attrs, shape=same_shape,
-       module_shape=same_module_shape, estimate=estimate_softmax),
+       module_shape=same_module_shape, estimate=estimate_log_softmax),
     # The identity: a reshape-like op, with the trivial law.
     Op(name="identity", kind=Kind.RESHAPE, modules=(nn.Identity,), functions=("identity",),
        shape=same_shape, module_shape=same_module_shape, params={}, estimate=passthrough,
