@@ -171,7 +171,17 @@ def estimate_reduce(prop: Propagation, node: Node) -> None:
         prop.out(node, Sig(q, K * x.m, K * K * x.s, n), Gains([(0, 1.0)], shared=shared))
         return
     if op in ("amax", "max", "amin", "min"):
-        prop.out(node, Sig(x.q, x.m, x.s, n), Gains([(0, n / max(x.numel, 1))]))
+        # the shared part plus the largest of K independent fluctuations (E[Z_max], E[Z_max^2]
+        # of K standard normals); the gradient reaches the one element that won
+        base = min(x.w if over_positions else x.s, x.q)
+        sd = math.sqrt(max(x.q - base, 0.0))
+        e1, e2 = max_moments(K)
+        if op in ("amin", "min"):
+            e1 = -e1
+        q = base + 2 * x.m * sd * e1 + sd * sd * e2
+        shared = x.s + 2 * x.m * sd * e1 + sd * sd * e1 * e1
+        prop.out(node, Sig(q, x.m + sd * e1, min(shared, q), n),
+                 Gains([(0, n / max(x.numel, 1))]))
         return
     unknown(prop, node)
 
