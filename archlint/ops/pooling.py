@@ -170,6 +170,14 @@ def estimate_reduce(prop: Propagation, node: Node) -> None:
         shared = [(0, 1.0, 1.0)] if over_positions else None
         prop.out(node, Sig(q, K * x.m, K * K * x.s, n), Gains([(0, 1.0)], shared=shared))
         return
+    if op in ("norm", "vector_norm"):
+        p = kw(node, "ord" if op == "vector_norm" else "p", 1, 2)
+        if p in (2, 2.0, "fro"):
+            # sqrt of a sum of K squares: E[out^2] = K q, concentrated for large K; the
+            # gradient x / |x| gives each element 1/K of the incoming energy
+            q = K * x.q
+            prop.out(node, Sig(q, math.sqrt(q), q, n), Gains([(0, 1.0 / K)]))
+            return
     if op in ("amax", "max", "amin", "min"):
         # the shared part plus the largest of K independent fluctuations (E[Z_max], E[Z_max^2]
         # of K standard normals); the gradient reaches the one element that won
@@ -290,7 +298,8 @@ register(
           _adaptive_module_shape),
     _pool("lp_pool", (nn.modules.pooling._LPPoolNd,), ("lp_pool1d", "lp_pool2d"), None, None),
     *family(Kind.REDUCE, ("mean", "sum", "amax", "amin", "logsumexp", "prod", "nanmean", "norm",
-                          "std", "var"), shape=_reduction_shape, estimate=estimate_reduce),
+                          "vector_norm", "std", "var"), shape=_reduction_shape,
+            estimate=estimate_reduce),
     *family(Kind.REDUCE, ("max", "min"), shape=_max_shape, estimate=estimate_reduce),
     *family(Kind.REDUCE, ("cumsum",), shape=same_shape, estimate=estimate_reduce),
     *family(Kind.OTHER, ("any", "all"), grad=False, shape=_reduction_shape),
