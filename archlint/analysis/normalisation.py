@@ -141,12 +141,25 @@ class _Reader:
         self.memo[node] = _Deg(node, 1.0, False, frozenset())  # what follows starts afresh
 
 
+#: Node attribute set on the op that ends a normalisation written with tensor ops.
+NORMALISES = "normalises"
+
+
 def hand_written_norms(graph: Graph) -> dict[Node, HandNorm]:
-    """Every op that normalises a tensor by a statistic of its own (see the module doc)."""
+    """Every op that normalises a tensor by a statistic of its own (see the module doc); each
+    is marked with the :data:`NORMALISES` attribute (:func:`is_normalisation`)."""
     reader = _Reader()
     for node in graph.nodes:
         reader.visit(node)
+    for node in reader.norms:
+        node.attrs[NORMALISES] = True
     return reader.norms
+
+
+def is_normalisation(node: Node) -> bool:
+    """A normalisation layer, or the op that ends one written with tensor ops (once
+    :func:`hand_written_norms` has read the graph)."""
+    return node.kind == Kind.NORM or bool(node.attrs.get(NORMALISES))
 
 
 def scale_free_weight(node: Node) -> bool:

@@ -21,7 +21,7 @@ from ..graph.derived import _substitute
 from ..graph.ir import Node
 from ..meanfield.signal import Sig
 from .base import Backward, Propagation
-from .opaque import MAX_ELEMENTS, _sig_of, _synthetic
+from .opaque import MAX_ELEMENTS, _sig_of
 
 
 @dataclass
@@ -38,14 +38,37 @@ class _Subgraph:
                 math.prod(base.shape) > MAX_ELEMENTS:
             raise ValueError("cannot synthesise the normalised tensor")
         gen = torch.Generator().manual_seed(2468)
-        x = _synthetic(tuple(base.shape), base.dtype, sig if isinstance(sig, Sig) else
-                       Sig(1.0, 0.0, 0.0, 1), gen).requires_grad_(True)
+        x = _exact(tuple(base.shape), base.dtype, sig if isinstance(sig, Sig) else
+                   Sig(1.0, 0.0, 0.0, 1), gen).requires_grad_(True)
         memo: dict = {base: x}
         with torch.enable_grad():
             out = _replay_members(self.norm.node, memo, self.norm.members)
         if not isinstance(out, torch.Tensor) or not out.is_floating_point():
             raise ValueError("not a tensor")
         return x, out
+
+
+def _exact(shape: tuple, dtype: torch.dtype, sig: Sig, gen: torch.Generator) -> torch.Tensor:
+    """A tensor with the predicted moments held exactly, not only in expectation: the same
+    normalisation recurs block after block, and one draw's luck (the spread of a few shared
+    per-unit offsets) would come back every time, compounding over depth."""
+    var = max(sig.q - sig.m * sig.m, 0.0)
+    coh = min(max(sig.s - sig.m * sig.m, 0.0), var)
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        t = t - t.mean()
+        return t / t.pow(2).mean().sqrt().clamp_min(1e-12)
+
+    x = unit(torch.randn(shape, generator=gen)) * math.sqrt(max(var - coh, 0.0))
+    if coh > 0 and len(shape) >= 1:
+        axis = 1 if len(shape) in (4, 5) else len(shape) - 1
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        if shape[axis] > 1:
+            x = x + unit(torch.randn(view, generator=gen)) * math.sqrt(coh)
+        else:
+            x = x + math.sqrt(coh)
+    return (x + sig.m).to(dtype)
 
 
 def _replay_members(node: Node, memo: dict, members: frozenset) -> Any:
@@ -78,13 +101,19 @@ class SubgraphBackward(Backward):
         if go <= 0.0:
             return
         x, out = self.sub.run()
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(8765)).to(out.dtype)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(8765))
+        g = (g / g.pow(2).mean().sqrt().clamp_min(1e-12)).to(out.dtype)  # exactly go, as above
         (grad,) = torch.autograd.grad(out, x, g * math.sqrt(go), allow_unused=True)
         if grad is None:
             return
         g2 = float(grad.detach().double().pow(2).mean())
         base = self.sub.norm.base
         prop.g2[base] = prop.g2.get(base, 0.0) + g2
+        # the parts shared by a sample's positions follow the same gain, as through a norm
+        # layer's rule (archlint.ops.norms)
+        gain = g2 / go
+        prop.gs[base] = prop.gs.get(base, 0.0) + gain * gso
+        prop.gsc[base] = prop.gsc.get(base, 0.0) + gain * gsco
         if g2 > 0:
             prop.decades[node] = 0.5 * math.log10(g2 / go)
 
