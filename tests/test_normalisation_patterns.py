@@ -35,13 +35,14 @@ class Norms(nn.Module):
         h = (h - h.mean(-1, keepdim=True)) / h.std(-1, keepdim=True)  # standardise
         g = h.view(h.shape[0], 4, -1)
         g = (g - g.mean(-1, keepdim=True)) / (g.var(-1, keepdim=True) + 1e-5).sqrt()
-        return g.view(h.shape)  # GroupNorm
+        h = g.view(h.shape)  # GroupNorm
+        return h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-6)  # x * x: a square too
 
 
 def test_normalisations_written_by_hand_are_found():
     graph = _graph(Norms(), (4, 32))
     found = hand_written_norms(graph)
-    assert len(found) == 5
+    assert len(found) == 6
     first = min(found.values(), key=lambda h: graph.nodes.index(h.node))
     assert first.base.module_path == "fc"
 
@@ -58,7 +59,9 @@ class NotNorms(nn.Module):
         b = h / h.pow(2).mean(-1, keepdim=True)  # x / E[x^2]: still scales as 1/x
         s = h.pow(2).mean(-1, keepdim=True)
         c = h * torch.rsqrt(s + 1e-6) + s  # the statistic used elsewhere too
-        return a + b + c
+        e = torch.exp(o - o.amax(-1, keepdim=True))
+        d = e / e.sum(-1, keepdim=True)  # a softmax written out: a sum, not a magnitude
+        return a + b + c + d
 
 
 def test_look_alikes_are_not_normalisations():

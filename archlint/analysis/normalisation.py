@@ -13,7 +13,9 @@ keep the degree, ``x - mean(x)`` and sums of terms of one degree keep it, a powe
 multiplies it by ``p`` (a square root halves it, ``rsqrt`` makes it -1/2), a mean, sum or norm
 over some dimensions keeps it (a variance doubles it), a product adds degrees and a quotient
 subtracts them, and adding a small constant (eps) is read as keeping it. The op where a
-non-zero degree becomes zero through a reduction of ``x`` is a normalisation of ``x``
+non-zero degree becomes zero through a reduction of a magnitude of ``x`` (a square, an absolute
+value, a variance, a norm: not a plain sum, so a softmax written out is not one) is a
+normalisation of ``x``
 (:func:`hand_written_norms`). Only graphs whose ops between ``x`` and that op lead nowhere else
 count: a statistic used elsewhere too is not part of a normalisation.
 
@@ -38,6 +40,8 @@ _REDUCE_DEGREE = {"mean": 1.0, "sum": 1.0, "nanmean": 1.0, "norm": 1.0, "std": 1
                   "amax": 1.0, "max": 1.0, "var": 2.0}
 #: Elementwise powers and their exponents (``pow`` reads its own).
 _POWER = {"sqrt": 0.5, "rsqrt": -0.5, "square": 2.0, "abs": 1.0, "reciprocal": -1.0}
+#: Reductions that measure a magnitude by themselves.
+_MAGNITUDES = {"var", "std", "norm"}
 #: Views that select or move values without changing them (not ``where``/``masked_fill``:
 #: what they fill in has no degree).
 _NOT_VIEWS = {"where", "masked_fill"}
@@ -58,6 +62,10 @@ class _Deg:
     degree: float
     reduced: bool  # a reduction over some dimensions is on the way (a statistic)
     members: frozenset
+    #: A magnitude is on the way (a square, an absolute value, a variance or a norm): a scale
+    #: statistic, not a plain sum (``e / e.sum()`` -- a softmax by hand -- is no normalisation
+    #: of a signed tensor's scale).
+    magnitude: bool = False
 
 
 def _tensor_inputs(node: Node) -> list[Node]:
@@ -75,6 +83,12 @@ def _exponent(node: Node) -> Optional[float]:
     return None
 
 
+def _twice(node: Node, operand: Node) -> bool:
+    """``x * x``: the tracers list the operand once among the inputs."""
+    args = node.attrs.get("args") or ()
+    return isinstance(args, (list, tuple)) and sum(a is operand for a in args) == 2
+
+
 class _Reader:
     def __init__(self) -> None:
         self.memo: dict[Node, _Deg] = {}
@@ -85,7 +99,7 @@ class _Reader:
         if hit is not None:
             return hit
         out = self._degree(node, depth) if depth < 64 and node not in self.norms else None
-        out = out or _Deg(node, 1.0, False, frozenset())
+        out = out or _Deg(node, 1.0, False, frozenset(), False)
         self.memo[node] = out
         return out
 
@@ -96,18 +110,23 @@ class _Reader:
             return None
         if len(ins) == 1:
             d = self.degree(ins[0], depth + 1)
-            factor, reduced = None, d.reduced
+            factor, reduced, magnitude = None, d.reduced, d.magnitude
             if k == Kind.RESHAPE and node.op not in _NOT_VIEWS:
                 factor = 1.0
             elif k == Kind.REDUCE and node.op in _REDUCE_DEGREE:
                 factor, reduced = _REDUCE_DEGREE[node.op], True
+                magnitude = magnitude or node.op in _MAGNITUDES
             elif k == Kind.OTHER and _exponent(node) is not None:
                 factor = _exponent(node)
+                magnitude = magnitude or node.op == "abs" or (
+                    factor > 0 and factor % 2 == 0)
+            elif k == Kind.MUL and node.op == "mul" and _twice(node, ins[0]):
+                factor, magnitude = 2.0, True  # x * x
             elif k == Kind.MUL or (k == Kind.ADD and len(node.inputs) == 1):
                 factor = 1.0  # a scale or gain applied; a number (eps) added
             if factor is None:
                 return None
-            return _Deg(d.base, d.degree * factor, reduced, d.members | {node})
+            return _Deg(d.base, d.degree * factor, reduced, d.members | {node}, magnitude)
         if len(ins) != 2 or k not in (Kind.ADD, Kind.MUL):
             return None
         a, b = self.degree(ins[0], depth + 1), self.degree(ins[1], depth + 1)
@@ -119,7 +138,8 @@ class _Reader:
             degree = a.degree
         else:
             degree = a.degree - b.degree if node.op == "div" else a.degree + b.degree
-        return _Deg(a.base, degree, a.reduced or b.reduced, a.members | b.members | {node})
+        return _Deg(a.base, degree, a.reduced or b.reduced, a.members | b.members | {node},
+                    a.magnitude or b.magnitude)
 
     def visit(self, node: Node) -> None:
         """Is ``node`` (a product or quotient) where a tensor's scale cancels out?"""
@@ -130,7 +150,7 @@ class _Reader:
             return
         a, b = self.degree(ins[0]), self.degree(ins[1])
         d = self.degree(node)
-        if d.base is node or abs(d.degree) > 1e-9 or not d.reduced or \
+        if d.base is node or abs(d.degree) > 1e-9 or not d.reduced or not d.magnitude or \
                 abs(a.degree) < 1e-9 or abs(b.degree) < 1e-9:
             return
         members = d.members - {node}
@@ -138,7 +158,7 @@ class _Reader:
         if any(u not in inside for m in members for u in m.users):
             return  # the statistic (or the centred tensor) is used elsewhere too
         self.norms[node] = HandNorm(node, d.base, frozenset(members))
-        self.memo[node] = _Deg(node, 1.0, False, frozenset())  # what follows starts afresh
+        self.memo[node] = _Deg(node, 1.0, False, frozenset(), False)  # what follows: afresh
 
 
 #: Node attribute set on the op that ends a normalisation written with tensor ops.
