@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from ..graph.ir import Graph, Kind, Node
+from .normalisation import NORMALISES, hand_written_norms, is_normalisation
 
 INF = math.inf
 
@@ -95,17 +96,18 @@ def analyse_structure(graph: Graph) -> Structure:
     s.grad_users = grad_users
     s.time_steps = _earlier_time_steps(graph)
     counts = s.counts_as_layer
+    hand_written_norms(graph)  # normalisations written with tensor ops restart runs too
 
     def weight_step(u: Node, v: float) -> float:
         return v + (1 if counts(u) else 0)
 
     def unnormalised_step(u: Node, v: float) -> float:
-        if u.kind == Kind.NORM:
+        if is_normalisation(u):
             return 0.0
         return v + (1 if counts(u) else 0)
 
     def saturating_step(u: Node, v: float) -> float:
-        if u.kind == Kind.NORM:
+        if is_normalisation(u):
             return 0.0
         return v + (1 if u.is_saturating else 0)
 
@@ -212,6 +214,7 @@ def walk_run(start: Node, via: dict[Node, Optional[Node]], stop_kind: str = Kind
     cur = via.get(start)
     seen = {start}
     while cur is not None and cur not in seen and cur.kind != stop_kind and \
+            not (stop_kind == Kind.NORM and cur.attrs.get(NORMALISES)) and \
             (stop_at is None or cur not in stop_at):
         path.append(cur)
         seen.add(cur)

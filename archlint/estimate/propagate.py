@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..analysis.normalisation import hand_written_norms
 from ..graph.derived import PARAM_ONLY
 from ..graph.ir import Graph, Kind, Node
 from ..graph.metainit import is_meta, real
@@ -26,6 +27,7 @@ from ..ops import op_info
 from ..ops.base import Backward, Gains, unknown
 from ..ops.opaque import estimate_by_running
 from ..ops.positions import carry_selection, carry_token
+from ..ops.selfnorm import estimate_hand_norm
 
 
 @dataclass
@@ -94,6 +96,8 @@ class Propagation:
         self.order: dict[str, int] = {}
         self._signal: dict[Node, bool] = {}
         self._index = {n: k for k, n in enumerate(graph.nodes)}
+        #: Normalisations written with tensor ops, estimated whole (archlint.ops.selfnorm).
+        self.hand_norms = hand_written_norms(graph)
 
     # ----------------------------------------------------------------------- for the rules
     def value(self, node: Node) -> Any:
@@ -252,6 +256,9 @@ class Propagation:
                                            node.dtype.is_complex):
             # masks, ids, comparisons: a neutral multiplier, no gradient, nothing to report
             self.sig[node] = Sig(1.0, 1.0, 1.0, n)
+            return
+        hand = self.hand_norms.get(node)
+        if hand is not None and estimate_hand_norm(self, hand):
             return
         row = op_info(node.op)
         if row is None or row.kind != k or row.estimate is None:

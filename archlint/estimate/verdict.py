@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..analysis import GraphFacts
+from ..analysis.normalisation import hand_written_norms, scale_free_weight
 from ..graph.ir import Graph, Kind, Node
 from . import by_design
 
@@ -127,8 +128,11 @@ def _scale_invariant(graph: Graph) -> set[str]:
     batch-normalised ResNets and DenseNets train although their early layers' gradients are
     orders of magnitude larger at init (measured: 3.4 decades on a ResNet-50). A gradient too
     small is not corrected that way (only weight decay would shrink the weights), so the
-    vanishing verdict keeps these layers."""
+    vanishing verdict keeps these layers. Normalisations written with tensor ops count as
+    normalisation layers, and a layer whose weight is standardised in its own forward is
+    scale-invariant by itself (archlint.analysis.normalisation)."""
     verdict: dict[Node, bool] = {}
+    by_hand = {m: h for h in hand_written_norms(graph).values() for m in h.members | {h.node}}
 
     def normalised(node: Node, depth: int = 0) -> bool:
         if node in verdict:
@@ -137,7 +141,8 @@ def _scale_invariant(graph: Graph) -> set[str]:
             return False
         ok = True
         for u in node.users:
-            if u.kind == Kind.NORM:
+            if u.kind == Kind.NORM or (u in by_hand and (node is by_hand[u].base or
+                                                          node in by_hand[u].members)):
                 continue
             if u.kind in _SCALE_PASSTHROUGH or (u.kind == Kind.ACTIVATION and
                                                 u.info is not None and u.info.homogeneous):
@@ -149,7 +154,8 @@ def _scale_invariant(graph: Graph) -> set[str]:
         return ok
 
     return {n.module_path for n in graph.nodes
-            if n.is_weight_layer and n.module_path is not None and normalised(n)}
+            if n.is_weight_layer and n.module_path is not None and
+            (normalised(n) or scale_free_weight(n))}
 
 
 def _attribute(graph: Graph, estimate, start: Node, last_modules: set[str]

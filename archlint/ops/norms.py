@@ -22,6 +22,7 @@ from ..graph.ir import Kind, Node
 from ..graph.weightstats import on_one_thread
 from ..meanfield.signal import EPS, Sig, mean, mean_sq, numel
 from .base import Backward, Gains, Propagation, kw
+from .opaque import estimate_by_running
 from .positions import TokenGain, apply_token_gain
 from .shape import ShapeMismatch, TensorShape, expect_float, same_module_shape, same_shape
 from .table import Op, module_op, register
@@ -85,6 +86,9 @@ class Affine:
     g2: float
     b2: float
     bmean: float
+    #: Does the layer normalise each row of the last dimension on its own, as layer and RMS
+    #: norm do (its output unchanged when each row is scaled)? Only then do their formulas fit.
+    rows: bool = True
 
 
 _measured: dict[int, tuple[Any, tuple, Optional[Affine]]] = {}
@@ -115,12 +119,16 @@ def measured_affine(node: Node) -> Optional[Affine]:
     try:
         with torch.no_grad():
             plus, minus = m(x), m(-x)
+            scale = torch.rand(shape[:-1] + [1], generator=torch.Generator().manual_seed(1))
+            rescaled = m(x * (0.5 + 1.5 * scale).to(dtype))
         scaled, shift = (plus - minus).float() / 2, (plus + minus).float() / 2
         xf = x.float()
+        rms = float(plus.float().pow(2).mean()) ** 0.5
         found: Optional[Affine] = Affine(
             gmean=float((scaled * xf).mean() / max(float(xf.pow(2).mean()), 1e-12)),
             g2=float(scaled.pow(2).mean()), b2=float(shift.pow(2).mean()),
-            bmean=float(shift.mean()))
+            bmean=float(shift.mean()),
+            rows=float((rescaled - plus).float().abs().max()) <= 1e-2 * max(rms, 1e-12))
     except Exception:  # a layer that does not run alone: read its parameters instead
         found = None
     _measured[id(m)] = (weakref.ref(m), versions, found)
@@ -187,6 +195,16 @@ def _channel_spread(node: Node) -> tuple[Optional[Node], Optional[torch.Tensor]]
     if len(shape) < 2 or rows.numel() != shape[1] or float(rows.mean()) <= 0:
         return None, None
     return src, rows / rows.mean()
+
+
+def _run_if_other_groups(prop: Propagation, node: Node) -> bool:
+    """A normalisation layer of the user's own that does not normalise rows of the last
+    dimension (filter response norm over each channel's positions, EvoNorm's group statistics,
+    a channels-first layer norm) is not what the layer and RMS norm formulas describe: it is
+    estimated by running it alone on inputs of the predicted statistics (archlint.ops.opaque),
+    which also gets right what it applies after normalising (a thresholded or gated output)."""
+    found = measured_affine(node)
+    return found is not None and not found.rows and estimate_by_running(prop, node)
 
 
 @lru_cache(maxsize=4096)
@@ -330,6 +348,8 @@ def estimate_batch_norm(prop: Propagation, node: Node) -> None:
 
 def estimate_layer_norm(prop: Propagation, node: Node) -> None:
     """Layer, group and instance norm: per-sample statistics over a group of elements."""
+    if _run_if_other_groups(prop, node):
+        return
     x = prop.s_in(node)
     n = prop.numel(node)
     _, g2, b2, bmean, eps = _affine_moments(node)
@@ -415,6 +435,8 @@ class AffineBackward(Gains):
 
 
 def estimate_rms_norm(prop: Propagation, node: Node) -> None:
+    if _run_if_other_groups(prop, node):
+        return
     x = prop.s_in(node)
     n = prop.numel(node)
     gmean, g2, _, _, eps = _affine_moments(node)

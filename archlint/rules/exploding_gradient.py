@@ -17,10 +17,20 @@ class ExplodingGradient(Rule):
     `max-decades` orders of magnitude *above* the output layers', and says which layers add the
     decades.
 
-    Layers followed by normalisation are left out of this comparison: their function does not
-    depend on their weights' scale, so a large gradient grows their weights and shrinks itself
-    within the first steps (batch-normalised ResNets have early-layer gradients 3 decades
-    larger than late ones at init, and train well).
+    Layers whose function does not depend on their weights' scale are left out of this
+    comparison: a large gradient grows their weights and shrinks itself within the first steps
+    (batch-normalised ResNets have early-layer gradients 3 decades larger than late ones at
+    init, and train well). These are:
+    - layers whose output reaches a normalisation before anything that depends on its scale
+      (another weight layer, a residual add, a gate, the output) -- a normalisation layer
+      (BatchNorm, LayerNorm, GroupNorm, RMSNorm, a norm layer of your own), or one written with
+      tensor ops: a tensor divided by (or multiplied by the inverse square root of) a statistic
+      of that same tensor, as in `h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)`;
+    - layers whose weight is standardised in their own forward (weight standardisation as in
+      `StdConv2d`, NF-ResNets' `ScaledStdConv2d`, BiT): their output is the same whatever
+      their weights' scale.
+    A layer whose output goes through a tanh, a sigmoid gate or a residual add before it is
+    normalised is still compared: its scale changes what the network computes.
 
     Also left out: layers inside a sigmoid gate that multiplies the tensor it was computed from
     (squeeze-and-excitation, ECA, CBAM). Their gradient is large (a pooled input, summed back
