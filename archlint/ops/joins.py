@@ -8,7 +8,7 @@ and slices the gradient back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ..graph.ir import Kind, Node
 from ..meanfield.signal import EPS, Sig
@@ -68,9 +68,30 @@ def _stack_shape(name: str, args: Any, kwargs: dict) -> TensorShape:
     return seq[0].with_shape(s[:d] + (len(seq),) + s[d:])
 
 
+def _signed_terms(node: Node, n_inputs: int, alpha: float) -> Optional[tuple[list, float]]:
+    """For ``a - b`` (``sub``, ``rsub``; the node's op is ``add``): each tensor input's
+    coefficient and the constant term, from the call's arguments in order."""
+    fname = node.attrs.get("function") or node.op
+    args = list(node.attrs.get("args") or ())
+    if fname not in ("sub", "subtract", "rsub") or len(args) < 2:
+        return None
+    first, second = (args[1], args[0]) if fname == "rsub" else (args[0], args[1])
+    weights, c = [0.0] * n_inputs, 0.0
+    for value, coef in ((first, 1.0), (second, -alpha)):
+        if isinstance(value, Node):
+            idx = next((i for i, n in enumerate(node.inputs) if n is value), None)
+            if idx is None:
+                return None
+            weights[idx] += coef
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            c += coef * float(value)
+        else:
+            return None
+    return weights, c
+
+
 def estimate_add(prop: Propagation, node: Node) -> None:
     sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
-    sign = -1.0 if node.op == "sub" else 1.0
     alpha = kw(node, "alpha", 2, 1.0)
     alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
     numbers = scalars(node)
@@ -78,7 +99,10 @@ def estimate_add(prop: Propagation, node: Node) -> None:
     if not sigs:
         unknown(prop, node)
         return
-    weights = [1.0] + [sign * alpha] * (len(sigs) - 1)
+    weights = [1.0] + [alpha] * (len(sigs) - 1)
+    signed = _signed_terms(node, len(sigs), alpha)
+    if signed is not None:
+        weights, c = signed
     q = sum(w * w * s.q for w, s in zip(weights, sigs))
     mm = sum(w * s.m for w, s in zip(weights, sigs)) + c
     s_ = sum(w * w * s.s for w, s in zip(weights, sigs))
@@ -91,8 +115,10 @@ def estimate_add(prop: Propagation, node: Node) -> None:
             s_ += cross
             w_ += cross
     if c:
-        q += c * c + 2 * c * sigs[0].m
-        s_ += c * c + 2 * c * sigs[0].m
+        lin = sum(w * sg.m for w, sg in zip(weights, sigs))
+        q += c * c + 2 * c * lin
+        s_ += c * c + 2 * c * lin
+        w_ += c * c + 2 * c * lin
     n = prop.numel(node)
     has_w = any(sg.w_ is not None for sg in sigs)
     prop.out(node, Sig(max(q, 0.0), mm, max(s_, 0.0), n).with_w(w_ if has_w else None),
