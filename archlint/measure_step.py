@@ -8,7 +8,7 @@ predicted layers, and returns what it measured. The runner stores that in the ta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from torch import nn
 
@@ -26,19 +26,27 @@ class Measured:
     measurement: Measurement
 
 
-def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo]) -> Measured:
+def measure_target(model: nn.Module, spec: InputSpec, layers: list[LayerInfo],
+                   earliest: Sequence[str] = (), last: Sequence[str] = ()) -> Measured:
     """One real probe on ``model`` with ``spec``'s tensors, compared with ``layers``' predicted
-    ``grad_rms``."""
+    ``grad_rms`` (``earliest``/``last``: the verdict's layers, for the spread error)."""
     with see_through(model, wrap_scripts=False) as seen:  # compiled modules are not compiled
         args, kwargs = call_arguments(seen, spec.bind(seen))
         if args and kwargs:
             raise InputError("cannot call forward() with both *args and keyword arguments")
         measured = measure_grad_rms(seen, args or kwargs).rms
-    acc = compare({layer.module: layer.grad_rms for layer in layers}, measured)
+    acc = compare({layer.module: layer.grad_rms for layer in layers}, measured, earliest, last)
     return Measured(grad_rms=measured,
-                    measurement=Measurement(median_decades=acc.error, layers=acc.layers,
-                                            zero_by_design_agree=acc.zero_agree,
-                                            zero_by_design_disagree=acc.zero_disagree))
+                    measurement=Measurement(
+                        median_decades=acc.error, layers=acc.layers,
+                        zero_by_design_agree=acc.zero_agree,
+                        zero_by_design_disagree=acc.zero_disagree,
+                        worst_layer=acc.worst[0] if acc.worst else None,
+                        worst_decades=acc.worst[1] if acc.worst else None,
+                        predicted_spread=acc.predicted_decades,
+                        measured_spread=acc.measured_decades,
+                        offset_decades=acc.offset if acc.layers else None,
+                        zero_mismatch=list(acc.zero_mismatch)))
 
 
 def measure_dead_units(model: nn.Module, spec: InputSpec, findings: list) -> list[str]:

@@ -373,16 +373,16 @@ def _measure(loaded: LoadedModel, analysis: Analysis, result: TargetResult) -> N
             result.notes.append(f"measuring dead units failed: {type(exc).__name__}: "
                                 f"{exc}"[:300])
     try:
-        measured = measure_target(loaded.model, spec, result.layers)
+        flow = result.gradient_flow.get("vanishing")
+        measured = measure_target(loaded.model, spec, result.layers,
+                                  flow.earliest if flow else (), flow.last if flow else ())
     except Exception as exc:  # keep the other targets
         result.notes.append(f"measure_target failed: {type(exc).__name__}: {exc}"[:300])
         return
     for layer in result.layers:
         layer.measured_grad_rms = measured.grad_rms.get(layer.module)
     result.measurement = m = measured.measurement
-    if m.median_decades is not None:
-        result.notes.append(f"estimate vs measured gradients: median error "
-                            f"{m.median_decades:.3f} decades over {m.layers} layers")
+    result.notes.append(m.describe())
     if analysis.fixes:
         from .fixes import measure_fixes
 

@@ -158,12 +158,51 @@ class Measurement:
     #: Layers measured at exactly zero that the estimate also calls zero / does not.
     zero_by_design_agree: int = 0
     zero_by_design_disagree: int = 0
+    #: The layer farthest from its measurement after the offset, and that distance (signed).
+    worst_layer: Optional[str] = None
+    worst_decades: Optional[float] = None
+    #: The verdict's earliest-vs-last decades, predicted and measured (no offset removed).
+    predicted_spread: Optional[float] = None
+    measured_spread: Optional[float] = None
+    #: The model's common offset (median log10 predicted / measured).
+    offset_decades: Optional[float] = None
+    #: Layers predicted zero but measured non-zero, or the reverse.
+    zero_mismatch: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"median_decades": None if self.median_decades is None
-                else round(self.median_decades, 4),
+        def r(v: Optional[float]) -> Optional[float]:
+            return None if v is None else round(v, 4)
+
+        return {"median_decades": r(self.median_decades),
                 "layers": self.layers, "zero_by_design_agree": self.zero_by_design_agree,
-                "zero_by_design_disagree": self.zero_by_design_disagree}
+                "zero_by_design_disagree": self.zero_by_design_disagree,
+                "worst_layer": self.worst_layer, "worst_decades": r(self.worst_decades),
+                "predicted_spread": r(self.predicted_spread),
+                "measured_spread": r(self.measured_spread),
+                "offset_decades": r(self.offset_decades),
+                "zero_mismatch": list(self.zero_mismatch)}
+
+    def describe(self) -> str:
+        """The one line ``--measure`` prints: every figure a user reads, worst case first."""
+        if self.layers == 0:
+            text = "no layer with a non-zero gradient to compare"
+        elif self.layers == 1:
+            text = (f"one layer compared: only the common offset, "
+                    f"{self.offset_decades:+.2f} decades")
+        else:
+            text = (f"median error {self.median_decades:.3f} decades over {self.layers} layers "
+                    f"(common offset {self.offset_decades:+.2f}); worst layer {self.worst_layer} "
+                    f"{self.worst_decades:+.2f}")
+        if self.predicted_spread is not None and self.measured_spread is not None:
+            text += (f"; spread error {self.predicted_spread - self.measured_spread:+.2f} "
+                     f"(earliest vs last layers: predicted {self.predicted_spread:+.2f}, "
+                     f"measured {self.measured_spread:+.2f} decades)")
+        if self.zero_mismatch:
+            names = ", ".join(self.zero_mismatch[:3]) + (" ..." if len(self.zero_mismatch) > 3
+                                                         else "")
+            text += (f"; {len(self.zero_mismatch)} layer(s) predicted zero but measured "
+                     f"non-zero, or the reverse (errors): {names}")
+        return "estimate vs measured gradients: " + text
 
 
 @dataclass

@@ -299,6 +299,11 @@ class BatchNormBackward(Backward):
             gso, gsco, coh = gso * go / coh, gsco * go / coh, go
         if self.count == 2:  # two values: nothing but eps gets through, coherent or not
             per_in, centred = self.gain * go, self.gain * coh
+        elif self.count <= self.batch:
+            # one position per sample: "shared by the sample's positions" is every gradient;
+            # only the batch mean and the part along the output go
+            centred = self.gain * gsco * max(1.0 - 1.0 / self.count, 0.0)
+            per_in = self.gain * (go - gsco) * max(1.0 - 2.0 / self.count, 0.0) + centred
         else:
             keep = 1.0 - self.sample_mean_share
             centred = self.gain * keep * (gso * (1.0 - 1.0 / max(self.batch, 1)) + gsco)
