@@ -269,14 +269,19 @@ def estimate_elementwise(prop: Propagation, node: Node) -> None:
                                 curvature=mean_curvature_sq(op, x, params)))
 
 
-def estimate_softmax(prop: Propagation, node: Node) -> None:
+def _softmax_len(node: Node) -> int:
+    """How many values a softmax (or log_softmax) normalises over: its ``dim``'s size."""
     from .base import kw
 
-    x = prop.s_in(node)
     dim = node.attrs.get("dim", kw(node, "dim", 1, -1))
     shape = node.shape or ()
-    T = shape[dim] if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) \
+    return shape[dim] if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) \
         else (shape[-1] if shape else 1)
+
+
+def estimate_softmax(prop: Propagation, node: Node) -> None:
+    x = prop.s_in(node)
+    T = _softmax_len(node)
     v = max(x.q - x.s, 0.0)
     sa = min(math.exp(min(v, 50.0)) / max(T, 1), 1.0)  # sum_j A_j^2
     if _causal_mask(prop, node, T):
@@ -294,14 +299,8 @@ def estimate_log_softmax(prop: Propagation, node: Node) -> None:
     ``log T + mean + v/2``, so the output keeps the spread and shifts to ``-log T - v/2``. The
     gradient ``g_j - p_j sum_k g_k`` keeps ``1 - 2/T + sum_k p_k^2`` of an incoherent gradient
     (about all of it: not the ``p^2`` of a softmax)."""
-    from .base import kw
-
     x = prop.s_in(node)
-    dim = node.attrs.get("dim", kw(node, "dim", 1, -1))
-    shape = node.shape or ()
-    T = shape[dim] if shape and isinstance(dim, int) and -len(shape) <= dim < len(shape) \
-        else (shape[-1] if shape else 1)
-    T = max(T, 1)
+    T = max(_softmax_len(node), 1)
     v = max(x.q - x.s, 0.0)
     sa = min(math.exp(min(v, 50.0)) / T, 1.0)  # sum_j p_j^2
     m = -math.log(T) - 0.5 * v
