@@ -74,3 +74,26 @@ def test_frozen_stack_between_trainable_layers_is_still_judged(tmp_path):
     # its own weights are not compared (never updated); the trainable stem is
     assert flow.earliest == ["stem"]
     assert not any(m.startswith("stack.") for m in flow.earliest + flow.last)
+
+
+def test_parametrized_layers_without_bias_train(tmp_path):
+    """A weight-normalised layer owns no parameter itself (its weight's originals live in its
+    parametrizations): it still trains, and its stack is still judged."""
+    source = textwrap.dedent('''
+        import torch
+        import torch.nn as nn
+        from torch.nn.utils import parametrizations as P
+
+        INPUT = torch.randn(8, 64)
+
+        class Model(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = nn.Sequential(*[m for _ in range(8) for m in (
+                    P.weight_norm(nn.Linear(64, 64, bias=False)), nn.Sigmoid())])
+
+            def forward(self, x):
+                return self.body(x)
+    ''')
+    r = lint_source(tmp_path, source)
+    assert {"AL101", "AL105"} <= set(codes(r)), r.notes

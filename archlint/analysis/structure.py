@@ -249,8 +249,8 @@ def trains(node: Node) -> bool:
     if node.kind == Kind.PARAM:
         t = node.tensor
         return t is not None and bool(getattr(t, "requires_grad", False))
-    m = node.module
-    return m is not None and any(p.requires_grad for p in m.parameters(recurse=False))
+    m = node.module  # a leaf layer: its parameters, parametrizations' originals included
+    return m is not None and any(p.requires_grad for p in m.parameters())
 
 
 def _frozen(graph: Graph) -> set[Node]:

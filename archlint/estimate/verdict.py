@@ -99,7 +99,7 @@ def _frozen_weights(node: Node) -> bool:
     w = node.attrs.get("weight_param")
     if isinstance(w, Node) and w.tensor is not None:
         return not w.tensor.requires_grad
-    params = list(node.module.parameters(recurse=False)) if node.module is not None else []
+    params = list(node.module.parameters()) if node.module is not None else []
     return bool(params) and not any(p.requires_grad for p in params)
 
 
