@@ -4,6 +4,7 @@ mask, a recurrent state) is guessed by running ``forward`` with candidates."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import operator
 import re
@@ -81,7 +82,10 @@ def _infer_input(model: nn.Module) -> Optional[InputSpec]:
                     uncertain.append(required[0])
                 break
     uncertain += [n for n in required if n not in specs and n not in uncertain]
-    if uncertain:
+    resized = _settle_size(model, required, specs, uncertain)
+    if resized is not None:
+        specs = resized
+    elif uncertain:
         settled = _settle_by_trial(model, required, specs, uncertain)
         if settled is not None:
             specs = settled
@@ -293,6 +297,44 @@ def _settle_by_trial(model: nn.Module, required: list[str], specs: dict[str, Arg
             return trial
     for name in uncertain:  # a spec read off a layer the argument only reaches indirectly,
         specs.pop(name, None)  # which forward does not run with, is no inference
+    return None
+
+
+#: Image sizes tried, in order, when forward does not run at the default one (a position
+#: embedding made for 224 x 224, a DiT's latent 16 x 16...).
+_SIDES = (224, 64, 16, 28, 96, 128, 256, 384, 8, 48, 512)
+
+
+def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
+                 uncertain: list[str]) -> Optional[dict[str, Arg]]:
+    """For arguments whose spatial size was read off nothing (a convolution's input gets the
+    default 32 x 32): the specs at the first size forward runs with (each uncertain argument
+    settled by trial at that size). None when no argument has a default size, or when forward
+    runs at none of the sizes (the caller goes on as before)."""
+    sized = [n for n, sp in specs.items() if isinstance(sp, TensorSpec) and len(sp.shape) >= 3
+             and sp.high is None and sp.origin.startswith("inferred")
+             and tuple(sp.shape[2:]) == DEFAULT_SPATIAL.get(len(sp.shape) - 2)]
+    if not sized or not all(n in specs or n in uncertain for n in required):
+        return None
+
+    def attempt(trial: dict[str, Arg]) -> Optional[dict[str, Arg]]:
+        if uncertain:
+            return _settle_by_trial(model, required, dict(trial), list(uncertain))
+        return trial if _forward_runs(model, InputSpec(dict(trial))) else None
+
+    first = attempt(specs)
+    if first is not None:
+        return first
+    for side in _SIDES:
+        trial = dict(specs)
+        for n in sized:
+            sp = specs[n]
+            trial[n] = dataclasses.replace(
+                sp, shape=tuple(sp.shape[:2]) + (side,) * (len(sp.shape) - 2),
+                origin=f"guessed for {n!r}: {side} wide, {sp.origin}")
+        done = attempt(trial)
+        if done is not None:
+            return done
     return None
 
 
