@@ -98,7 +98,7 @@ def _probe_loss(y: Tensor, seed: int) -> Tensor:
 
 
 def _rms(grads: list[Tensor]) -> float:
-    total = sum(float(g.detach().double().pow(2).sum()) for g in grads)
+    total = sum(float(g.detach().abs().double().pow(2).sum()) for g in grads)
     count = sum(g.numel() for g in grads)
     return math.sqrt(total / count) if count else 0.0
 

@@ -362,6 +362,8 @@ def analyse_init(graph: Graph, structure: Optional[Structure] = None) -> InitFac
                                  constant=d.var == 0.0 and d.mean != 0.0, symmetric=False))
             continue
         wd = w.detach()
+        if wd.is_complex():  # a spectral layer's weights: their real and imaginary parts
+            wd = torch.view_as_real(wd)
         if not wd.is_floating_point():
             wd = wd.float()
         mean_sq = sum_sq(w) / max(1, wd.numel())

@@ -55,6 +55,8 @@ def sum_sq(w: torch.Tensor) -> float:
     if hit is not None and hit[0]() is w and hit[1] == w._version:
         return hit[2]
     wd = w.detach()
+    if wd.is_complex():  # |w|^2 summed: its real and imaginary parts
+        wd = torch.view_as_real(wd)
     value = float(torch.linalg.vector_norm(wd.float() if wd.dtype != torch.float32 else wd)) ** 2
     if len(_sum_sq) > 4096:
         _sum_sq.clear()

@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import operator
 import re
+import time
 from collections import deque
 from typing import Optional
 
@@ -311,13 +312,22 @@ def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
     default 32 x 32): the specs at the first size forward runs with (each uncertain argument
     settled by trial at that size). None when no argument has a default size, or when forward
     runs at none of the sizes (the caller goes on as before)."""
-    sized = [n for n, sp in specs.items() if isinstance(sp, TensorSpec) and len(sp.shape) >= 3
-             and sp.high is None and sp.origin.startswith("inferred")
+    def inferred(sp: Arg) -> bool:
+        return isinstance(sp, TensorSpec) and sp.high is None and sp.origin.startswith("inferred")
+
+    sized = [n for n, sp in specs.items() if inferred(sp) and len(sp.shape) >= 3
              and tuple(sp.shape[2:]) == DEFAULT_SPATIAL.get(len(sp.shape) - 2)]
-    if not sized or not all(n in specs or n in uncertain for n in required):
+    # a linear layer's input [B, features] may also be a sequence or a grid of feature
+    # vectors ([B, H, W, features]: a neural operator's channels-last field)
+    flat = [n for n, sp in specs.items() if inferred(sp) and len(sp.shape) == 2]
+    if not (sized or flat) or not all(n in specs or n in uncertain for n in required):
         return None
 
+    deadline = time.monotonic() + _TRIAL_SECONDS
+
     def attempt(trial: dict[str, Arg]) -> Optional[dict[str, Arg]]:
+        if time.monotonic() > deadline:  # a model no size fits: stop guessing
+            return None
         if uncertain:
             return _settle_by_trial(model, required, dict(trial), list(uncertain))
         return trial if _forward_runs(model, InputSpec(dict(trial))) else None
@@ -325,7 +335,7 @@ def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
     first = attempt(specs)
     if first is not None:
         return first
-    for side in _SIDES:
+    for side in _SIDES if sized else ():
         trial = dict(specs)
         for n in sized:
             sp = specs[n]
@@ -335,7 +345,24 @@ def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
         done = attempt(trial)
         if done is not None:
             return done
+    for extra in _POSITIONS if flat else ():
+        trial = dict(specs)
+        for n in flat:
+            sp = specs[n]
+            trial[n] = dataclasses.replace(
+                sp, shape=(sp.shape[0],) + extra + (sp.shape[1],),
+                origin=f"guessed for {n!r}: {sp.origin}")
+        done = attempt(trial)
+        if done is not None:
+            return done
     return None
+
+
+#: How long the sizes may be tried for, in seconds (each try is a forward pass).
+_TRIAL_SECONDS = 10.0
+
+#: Positions tried between the batch and the features of a linear layer's input.
+_POSITIONS = ((DEFAULT_SEQ_LEN,), (32, 32), (16, 16), (64, 64), (8, 8, 8))
 
 
 def _forward_runs(model: nn.Module, spec: InputSpec) -> bool:

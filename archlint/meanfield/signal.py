@@ -59,13 +59,15 @@ def mean_sq(t: Optional[torch.Tensor]) -> float:
     t = t.detach()
     if t.numel() == 0:
         return 0.0
-    return float(torch.linalg.vector_norm(t.float())) ** 2 / t.numel()
+    return float(torch.linalg.vector_norm(t if t.is_complex() else t.float())) ** 2 / t.numel()
 
 
 def mean(t: Optional[torch.Tensor]) -> float:
     d = meta_dist(t) if t is not None else None
     if d is not None:
         return d.mean
+    if t is not None and t.is_complex():
+        t = t.real
     return float(t.detach().float().mean()) if t is not None and t.numel() else 0.0
 
 
