@@ -47,6 +47,18 @@ SOURCE = textwrap.dedent('''
             return self.out(h + c[:, None])
 
 
+    class NeRF(nn.Module):
+        def __init__(self, W=64, L=6):
+            super().__init__()
+            self.L = L
+            self.fc1 = nn.Linear(3 + 6 * L, W)
+            self.fc2 = nn.Linear(W, 4)
+
+        def forward(self, xyz):
+            enc = [xyz] + [f(2.0 ** k * xyz) for k in range(self.L) for f in (torch.sin, torch.cos)]
+            return self.fc2(torch.relu(self.fc1(torch.cat(enc, -1))))
+
+
     class SmallCNN(nn.Module):
         def __init__(self):
             super().__init__()
@@ -74,3 +86,9 @@ def test_default_size_kept_when_it_runs(tmp_path):
     r = lint_source(tmp_path, SOURCE, "SmallCNN")
     assert r.status == "ok", r.error
     assert r.input.startswith("[8, 3, 32, 32]") and "guessed" not in r.input
+
+
+def test_coordinates_under_a_positional_encoding(tmp_path):
+    r = lint_source(tmp_path, SOURCE, "NeRF")
+    assert r.status == "ok", r.error
+    assert r.input.startswith("[8, 3]") and "guessed" in r.input

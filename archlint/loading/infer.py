@@ -237,6 +237,7 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
                 widths: list[int], others: list[TensorSpec]) -> list[TensorSpec]:
     """What an argument read only through other computation may be: what its first layer
     expects; that less an embedding's width (``cat([noise, label_emb(y)])`` feeding a Linear);
+    a few coordinates its width is a multiple of (a positional encoding's input);
     a per-sample scalar (a diffusion timestep, a noise level), as floats and as integers; a
     graph's edge list."""
     why = f"guessed for {name!r}"
@@ -244,6 +245,10 @@ def _candidates(name: str, spec: Optional[TensorSpec], batch: int,
     if spec is not None and len(spec.shape) == 2 and spec.dtype.is_floating_point:
         out += [TensorSpec((spec.shape[0], spec.shape[1] - w), origin=why)
                 for w in widths if 0 < w < spec.shape[1]]
+    if spec is not None and len(spec.shape) == 2 and spec.dtype.is_floating_point:
+        # coordinates expanded by a positional / Fourier encoding (NeRF: 3 -> 3 * (1 + 2L))
+        out += [TensorSpec((spec.shape[0], d), origin=why) for d in (3, 2, 4, 6)
+                if d < spec.shape[1] and spec.shape[1] % d == 0]
     if spec is not None and len(spec.shape) >= 3 and spec.dtype.is_floating_point \
             and spec.shape[1] % 2 == 0:
         # two images concatenated along channels (pix2pix's discriminator reads cat([x, y]))
