@@ -90,7 +90,38 @@ def _signed_terms(node: Node, n_inputs: int, alpha: float) -> Optional[tuple[lis
     return weights, c
 
 
+def _straight_through(node: Node) -> Optional[tuple[int, Node]]:
+    """``a + (b - a).detach()`` (a straight-through estimator: VQ-VAE's quantiser, rounding):
+    the value is ``b``'s, the gradient goes to ``a`` unchanged. (The input index of ``a``, and
+    ``b``.)"""
+    if len(node.inputs) != 2 or (node.attrs.get("function") or node.op) != "add":
+        return None
+    for i, d in enumerate(node.inputs):
+        a = node.inputs[1 - i]
+        if d.op != "detach" or not d.inputs:
+            continue
+        diff = d.inputs[0]
+        terms = _signed_terms(diff, len(diff.inputs), 1.0) if diff.kind == Kind.ADD else None
+        if terms is None or diff.attrs.get("function") not in ("sub", "subtract"):
+            continue
+        weights, c = terms
+        idx_a = next((k for k, n in enumerate(diff.inputs) if n is a), None)
+        if idx_a is None or c or len(diff.inputs) != 2 or weights[idx_a] != -1.0:
+            continue
+        return 1 - i, diff.inputs[1 - idx_a]
+    return None
+
+
 def estimate_add(prop: Propagation, node: Node) -> None:
+    st = _straight_through(node)
+    if st is not None:
+        idx, b = st
+        v = prop.sig.get(b)
+        if isinstance(v, Sig):
+            n = prop.numel(node)
+            prop.out(node, Sig(v.q, v.m, v.s, n).with_w(v.w_),
+                     Gains([(idx, n / max(prop.s_in(node, idx).numel, 1))]))
+            return
     sigs = [prop.s_in(node, i) for i in range(len(node.inputs))]
     alpha = kw(node, "alpha", 2, 1.0)
     alpha = float(alpha) if isinstance(alpha, (int, float)) else 1.0
