@@ -59,6 +59,20 @@ SOURCE = textwrap.dedent('''
             return self.fc2(torch.relu(self.fc1(torch.cat(enc, -1))))
 
 
+    class FiLMNet(nn.Module):
+        def __init__(self, c=16):
+            super().__init__()
+            self.stem = nn.Conv2d(3, c, 3, padding=1)
+            self.cond = nn.Embedding(10, 8)
+            self.film = nn.Linear(8, 2 * c)
+            self.head = nn.Linear(c, 5)
+
+        def forward(self, x, y):
+            g, b = self.film(self.cond(y)).chunk(2, -1)
+            h = torch.relu(self.stem(x) * (1 + g[..., None, None]) + b[..., None, None])
+            return self.head(h.mean((2, 3)))
+
+
     class SmallCNN(nn.Module):
         def __init__(self):
             super().__init__()
@@ -92,3 +106,11 @@ def test_coordinates_under_a_positional_encoding(tmp_path):
     r = lint_source(tmp_path, SOURCE, "NeRF")
     assert r.status == "ok", r.error
     assert r.input.startswith("[8, 3]") and "guessed" in r.input
+
+
+def test_class_label_beside_an_image(tmp_path):
+    """The embedding's ids are one per sample (a class label for FiLM), found by trial beside
+    the image (they were [B, 32] tokens, and the model errored)."""
+    r = lint_source(tmp_path, SOURCE, "FiLMNet")
+    assert r.status == "ok", r.error
+    assert "x=[8, 3, 32, 32]" in r.input and "y=[8] int64" in r.input

@@ -333,9 +333,8 @@ def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
     def attempt(trial: dict[str, Arg]) -> Optional[dict[str, Arg]]:
         if time.monotonic() > deadline:  # a model no size fits: stop guessing
             return None
-        if uncertain:
-            return _settle_by_trial(model, required, dict(trial), list(uncertain))
-        return trial if _forward_runs(model, InputSpec(dict(trial))) else None
+        # by trial: uncertain arguments' candidates, and token ids that may be one per sample
+        return _settle_by_trial(model, required, dict(trial), list(uncertain))
 
     first = attempt(specs)
     if first is not None:
