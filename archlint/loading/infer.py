@@ -336,27 +336,19 @@ def _settle_size(model: nn.Module, required: list[str], specs: dict[str, Arg],
         # by trial: uncertain arguments' candidates, and token ids that may be one per sample
         return _settle_by_trial(model, required, dict(trial), list(uncertain))
 
-    first = attempt(specs)
-    if first is not None:
-        return first
-    for side in _SIDES if sized else ():
-        trial = dict(specs)
-        for n in sized:
-            sp = specs[n]
-            trial[n] = dataclasses.replace(
-                sp, shape=tuple(sp.shape[:2]) + (side,) * (len(sp.shape) - 2),
-                origin=f"guessed for {n!r}: {side} wide, {sp.origin}")
-        done = attempt(trial)
-        if done is not None:
-            return done
-    for extra in _POSITIONS if flat else ():
-        trial = dict(specs)
-        for n in flat:
-            sp = specs[n]
-            trial[n] = dataclasses.replace(
-                sp, shape=(sp.shape[0],) + extra + (sp.shape[1],),
-                origin=f"guessed for {n!r}: {sp.origin}")
-        done = attempt(trial)
+    def variants():  # each: the changed specs, the default size first
+        yield {}
+        for side in _SIDES if sized else ():
+            yield {n: dataclasses.replace(
+                specs[n], shape=tuple(specs[n].shape[:2]) + (side,) * (len(specs[n].shape) - 2),
+                origin=f"guessed for {n!r}: {side} wide, {specs[n].origin}") for n in sized}
+        for extra in _POSITIONS if flat else ():
+            yield {n: dataclasses.replace(
+                specs[n], shape=(specs[n].shape[0],) + extra + (specs[n].shape[1],),
+                origin=f"guessed for {n!r}: {specs[n].origin}") for n in flat}
+
+    for changed in variants():
+        done = attempt({**specs, **changed})
         if done is not None:
             return done
     return None
