@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from helpers import graph_of, lint_fixture, lint_source
+from helpers import graph_of, lint_fixture, lint_source, structure_of
 
 TIGHT = {"AL105": {"max-decades": 1.5}, "AL106": {"max-decades": 1.5}}
 
@@ -27,7 +27,7 @@ def test_squeeze_excite_layers_are_not_judged_for_exploding():
     r = tight("SEResNet")
     assert r.status == "ok" and codes(r) == []
     from archlint.estimate import by_design
-    gated = by_design.inside_gates(graph_of(r))
+    gated = by_design.inside_gates(graph_of(r), structure_of(r).grad_users)
     se = {n.module_path for n in graph_of(r).nodes
           if n.is_weight_layer and ".se." in (n.module_path or "")}
     assert se and gated == se
@@ -41,7 +41,7 @@ def test_a_chaotic_tanh_stack_with_self_gates_is_still_reported():
     (f,) = r.findings
     assert f.module.startswith("fcs.")
     from archlint.estimate import by_design
-    gated = by_design.inside_gates(graph_of(r))
+    gated = by_design.inside_gates(graph_of(r), structure_of(r).grad_users)
     assert gated == {f"gates.{i}" for i in range(24)}
 
 
@@ -49,7 +49,7 @@ def test_layer_scale_branches_are_identity_at_init():
     r = tight("CaiTLike")
     assert r.status == "ok" and codes(r) == []
     from archlint.estimate import by_design
-    behind = by_design.behind_small_gain(graph_of(r))
+    behind = by_design.behind_small_gain(graph_of(r), structure_of(r).grad_users)
     assert {"blocks.0.attn.qkv", "blocks.23.mlp.2", "class_blocks.1.attn.proj"} <= behind
     assert "patch_embed" not in behind and "head" not in behind
 
@@ -64,7 +64,7 @@ def test_attention_queries_and_keys_are_not_judged():
     r = tight("TinyEncoder")
     assert r.status == "ok" and codes(r) == []
     from archlint.estimate import by_design
-    scores = by_design.attention_scores_only(graph_of(r))
+    scores = by_design.attention_scores_only(graph_of(r), structure_of(r).grad_users)
     assert scores == {f"layers.{i}.attention.{p}" for i in range(2) for p in ("query", "key")}
 
 
@@ -103,9 +103,9 @@ def test_look_alikes_keep_their_layers(tmp_path):
     assert r.status == "ok"
     from archlint.estimate import by_design
     g = graph_of(r)
-    assert by_design.attention_scores_only(g) == set()
-    assert by_design.behind_small_gain(g) == set()
-    assert by_design.inside_gates(g) == set()
+    assert by_design.attention_scores_only(g, structure_of(r).grad_users) == set()
+    assert by_design.behind_small_gain(g, structure_of(r).grad_users) == set()
+    assert by_design.inside_gates(g, structure_of(r).grad_users) == set()
 
 
 @pytest.mark.parametrize("sdpa", [True, False])
@@ -130,4 +130,4 @@ def test_separate_query_and_key_projections(tmp_path, sdpa):
     ''')
     r = lint_source(tmp_path, source, select=["AL105"])
     from archlint.estimate import by_design
-    assert by_design.attention_scores_only(graph_of(r)) == {"q", "k"}
+    assert by_design.attention_scores_only(graph_of(r), structure_of(r).grad_users) == {"q", "k"}

@@ -10,6 +10,7 @@ from typing import Optional
 
 from ..analysis import GraphFacts
 from ..graph.ir import Graph
+from .by_design import left_out
 from .propagate import Estimate, estimate_graph
 from .verdict import GradientFlow, analyse_gradient_flow
 
@@ -25,10 +26,12 @@ class GradientFacts:
 
 def estimate_gradients(graph: Graph, facts: GraphFacts) -> GradientFacts:
     estimate = estimate_graph(graph)
+    designed = left_out(graph, facts.structure.grad_users)
     return GradientFacts(
         estimate=estimate,
-        vanishing=analyse_gradient_flow(graph, estimate, facts),
-        exploding=analyse_gradient_flow(graph, estimate, facts, skip_scale_invariant=True))
+        vanishing=analyse_gradient_flow(graph, estimate, facts, designed),
+        exploding=analyse_gradient_flow(graph, estimate, facts, designed,
+                                        skip_scale_invariant=True))
 
 
 __all__ = ["GradientFacts", "estimate_gradients"]

@@ -43,18 +43,10 @@ _PASS = frozenset({Kind.RESHAPE, Kind.DROPOUT})
 Edge = Callable[[Node, Node], bool]
 
 
-def _grad_users(graph: Graph) -> dict[Node, list[Node]]:
-    users: dict[Node, list[Node]] = {}
-    for n in graph.nodes:
-        for p in n.grad_parents():
-            users.setdefault(p, []).append(n)
-    return users
-
-
-def _covered(graph: Graph, ends: Edge) -> set[str]:
+def _covered(graph: Graph, users: dict[Node, list[Node]], ends: Edge) -> set[str]:
     """Module paths of the weight layers whose every gradient-carrying path to the output
-    crosses an edge ``(src, dst)`` for which ``ends`` holds."""
-    users = _grad_users(graph)
+    crosses an edge ``(src, dst)`` for which ``ends`` holds (``users``: each node's
+    gradient-carrying users, as :class:`~archlint.analysis.structure.Structure` keeps them)."""
     memo: dict[Node, bool] = {}
 
     def covered(node: Node) -> bool:
@@ -98,23 +90,35 @@ def _small_learned(t: Optional[torch.Tensor]) -> bool:
     return 0.0 < peak <= SMALL_GAIN
 
 
-def _joins_residual(node: Node, steps: int = 4) -> bool:
-    """Does ``node``'s output reach a residual add (through reshapes and dropout / drop-path)?"""
+def _reaches(node: Node, hit: Callable[[Node, Node], bool], through: Callable[[Node], bool],
+             steps: int = 4) -> bool:
+    """Does a user ``u`` (of a node ``n`` on the way) with ``hit(n, u)`` follow ``node`` within
+    ``steps`` hops over users for which ``through`` holds?"""
     frontier = [node]
     for _ in range(steps):
         nxt = []
         for n in frontier:
             for u in n.users:
-                if u.kind == Kind.ADD:
+                if hit(n, u):
                     return True
-                if u.kind in _PASS or (u.kind == Kind.MUL and u.op != "div"):
+                if through(u):
                     nxt.append(u)
         frontier = nxt
     return False
 
 
+def _product(n: Node) -> bool:
+    return n.kind == Kind.MUL and n.op != "div"
+
+
+def _joins_residual(node: Node) -> bool:
+    """Does ``node``'s output reach a residual add (through reshapes and dropout / drop-path)?"""
+    return _reaches(node, lambda _, u: u.kind == Kind.ADD,
+                    lambda u: u.kind in _PASS or _product(u))
+
+
 def _gain_edge(src: Node, dst: Node) -> bool:
-    if dst.kind != Kind.MUL or dst.op == "div" or src.kind == Kind.PARAM:
+    if not _product(dst) or src.kind == Kind.PARAM:
         return False
     others = [i for i in dst.inputs if i is not src]
     if len(others) != 1:
@@ -123,28 +127,15 @@ def _gain_edge(src: Node, dst: Node) -> bool:
     return param is not None and _small_learned(param.tensor) and _joins_residual(dst)
 
 
-def _reaches(node: Node, kinds: frozenset, steps: int = 4,
-             through: frozenset = _PASS | {Kind.MUL}) -> bool:
-    frontier = [node]
-    for _ in range(steps):
-        nxt = []
-        for n in frontier:
-            for u in n.users:
-                if u.kind in kinds:
-                    return True
-                if u.kind in through:
-                    nxt.append(u)
-        frontier = nxt
-    return False
-
-
 def _score_edge(src: Node, dst: Node) -> bool:
-    if dst.kind == Kind.ATTENTION and dst.op == "scaled_dot_product_attention" and dst.module is None:
+    if dst.kind == Kind.ATTENTION and dst.op == "scaled_dot_product_attention" \
+            and dst.module is None:
         ins = dst.inputs
         value = ins[2] if len(ins) > 2 else None
         return src is not value and any(src is i for i in ins[:2])
     if dst.kind == Kind.ACTIVATION and dst.op == "softmax":
-        return _reaches(dst, frozenset({Kind.MATMUL}))
+        return _reaches(dst, lambda _, u: u.kind == Kind.MATMUL,
+                        lambda u: u.kind in _PASS or u.kind == Kind.MUL)
     return False
 
 
@@ -153,18 +144,8 @@ def _gate_edge(src: Node, dst: Node) -> bool:
     name = getattr(dst.info, "name", dst.op)
     if dst.kind != Kind.ACTIVATION or name not in _GATES:
         return False
-    frontier = [dst]
-    for _ in range(4):
-        nxt = []
-        for n in frontier:
-            for u in n.users:
-                if u.kind == Kind.MUL and u.op != "div":
-                    if any(i is not n and _ancestor(i, dst) for i in u.inputs):
-                        return True
-                elif u.kind in _PASS:
-                    nxt.append(u)
-        frontier = nxt
-    return False
+    return _reaches(dst, lambda n, u: _product(u) and any(
+        i is not n and _ancestor(i, dst) for i in u.inputs), lambda u: u.kind in _PASS)
 
 
 def _ancestor(anc: Node, node: Node, limit: int = 64) -> bool:
@@ -183,13 +164,19 @@ def _ancestor(anc: Node, node: Node, limit: int = 64) -> bool:
     return False
 
 
-def behind_small_gain(graph: Graph) -> set[str]:
-    return _covered(graph, _gain_edge)
+def left_out(graph: Graph, users: dict[Node, list[Node]]) -> set[str]:
+    """The layers both verdicts leave out: behind a small learned gain, attention queries and
+    keys."""
+    return behind_small_gain(graph, users) | attention_scores_only(graph, users)
 
 
-def attention_scores_only(graph: Graph) -> set[str]:
-    return _covered(graph, _score_edge)
+def behind_small_gain(graph: Graph, users: dict[Node, list[Node]]) -> set[str]:
+    return _covered(graph, users, _gain_edge)
 
 
-def inside_gates(graph: Graph) -> set[str]:
-    return _covered(graph, _gate_edge)
+def attention_scores_only(graph: Graph, users: dict[Node, list[Node]]) -> set[str]:
+    return _covered(graph, users, _score_edge)
+
+
+def inside_gates(graph: Graph, users: dict[Node, list[Node]]) -> set[str]:
+    return _covered(graph, users, _gate_edge)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..analysis import GraphFacts
+from ..analysis.structure import trains
 from ..analysis.normalisation import hand_written_norms, scale_free_weight
 from ..graph.ir import Graph, Kind, Node
 from . import by_design
@@ -46,10 +47,12 @@ def _first_use(graph: Graph) -> dict[str, tuple[int, Node]]:
     return first
 
 
-def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
+def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts, designed: set[str],
                           skip_scale_invariant: bool = False) -> Optional[GradientFlow]:
-    """The first/last comparison; ``skip_scale_invariant`` leaves out layers followed by
-    normalisation (used for the exploding verdict, see :func:`_scale_invariant`)."""
+    """The first/last comparison; ``designed``: the layers both verdicts leave out
+    (:func:`.by_design.left_out`); ``skip_scale_invariant`` leaves out layers followed by
+    normalisation and layers inside sigmoid gates (used for the exploding verdict, see
+    :func:`_scale_invariant`)."""
     first = _first_use(graph)
     rms = dict(estimate.grad_rms)
     structure = facts.structure
@@ -59,10 +62,10 @@ def analyse_gradient_flow(graph: Graph, estimate, facts: GraphFacts,
         for mod, (_, node) in first.items():
             if rms.get(mod, 0.0) <= 0.0 and structure.reaches_output(node):
                 rms[mod] = _UNDERFLOW
-    designed = by_design.behind_small_gain(graph) | by_design.attention_scores_only(graph)
     invariant = set(designed)
     if skip_scale_invariant:
-        invariant |= _scale_invariant(graph) | by_design.inside_gates(graph)
+        invariant |= _scale_invariant(graph) | by_design.inside_gates(graph,
+                                                                      structure.grad_users)
     usable = [(k, mod, node) for mod, (k, node) in first.items()
               if node.kind != Kind.EMBEDDING and mod in rms and mod not in invariant
               and mod not in estimate.uncertain and not _frozen_weights(node)]
@@ -98,9 +101,9 @@ def _frozen_weights(node: Node) -> bool:
     is never used."""
     w = node.attrs.get("weight_param")
     if isinstance(w, Node) and w.tensor is not None:
-        return not w.tensor.requires_grad
-    params = list(node.module.parameters()) if node.module is not None else []
-    return bool(params) and not any(p.requires_grad for p in params)
+        return not trains(w)
+    return node.module is not None and next(node.module.parameters(), None) is not None \
+        and not trains(node)
 
 
 def _has_identity_init(graph: Graph, facts: GraphFacts) -> bool:
